@@ -1,0 +1,103 @@
+"""Conversion of the released LaVie checkpoints (`lavie_base.pt`, ...) into diffusers-layout folders."""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .models import UNet3DConditionModel, config_from_2d
+
+STAGES = ("base",)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model: the message names the offending keys."""
+
+
+def sd14_unet_config() -> dict:
+    """Stable Diffusion 1.4's UNet config, the one the released LaVie checkpoints were inflated from."""
+    return json.loads(resources.files("lavie_model.configs").joinpath("sd14_unet.json").read_text())
+
+
+def load_checkpoint(path) -> dict:
+    """The state dict of a released checkpoint: `{"ema": state_dict}` or a bare state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict")
+    state_dict = checkpoint.get("ema", checkpoint)
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"checkpoint {path}: 'ema' holds a {type(state_dict).__name__}, not a state dict")
+    not_tensors = sorted(k for k, v in state_dict.items() if not torch.is_tensor(v))
+    if not_tensors:
+        raise ValueError(f"checkpoint {path} is not a state dict: entries that are not tensors: "
+                         f"{_first(not_tensors)}")
+    return state_dict
+
+
+def check_state_dict(expected: dict, found: dict, what: str) -> None:
+    """Strict comparison of two {name: tensor or shape}: same names, same shapes, or a named error."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(_shape(found[k]))} vs model {tuple(_shape(expected[k]))}"
+        for k in set(expected) & set(found)
+        if tuple(_shape(expected[k])) != tuple(_shape(found[k]))
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} model tensors missing from the checkpoint: {_first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} checkpoint tensors the model does not have: {_first(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_first(mismatched)}")
+    if problems:
+        raise CheckpointMismatchError(f"{what} does not match the model; " + "; ".join(problems))
+
+
+def convert_base(state_dict: dict, unet2d_config: dict | None = None, what: str = "checkpoint"):
+    """A `UNet3DConditionModel` holding exactly the checkpoint's tensors (strict).
+
+    The official models normalise over all frames of a video, so the converted model does too.
+    """
+    config = config_from_2d(unet2d_config or sd14_unet_config(), group_norm_across_frames=True)
+    with torch.device("meta"):  # no memory is allocated until the checkpoint's tensors are assigned
+        model = UNet3DConditionModel(**config)
+    check_state_dict(model.state_dict(), state_dict, what)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
+
+
+def convert_checkpoint(stage: str, input_path, output_dir, unet_config_path=None) -> Path:
+    """Convert a released checkpoint into a `from_pretrained`-loadable folder; returns that folder."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; supported: {', '.join(STAGES)}")
+    unet2d_config = None
+    if unet_config_path is not None:
+        unet_config_path = Path(unet_config_path)
+        if not unet_config_path.is_file():
+            raise FileNotFoundError(f"UNet config not found: {unet_config_path}")
+        unet2d_config = json.loads(unet_config_path.read_text())
+    model = convert_base(load_checkpoint(input_path), unet2d_config, what=f"checkpoint {input_path}")
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create output folder {output_dir}: {error.strerror}") from error
+    model.save_pretrained(output_dir)
+    return output_dir
+
+
+def _shape(value):
+    return value.shape if torch.is_tensor(value) else value
+
+
+def _first(items, n=8):
+    shown = ", ".join(items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")

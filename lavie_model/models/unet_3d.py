@@ -1,0 +1,250 @@
+"""The LaVie base text-to-video UNet: Stable Diffusion's UNet inflated with temporal attention."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .resnet import frame_group_norm
+from .unet_3d_blocks import CrossAttnDownBlock3D, CrossAttnUpBlock3D, DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
+
+BLOCKS_2D_TO_3D = {
+    "CrossAttnDownBlock2D": "CrossAttnDownBlock3D",
+    "DownBlock2D": "DownBlock3D",
+    "CrossAttnUpBlock2D": "CrossAttnUpBlock3D",
+    "UpBlock2D": "UpBlock3D",
+    "UNetMidBlock2DCrossAttn": "UNetMidBlock3DCrossAttn",
+}
+# 2D config entries carried over unchanged.
+COPIED_2D_KEYS = (
+    "sample_size", "in_channels", "out_channels", "center_input_sample", "flip_sin_to_cos", "freq_shift",
+    "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "norm_num_groups",
+    "norm_eps", "cross_attention_dim", "attention_head_dim", "num_attention_heads", "use_linear_projection",
+    "upcast_attention", "num_class_embeds", "transformer_layers_per_block",
+)
+# 2D features this model does not implement, with the only value it accepts.
+SUPPORTED_2D_VALUES = {
+    "act_fn": "silu", "time_embedding_type": "positional", "resnet_time_scale_shift": "default",
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "resnet_out_scale_factor": 1.0, "dropout": 0.0,
+    "attention_type": "default",
+}
+# 2D entries that only matter for features rejected above.
+IGNORED_2D_KEYS = ("addition_embed_type_num_heads",)
+TEMPORAL_KEYS = (".attn_temp.", ".norm_temp.")
+
+
+@dataclass
+class UNet3DConditionOutput(BaseOutput):
+    sample: torch.Tensor  # (batch, channels, frames, height, width)
+
+
+class UNet3DConditionModel(ModelMixin, ConfigMixin):
+    """Text-to-video UNet. Input and output are (batch, channels, frames, height, width).
+
+    The last `num_image_frames` frames of a sample may be still images (joint image-video training):
+    every spatial layer processes them, temporal attention skips them, so each image's output depends
+    only on that image and its text.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | None = None,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        center_input_sample: bool = False,
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        down_block_types: tuple = ("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+        mid_block_type: str = "UNetMidBlock3DCrossAttn",
+        up_block_types: tuple = ("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
+        block_out_channels: tuple = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        downsample_padding: int = 1,
+        mid_block_scale_factor: float = 1.0,
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int = 768,
+        attention_head_dim: int | tuple = 8,
+        num_attention_heads: int | tuple | None = None,
+        use_linear_projection: bool = False,
+        upcast_attention: bool = False,
+        num_class_embeds: int | None = None,
+        transformer_layers_per_block: int = 1,
+        group_norm_across_frames: bool = False,
+    ):
+        super().__init__()
+        n = len(block_out_channels)
+        if len(down_block_types) != n or len(up_block_types) != n:
+            raise ValueError(f"need {n} down and up block types for block_out_channels={block_out_channels}")
+        if mid_block_type != "UNetMidBlock3DCrossAttn":
+            raise ValueError(f"unsupported mid_block_type {mid_block_type!r}")
+        # Stable Diffusion's `attention_head_dim` is really the number of heads (a diffusers legacy).
+        heads = num_attention_heads or attention_head_dim
+        heads = (heads,) * n if isinstance(heads, int) else tuple(heads)
+        time_dim = block_out_channels[0] * 4
+        resnet_kwargs = dict(groups=norm_num_groups, eps=norm_eps, group_norm_across_frames=group_norm_across_frames)
+
+        def attention_kwargs(i):
+            channels = block_out_channels[i]
+            if channels % heads[i]:
+                raise ValueError(f"block {i}: {channels} channels do not split into {heads[i]} heads")
+            return dict(heads=heads[i], head_dim=channels // heads[i], context_dim=cross_attention_dim,
+                        num_layers=transformer_layers_per_block, norm_num_groups=norm_num_groups,
+                        use_linear_projection=use_linear_projection, upcast_attention=upcast_attention)
+
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
+        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
+        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_dim)
+        self.class_embedding = nn.Embedding(num_class_embeds, time_dim) if num_class_embeds else None
+
+        self.down_blocks = nn.ModuleList()
+        for i, kind in enumerate(down_block_types):
+            args = (block_out_channels[max(i - 1, 0)], block_out_channels[i], time_dim, layers_per_block, i < n - 1,
+                    resnet_kwargs)
+            if kind == "CrossAttnDownBlock3D":
+                block = CrossAttnDownBlock3D(*args, attention_kwargs(i), downsample_padding)
+            elif kind == "DownBlock3D":
+                block = DownBlock3D(*args, downsample_padding)
+            else:
+                raise ValueError(f"unsupported down block type {kind!r}")
+            self.down_blocks.append(block)
+
+        self.mid_block = UNetMidBlock3DCrossAttn(
+            block_out_channels[-1], time_dim, dict(resnet_kwargs, output_scale_factor=mid_block_scale_factor),
+            attention_kwargs(n - 1),
+        )
+
+        self.up_blocks = nn.ModuleList()
+        reversed_channels = list(reversed(block_out_channels))
+        for i, kind in enumerate(up_block_types):
+            args = (reversed_channels[min(i + 1, n - 1)], reversed_channels[max(i - 1, 0)], reversed_channels[i],
+                    time_dim, layers_per_block + 1, i < n - 1, resnet_kwargs)
+            if kind == "CrossAttnUpBlock3D":
+                block = CrossAttnUpBlock3D(*args, attention_kwargs(n - 1 - i))
+            elif kind == "UpBlock3D":
+                block = UpBlock3D(*args)
+            else:
+                raise ValueError(f"unsupported up block type {kind!r}")
+            self.up_blocks.append(block)
+
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
+        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        num_image_frames: int = 0,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        """sample: (b, c, t, h, w); encoder_hidden_states: (b, tokens, dim) for one text per video, or
+        (b, t, tokens, dim) for one text per frame. Returns `.sample` shaped like `sample`."""
+        if sample.ndim != 5:
+            raise ValueError(f"sample must be (batch, channels, frames, height, width), got {tuple(sample.shape)}")
+        b, c, t, h, w = sample.shape
+        if not 0 <= num_image_frames <= t:
+            raise ValueError(f"num_image_frames={num_image_frames} is outside 0..{t} (the sample has {t} frames)")
+        text = encoder_hidden_states
+        if text.ndim == 4:
+            if text.shape[:2] != (b, t):
+                raise ValueError(f"per-frame encoder_hidden_states must be ({b}, {t}, tokens, dim), got {tuple(text.shape)}")
+            text = text.reshape(b * t, *text.shape[2:])  # (b*t, tokens, dim)
+        elif text.ndim != 3 or text.shape[0] != b:
+            raise ValueError(f"encoder_hidden_states must be ({b}, tokens, dim) or ({b}, {t}, tokens, dim), "
+                             f"got {tuple(text.shape)}")
+
+        emb = self.time_embedding(self.time_proj(self._timesteps(timestep, b, sample.device)).to(sample.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this model has a class embedding: pass class_labels")
+            emb = emb + self.class_embedding(class_labels).to(emb.dtype)  # (b, time_dim)
+        elif class_labels is not None:
+            raise ValueError("class_labels were given but the model has no class embedding")
+
+        x = sample.transpose(1, 2).reshape(b * t, c, h, w)  # frames fold into the batch
+        if self.config.center_input_sample:
+            x = 2 * x - 1.0
+        x = self.conv_in(x)
+        skips = (x,)
+        for block in self.down_blocks:
+            x, block_skips = block(x, emb, text, t, num_image_frames)
+            skips += block_skips
+        x = self.mid_block(x, emb, text, t, num_image_frames)
+        for i, block in enumerate(self.up_blocks):
+            block_skips, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            # Odd latent sizes: upsample to the size of the next skip connection instead of doubling.
+            size = skips[-1].shape[-2:] if skips and block.upsamplers is not None else None
+            x = block(x, block_skips, emb, text, t, num_image_frames, upsample_size=size)
+        x = frame_group_norm(self.conv_norm_out, x, t, num_image_frames, self.config.group_norm_across_frames)
+        x = self.conv_out(F.silu(x))
+        x = x.reshape(b, t, -1, h, w).transpose(1, 2).contiguous()  # (b, c_out, t, h, w)
+        return UNet3DConditionOutput(sample=x) if return_dict else (x,)
+
+    @staticmethod
+    def _timesteps(timestep, batch, device):
+        if not torch.is_tensor(timestep):
+            dtype = torch.float32 if isinstance(timestep, float) else torch.int64
+            timestep = torch.tensor([timestep], dtype=dtype, device=device)
+        return timestep.reshape(-1).to(device).expand(batch)  # (b,)
+
+    @classmethod
+    def from_pretrained_2d(cls, unet2d, subfolder: str | None = None, group_norm_across_frames: bool = False):
+        """Inflate a Stable Diffusion 1.x UNet (a `UNet2DConditionModel` or a path to one).
+
+        Every 2D weight is copied; the temporal layers are new and start as the identity, so the result
+        reproduces the 2D model frame by frame (exactly so with the default per-frame GroupNorm).
+        """
+        from diffusers import UNet2DConditionModel  # heavy: loaded only when inflating
+
+        if isinstance(unet2d, (str, os.PathLike)):
+            unet2d = UNet2DConditionModel.from_pretrained(unet2d, subfolder=subfolder)
+        elif not isinstance(unet2d, UNet2DConditionModel):
+            raise TypeError(f"expected a UNet2DConditionModel or a path to one, got {type(unet2d).__name__}")
+        config = config_from_2d(dict(unet2d.config), group_norm_across_frames=group_norm_across_frames)
+        model = cls(**config)
+        weights_2d = unet2d.state_dict()
+        weights_3d = model.state_dict()
+        missing = sorted(set(weights_2d) - set(weights_3d))
+        mismatched = sorted(k for k in set(weights_2d) & set(weights_3d) if weights_2d[k].shape != weights_3d[k].shape)
+        unset = sorted(k for k in set(weights_3d) - set(weights_2d) if not any(s in k for s in TEMPORAL_KEYS))
+        if missing or mismatched or unset:
+            raise ValueError(f"cannot inflate this 2D UNet: 2D weights with no 3D place {missing[:5]}, "
+                             f"shape mismatches {mismatched[:5]}, 3D weights not covered {unset[:5]}")
+        model.load_state_dict(weights_2d, strict=False)
+        return model if unet2d.dtype == model.dtype else model.to(unet2d.dtype)
+
+
+def config_from_2d(config2d: dict, group_norm_across_frames: bool = False) -> dict:
+    """The 3D config for a diffusers `UNet2DConditionModel` config; unsupported 2D features raise."""
+    config = {"group_norm_across_frames": group_norm_across_frames}
+    for key, value in config2d.items():
+        if key.startswith("_") or key in IGNORED_2D_KEYS:
+            continue
+        if key in COPIED_2D_KEYS:
+            config[key] = list(value) if isinstance(value, tuple) else value
+        elif key in ("down_block_types", "up_block_types", "mid_block_type"):
+            names = [value] if isinstance(value, str) else value
+            unknown = [name for name in names if name not in BLOCKS_2D_TO_3D]
+            if unknown:
+                raise ValueError(f"unsupported {key} {unknown} (supported: {sorted(BLOCKS_2D_TO_3D)})")
+            mapped = [BLOCKS_2D_TO_3D[name] for name in names]
+            config[key] = mapped[0] if isinstance(value, str) else mapped
+        elif key in SUPPORTED_2D_VALUES:
+            if value != SUPPORTED_2D_VALUES[key]:
+                raise ValueError(f"unsupported UNet setting {key}={value!r} (only {SUPPORTED_2D_VALUES[key]!r})")
+        elif value not in (None, False):
+            raise ValueError(f"unsupported UNet setting {key}={value!r}")
+    if not isinstance(config.get("transformer_layers_per_block", 1), int):
+        raise ValueError("only a single integer transformer_layers_per_block is supported")
+    return config

@@ -1,0 +1,43 @@
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from lavie_model import UNet3DConditionModel
+
+TEXT_DIM = 32
+
+
+def tiny_unet2d(seed: int = 0) -> UNet2DConditionModel:
+    """A small Stable-Diffusion-shaped 2D UNet: two levels, 32 channels per head."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=(1, 2),
+        cross_attention_dim=TEXT_DIM,
+        norm_num_groups=8,
+    ).eval()
+
+
+def randomize_temporal_layers(model: UNet3DConditionModel, seed: int = 0) -> None:
+    """Give the zero-initialised temporal output projections weights, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".attn_temp.to_out." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+@pytest.fixture(scope="session")
+def unet2d():
+    return tiny_unet2d()
+
+
+@pytest.fixture
+def unet3d(unet2d):
+    model = UNet3DConditionModel.from_pretrained_2d(unet2d).eval()
+    randomize_temporal_layers(model)
+    return model
