@@ -129,7 +129,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(unet3d):
 
 
 def test_bf16_forward_and_backward(unet3d):
+    freqs = {n: b.clone() for n, b in unet3d.named_buffers() if n.endswith("rotary_emb.freqs")}
     model = unet3d.to(torch.bfloat16).train()
+    for name, buffer in model.named_buffers():  # rotary frequencies keep full precision
+        if name in freqs:
+            assert buffer.dtype == torch.float32 and torch.equal(buffer, freqs[name])
     sample, timestep, text = inputs(frames=3)
     out = model(sample.bfloat16(), timestep, text.bfloat16(), num_image_frames=1).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
@@ -145,3 +149,7 @@ def test_save_and_load_round_trip(unet3d, tmp_path):
     sample, timestep, text = inputs(frames=3)
     with torch.no_grad():
         assert torch.equal(loaded(sample, timestep, text).sample, unet3d(sample, timestep, text).sample)
+    half = UNet3DConditionModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    buffers = dict(half.named_buffers())
+    assert half.conv_in.weight.dtype == torch.bfloat16
+    assert all(buffers[n].dtype == torch.float32 for n in buffers if n.endswith("rotary_emb.freqs"))

@@ -25,6 +25,15 @@ class RotaryEmbedding(nn.Module):
         # Saved with the model (the released checkpoints hold it in every block).
         self.register_buffer("freqs", 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim))  # (dim/2,)
 
+    def _apply(self, fn, recurse=True):
+        # Casting the model to bf16/fp16 would round the frequencies and skew the positions of later
+        # frames, so they stay float32 and only follow device moves.
+        freqs = self.freqs
+        super()._apply(fn, recurse)
+        if not freqs.is_meta:
+            self.freqs = freqs.to(self.freqs.device)
+        return self
+
     def cos_sin(self, length: int, device, dtype):
         positions = torch.arange(length, device=device, dtype=self.freqs.dtype)
         angles = positions[:, None] * self.freqs[None, :]  # (f, dim/2)

@@ -53,6 +53,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    _keep_in_fp32_modules = ["rotary_emb"]  # loading with torch_dtype keeps the rotary frequencies exact
 
     @register_to_config
     def __init__(
