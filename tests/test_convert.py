@@ -18,7 +18,7 @@ from lavie_model.convert import CheckpointMismatchError, check_state_dict, conve
 from lavie_model.models import config_from_2d
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+MANIFESTS = FIXTURES / "manifests"  # copies of the tensor manifests of the released checkpoints
 
 
 def test_matches_the_official_implementation():
@@ -127,7 +127,7 @@ def full_size_model(config):
 
 
 def test_full_size_layout_matches_the_released_checkpoint():
-    manifest = json.loads((REFERENCE / "lavie_base_state_dict.json").read_text())
+    manifest = json.loads((MANIFESTS / "lavie_base_state_dict.json").read_text())
     state_dict = full_size_model(config_from_2d(sd14_unet_config(), group_norm_across_frames=True)).state_dict()
     check_state_dict(state_dict, manifest["tensors"], "the reference manifest")
     assert len(state_dict) == manifest["num_tensors"]
@@ -141,5 +141,5 @@ def test_the_paper_preset_is_the_released_model():
         return {k: v for k, v in model.config.items() if not k.startswith("_")}
 
     assert settings(paper) == settings(released)
-    manifest = json.loads((REFERENCE / "lavie_base_state_dict.json").read_text())
+    manifest = json.loads((MANIFESTS / "lavie_base_state_dict.json").read_text())
     check_state_dict(paper.state_dict(), manifest["tensors"], "the reference manifest")
