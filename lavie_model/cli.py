@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a released LaVie checkpoint (e.g. lavie_base.pt) into a diffusers-layout folder. "
         "Strict: every checkpoint tensor is used and every model tensor is set.",
     )
-    p.add_argument("--stage", required=True, help="cascade stage of the checkpoint: base")
+    p.add_argument("--stage", required=True, help="cascade stage of the checkpoint: base or interpolation")
     p.add_argument("--input", required=True, help="the checkpoint file ({'ema': state_dict} or a bare state dict)")
     p.add_argument("--output", required=True, help="folder to write config.json and the safetensors weights to")
     p.add_argument("--unet-config", help="config.json of the 2D UNet the checkpoint was inflated from "

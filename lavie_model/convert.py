@@ -8,7 +8,6 @@ import torch
 
 from .models import UNet3DConditionModel, config_from_2d
 
-STAGES = ("base",)
 
 
 class CheckpointMismatchError(ValueError):
@@ -62,16 +61,27 @@ def check_state_dict(expected: dict, found: dict, what: str) -> None:
 
 
 def convert_base(state_dict: dict, unet2d_config: dict | None = None, what: str = "checkpoint"):
-    """A `UNet3DConditionModel` holding exactly the checkpoint's tensors (strict).
+    """The base UNet holding exactly the checkpoint's tensors (strict)."""
+    return _convert_sd_unet(state_dict, unet2d_config, what, block_design="base")
 
-    The official models normalise over all frames of a video, so the converted model does too.
-    """
-    config = config_from_2d(unet2d_config or sd14_unet_config(), group_norm_across_frames=True)
+
+def convert_interpolation(state_dict: dict, unet2d_config: dict | None = None, what: str = "checkpoint"):
+    """The interpolation UNet (8 input channels: noisy + conditioning latents) holding the checkpoint's tensors."""
+    return _convert_sd_unet(state_dict, unet2d_config, what, block_design="interpolation", in_channels=8)
+
+
+def _convert_sd_unet(state_dict, unet2d_config, what, **settings):
+    # The official models normalise over all frames of a video, so the converted ones do too.
+    config = config_from_2d(unet2d_config or sd14_unet_config(), group_norm_across_frames=True) | settings
     with torch.device("meta"):  # no memory is allocated until the checkpoint's tensors are assigned
         model = UNet3DConditionModel(**config)
     check_state_dict(model.state_dict(), state_dict, what)
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()
+
+
+CONVERTERS = {"base": convert_base, "interpolation": convert_interpolation}
+STAGES = tuple(CONVERTERS)
 
 
 def convert_checkpoint(stage: str, input_path, output_dir, unet_config_path=None) -> Path:
@@ -84,7 +94,7 @@ def convert_checkpoint(stage: str, input_path, output_dir, unet_config_path=None
         if not unet_config_path.is_file():
             raise FileNotFoundError(f"UNet config not found: {unet_config_path}")
         unet2d_config = json.loads(unet_config_path.read_text())
-    model = convert_base(load_checkpoint(input_path), unet2d_config, what=f"checkpoint {input_path}")
+    model = CONVERTERS[stage](load_checkpoint(input_path), unet2d_config, what=f"checkpoint {input_path}")
     output_dir = Path(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

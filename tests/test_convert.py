@@ -14,18 +14,19 @@ from official_weights import deterministic_state_dict
 from lavie_model import UNet3DConditionModel
 from lavie_model.cli import main
 from lavie_model.config import base_unet_config, load_preset
-from lavie_model.convert import CheckpointMismatchError, check_state_dict, convert_base, sd14_unet_config
+from lavie_model.convert import CONVERTERS, CheckpointMismatchError, check_state_dict, convert_base, sd14_unet_config
 from lavie_model.models import config_from_2d
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFESTS = FIXTURES / "manifests"  # copies of the tensor manifests of the released checkpoints
 
 
-def test_matches_the_official_implementation():
+@pytest.mark.parametrize("stage", ["base", "interpolation"])
+def test_matches_the_official_implementation(stage):
     """tests/fixtures/make_official_reference.py recorded the official model's output on these weights."""
-    reference = torch.load(FIXTURES / "official_base_reference.pt", weights_only=True)
+    reference = torch.load(FIXTURES / f"official_{stage}_reference.pt", weights_only=True)
     state_dict = deterministic_state_dict(reference["shapes"], reference["seed"])
-    model = convert_base(state_dict, reference["unet2d_config"])
+    model = CONVERTERS[stage](state_dict, reference["unet2d_config"])
     with torch.no_grad():
         output = model(reference["sample"], reference["timestep"], reference["encoder_hidden_states"]).sample
     assert (output - reference["output"]).abs().max() <= 1e-4
@@ -105,7 +106,7 @@ def test_cli_errors_on_bad_files(tmp_path):
     result = run_cli("convert-checkpoint", "--stage", "base", "--input", tmp_path / "junk.pt", "--output", tmp_path)
     assert result.returncode == 1 and "cannot read checkpoint" in result.stderr
     result = run_cli("convert-checkpoint", "--stage", "upscale", "--input", "x", "--output", tmp_path)
-    assert result.returncode == 1 and "unknown stage 'upscale'; supported: base" in result.stderr
+    assert result.returncode == 1 and "unknown stage 'upscale'; supported: base, interpolation" in result.stderr
     result = run_cli("convert-checkpoint", "--stage", "base")
     assert result.returncode == 2 and "--input" in result.stderr
 
@@ -126,9 +127,12 @@ def full_size_model(config):
         return UNet3DConditionModel(**config)
 
 
-def test_full_size_layout_matches_the_released_checkpoint():
-    manifest = json.loads((MANIFESTS / "lavie_base_state_dict.json").read_text())
-    state_dict = full_size_model(config_from_2d(sd14_unet_config(), group_norm_across_frames=True)).state_dict()
+@pytest.mark.parametrize("stage, settings", [("base", {}), ("interpolation", {"block_design": "interpolation",
+                                                                                "in_channels": 8})])
+def test_full_size_layout_matches_the_released_checkpoint(stage, settings):
+    manifest = json.loads((MANIFESTS / f"lavie_{stage}_state_dict.json").read_text())
+    config = config_from_2d(sd14_unet_config(), group_norm_across_frames=True) | settings
+    state_dict = full_size_model(config).state_dict()
     check_state_dict(state_dict, manifest["tensors"], "the reference manifest")
     assert len(state_dict) == manifest["num_tensors"]
     assert sum(t.numel() for t in state_dict.values()) == manifest["num_params"]

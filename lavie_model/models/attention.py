@@ -32,11 +32,32 @@ class Attention(nn.Module):
         q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (b, h, n, d)
         k = self.to_k(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (b, h, m, d)
         v = self.to_v(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        return self.attend(q, k, v)
+
+    def attend(self, q, k, v):
+        """q: (b, h, n, d), k and v: (b, h, m, d) -> projected output (b, n, c)."""
+        dtype = q.dtype
         if self.upcast:
-            q, k = q.float(), k.float()
-            v = v.float()
-        out = F.scaled_dot_product_attention(q, k, v).to(x.dtype)  # (b, h, n, d)
+            q, k, v = q.float(), k.float(), v.float()
+        out = F.scaled_dot_product_attention(q, k, v).to(dtype)  # (b, h, n, d)
         return self.to_out[0](out.transpose(1, 2).flatten(2))
+
+
+class SparseCausalAttention(Attention):
+    """Spatial self-attention whose keys and values are the first frame's and the previous frame's tokens."""
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x: (b*t, n, c) -> (b*t, n, c)."""
+        bt, n, c = x.shape
+        previous = torch.arange(num_frames, device=x.device).sub(1).clamp(min=0)  # frame 0 sees itself twice
+        q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (b*t, h, n, d)
+
+        def first_and_previous(t):  # (b*t, n, c') -> (b*t, h, 2n, d)
+            t = t.view(bt // num_frames, num_frames, n, -1)
+            t = torch.cat([t[:, :1].expand_as(t), t[:, previous]], dim=2)  # (b, t, 2n, c')
+            return t.reshape(bt, 2 * n, self.heads, -1).transpose(1, 2)
+
+        return self.attend(q, first_and_previous(self.to_k(x)), first_and_previous(self.to_v(x)))
 
 
 class FeedForward(nn.Module):
@@ -63,22 +84,41 @@ class GEGLU(nn.Module):
         return x * F.gelu(gate)
 
 
-class BasicTransformerBlock3D(nn.Module):
-    """Self-attn (per frame) -> cross-attn (text) -> temporal attn (video frames) -> feed-forward."""
+BLOCK_DESIGNS = ("base", "interpolation")
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int, upcast_attention: bool = False):
+
+class BasicTransformerBlock3D(nn.Module):
+    """One transformer block, in one of the two official designs:
+
+    - `base`: self-attn (per frame) -> cross-attn (text) -> temporal attn (RoPE + relative bias) -> FFN;
+    - `interpolation`: sparse-causal self-attn (keys from the first and previous frames) -> cross-attn
+      -> FFN -> temporal attn without position information.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int, upcast_attention: bool = False,
+                 block_design: str = "base"):
         super().__init__()
+        if block_design not in BLOCK_DESIGNS:
+            raise ValueError(f"unknown block_design {block_design!r}; expected one of {BLOCK_DESIGNS}")
+        self.sparse_causal = block_design == "interpolation"
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads, head_dim, upcast=upcast_attention)
+        attn1_type = SparseCausalAttention if self.sparse_causal else Attention
+        self.attn1 = attn1_type(dim, heads, head_dim, upcast=upcast_attention)
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = Attention(dim, heads, head_dim, context_dim=context_dim, upcast=upcast_attention)
         self.norm_temp = nn.LayerNorm(dim)
-        self.attn_temp = TemporalAttention(dim, heads, head_dim)
+        positions = block_design == "base"
+        self.attn_temp = TemporalAttention(dim, heads, head_dim, use_rotary=positions, use_rel_pos_bias=positions)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
     def forward(self, x, text, num_frames: int, num_image_frames: int):
         """x: (b*t, n, c) with t = num_frames; text: (b, m, c_ctx) shared by all frames or (b*t, m, c_ctx)."""
+        if self.sparse_causal:
+            x = self.attn1(self.norm1(x), num_frames) + x
+            x = self.cross_attention(self.norm2(x), text, num_frames) + x
+            x = self.ff(self.norm3(x)) + x
+            return self.temporal_attention(x, num_frames, num_image_frames)
         x = self.attn1(self.norm1(x)) + x
         x = self.cross_attention(self.norm2(x), text, num_frames) + x
         x = self.temporal_attention(x, num_frames, num_image_frames)
@@ -121,6 +161,7 @@ class Transformer3DModel(nn.Module):
         norm_num_groups: int = 32,
         use_linear_projection: bool = False,
         upcast_attention: bool = False,
+        block_design: str = "base",
     ):
         super().__init__()
         inner = heads * head_dim
@@ -131,7 +172,8 @@ class Transformer3DModel(nn.Module):
         else:
             self.proj_in, self.proj_out = nn.Conv2d(channels, inner, 1), nn.Conv2d(inner, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock3D(inner, heads, head_dim, context_dim, upcast_attention) for _ in range(num_layers)
+            BasicTransformerBlock3D(inner, heads, head_dim, context_dim, upcast_attention, block_design)
+            for _ in range(num_layers)
         )
 
     def forward(self, x, text, num_frames: int, num_image_frames: int):

@@ -47,6 +47,10 @@ class UNet3DConditionOutput(BaseOutput):
 class UNet3DConditionModel(ModelMixin, ConfigMixin):
     """Text-to-video UNet. Input and output are (batch, channels, frames, height, width).
 
+    `block_design="base"` is the base text-to-video model; `"interpolation"` the temporal interpolation
+    model (sparse-causal spatial attention, temporal attention after the feed-forward, no positions),
+    which takes the noisy latents and the conditioning latents concatenated on the channel axis.
+
     The last `num_image_frames` frames of a sample may be still images (joint image-video training):
     every spatial layer processes them, temporal attention skips them, so each image's output depends
     only on that image and its text.
@@ -81,6 +85,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         num_class_embeds: int | None = None,
         transformer_layers_per_block: int = 1,
         group_norm_across_frames: bool = False,
+        block_design: str = "base",
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -100,7 +105,8 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
                 raise ValueError(f"block {i}: {channels} channels do not split into {heads[i]} heads")
             return dict(heads=heads[i], head_dim=channels // heads[i], context_dim=cross_attention_dim,
                         num_layers=transformer_layers_per_block, norm_num_groups=norm_num_groups,
-                        use_linear_projection=use_linear_projection, upcast_attention=upcast_attention)
+                        use_linear_projection=use_linear_projection, upcast_attention=upcast_attention,
+                        block_design=block_design)
 
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
@@ -156,6 +162,8 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         b, c, t, h, w = sample.shape
         if not 0 <= num_image_frames <= t:
             raise ValueError(f"num_image_frames={num_image_frames} is outside 0..{t} (the sample has {t} frames)")
+        if num_image_frames and self.config.block_design != "base":
+            raise ValueError(f"the {self.config.block_design} design takes no image frames")
         text = encoder_hidden_states
         if text.ndim == 4:
             if text.shape[:2] != (b, t):
@@ -200,11 +208,14 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         return timestep.reshape(-1).to(device).expand(batch)  # (b,)
 
     @classmethod
-    def from_pretrained_2d(cls, unet2d, subfolder: str | None = None, group_norm_across_frames: bool = False):
+    def from_pretrained_2d(cls, unet2d, subfolder: str | None = None, group_norm_across_frames: bool = False,
+                           block_design: str = "base", in_channels: int | None = None):
         """Inflate a Stable Diffusion 1.x UNet (a `UNet2DConditionModel` or a path to one).
 
         Every 2D weight is copied; the temporal layers are new and start as the identity, so the result
-        reproduces the 2D model frame by frame (exactly so with the default per-frame GroupNorm).
+        reproduces the 2D model frame by frame (exactly so with the default per-frame GroupNorm and the
+        base design). `in_channels` above the 2D model's adds input channels whose weights start at zero
+        (the interpolation model's conditioning latents).
         """
         from diffusers import UNet2DConditionModel  # heavy: loaded only when inflating
 
@@ -213,8 +224,16 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         elif not isinstance(unet2d, UNet2DConditionModel):
             raise TypeError(f"expected a UNet2DConditionModel or a path to one, got {type(unet2d).__name__}")
         config = config_from_2d(dict(unet2d.config), group_norm_across_frames=group_norm_across_frames)
+        config["block_design"] = block_design
+        weights_2d = dict(unet2d.state_dict())
+        if in_channels is not None and in_channels != config["in_channels"]:
+            if in_channels < config["in_channels"]:
+                raise ValueError(f"in_channels={in_channels} is below the 2D model's {config['in_channels']}")
+            conv_in = weights_2d["conv_in.weight"]  # (c_out, c_in, 3, 3)
+            extra = conv_in.new_zeros(conv_in.shape[0], in_channels - conv_in.shape[1], *conv_in.shape[2:])
+            weights_2d["conv_in.weight"] = torch.cat([conv_in, extra], dim=1)
+            config["in_channels"] = in_channels
         model = cls(**config)
-        weights_2d = unet2d.state_dict()
         weights_3d = model.state_dict()
         missing = sorted(set(weights_2d) - set(weights_3d))
         mismatched = sorted(k for k in set(weights_2d) & set(weights_3d) if weights_2d[k].shape != weights_3d[k].shape)
