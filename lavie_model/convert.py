@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .models import UNet3DConditionModel, config_from_2d
+from .models import UNet3DConditionModel, UNet3DVSRModel, config_from_2d, vsr_config_from_2d
 
 
 
@@ -17,6 +17,11 @@ class CheckpointMismatchError(ValueError):
 def sd14_unet_config() -> dict:
     """Stable Diffusion 1.4's UNet config, the one the released LaVie checkpoints were inflated from."""
     return json.loads(resources.files("lavie_model.configs").joinpath("sd14_unet.json").read_text())
+
+
+def sd_x4_upscaler_unet_config() -> dict:
+    """The Stable Diffusion x4 upscaler's UNet config, the one `lavie_vsr.pt` was inflated from."""
+    return json.loads(resources.files("lavie_model.configs").joinpath("sd_x4_upscaler_unet.json").read_text())
 
 
 def load_checkpoint(path) -> dict:
@@ -80,7 +85,18 @@ def _convert_sd_unet(state_dict, unet2d_config, what, **settings):
     return model.eval()
 
 
-CONVERTERS = {"base": convert_base, "interpolation": convert_interpolation}
+def convert_vsr(state_dict: dict, unet2d_config: dict | None = None, what: str = "checkpoint"):
+    """The video super-resolution UNet holding exactly the checkpoint's tensors (strict); the default 2D
+    config is the SD x4 upscaler's. Like the other official models, it normalises across frames."""
+    config = vsr_config_from_2d(unet2d_config or sd_x4_upscaler_unet_config(), group_norm_across_frames=True)
+    with torch.device("meta"):  # no memory is allocated until the checkpoint's tensors are assigned
+        model = UNet3DVSRModel(**config)
+    check_state_dict(model.state_dict(), state_dict, what)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
+
+
+CONVERTERS = {"base": convert_base, "interpolation": convert_interpolation, "vsr": convert_vsr}
 STAGES = tuple(CONVERTERS)
 
 

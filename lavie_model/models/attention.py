@@ -84,6 +84,19 @@ class GEGLU(nn.Module):
         return x * F.gelu(gate)
 
 
+def attend_to_text(attention: Attention, x, text, num_frames: int):
+    """Cross-attention of frames to text. x: (b*t, n, c); text: (b*t, m, c_ctx), one per frame, or
+    (b, m, c_ctx), one per video.
+
+    With one text per video the frames fold into the query sequence instead of copying the text per
+    frame; every query still attends to the same keys, so the result is that of per-frame attention.
+    """
+    if text.shape[0] == x.shape[0]:
+        return attention(x, text)
+    bt, n, c = x.shape
+    return attention(x.reshape(bt // num_frames, num_frames * n, c), text).reshape(bt, n, c)
+
+
 BLOCK_DESIGNS = ("base", "interpolation")
 
 
@@ -116,22 +129,13 @@ class BasicTransformerBlock3D(nn.Module):
         """x: (b*t, n, c) with t = num_frames; text: (b, m, c_ctx) shared by all frames or (b*t, m, c_ctx)."""
         if self.sparse_causal:
             x = self.attn1(self.norm1(x), num_frames) + x
-            x = self.cross_attention(self.norm2(x), text, num_frames) + x
+            x = attend_to_text(self.attn2, self.norm2(x), text, num_frames) + x
             x = self.ff(self.norm3(x)) + x
             return self.temporal_attention(x, num_frames, num_image_frames)
         x = self.attn1(self.norm1(x)) + x
-        x = self.cross_attention(self.norm2(x), text, num_frames) + x
+        x = attend_to_text(self.attn2, self.norm2(x), text, num_frames) + x
         x = self.temporal_attention(x, num_frames, num_image_frames)
         return self.ff(self.norm3(x)) + x
-
-    def cross_attention(self, x, text, num_frames):
-        if text.shape[0] == x.shape[0]:  # one text per frame
-            return self.attn2(x, text)
-        # One text for the whole video: fold the frames into the query sequence instead of copying the
-        # text per frame; every query still attends to the same keys, so the result is identical.
-        bt, n, c = x.shape
-        out = self.attn2(x.reshape(bt // num_frames, num_frames * n, c), text)  # (b, t*n, c)
-        return out.reshape(bt, n, c)
 
     def temporal_attention(self, x, num_frames, num_image_frames):
         bt, n, c = x.shape

@@ -173,7 +173,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             raise ValueError(f"encoder_hidden_states must be ({b}, tokens, dim) or ({b}, {t}, tokens, dim), "
                              f"got {tuple(text.shape)}")
 
-        emb = self.time_embedding(self.time_proj(self._timesteps(timestep, b, sample.device)).to(sample.dtype))
+        emb = self.time_embedding(self.time_proj(per_sample(timestep, b, sample.device)).to(sample.dtype))
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("this model has a class embedding: pass class_labels")
@@ -199,13 +199,6 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         x = self.conv_out(F.silu(x))
         x = x.reshape(b, t, -1, h, w).transpose(1, 2).contiguous()  # (b, c_out, t, h, w)
         return UNet3DConditionOutput(sample=x) if return_dict else (x,)
-
-    @staticmethod
-    def _timesteps(timestep, batch, device):
-        if not torch.is_tensor(timestep):
-            dtype = torch.float32 if isinstance(timestep, float) else torch.int64
-            timestep = torch.tensor([timestep], dtype=dtype, device=device)
-        return timestep.reshape(-1).to(device).expand(batch)  # (b,)
 
     @classmethod
     def from_pretrained_2d(cls, unet2d, subfolder: str | None = None, group_norm_across_frames: bool = False,
@@ -268,3 +261,10 @@ def config_from_2d(config2d: dict, group_norm_across_frames: bool = False) -> di
     if not isinstance(config.get("transformer_layers_per_block", 1), int):
         raise ValueError("only a single integer transformer_layers_per_block is supported")
     return config
+
+
+def per_sample(value, batch: int, device) -> torch.Tensor:
+    """A timestep or class label as a (batch,) tensor: from a number, a 0-d or a (batch,) tensor."""
+    if not torch.is_tensor(value):
+        value = torch.tensor([value], dtype=torch.float32 if isinstance(value, float) else torch.int64)
+    return value.reshape(-1).to(device).expand(batch)

@@ -42,11 +42,15 @@ class DownBlock3D(_Block):
 
 
 class CrossAttnDownBlock3D(DownBlock3D):
+    transformer_class = Transformer3DModel  # the VSR model substitutes its own transformer
+
     def __init__(self, in_channels, out_channels, temb_channels, num_layers, add_downsample, resnet_kwargs,
                  attention_kwargs, downsample_padding=1):
         super().__init__(in_channels, out_channels, temb_channels, num_layers, add_downsample, resnet_kwargs,
                          downsample_padding)
-        self.attentions = nn.ModuleList(Transformer3DModel(out_channels, **attention_kwargs) for _ in range(num_layers))
+        self.attentions = nn.ModuleList(
+            self.transformer_class(out_channels, **attention_kwargs) for _ in range(num_layers)
+        )
 
     def forward(self, x, temb, text, num_frames, num_image_frames):
         skips = ()
@@ -61,12 +65,14 @@ class CrossAttnDownBlock3D(DownBlock3D):
 
 
 class UNetMidBlock3DCrossAttn(_Block):
+    transformer_class = Transformer3DModel
+
     def __init__(self, channels, temb_channels, resnet_kwargs, attention_kwargs, num_layers=1):
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlock3D(channels, channels, temb_channels, **resnet_kwargs) for _ in range(num_layers + 1)
         )
-        self.attentions = nn.ModuleList(Transformer3DModel(channels, **attention_kwargs) for _ in range(num_layers))
+        self.attentions = nn.ModuleList(self.transformer_class(channels, **attention_kwargs) for _ in range(num_layers))
 
     def forward(self, x, temb, text, num_frames, num_image_frames):
         x = self.run(self.resnets[0], x, temb, num_frames, num_image_frames)
@@ -103,11 +109,15 @@ class UpBlock3D(_Block):
 
 
 class CrossAttnUpBlock3D(UpBlock3D):
+    transformer_class = Transformer3DModel
+
     def __init__(self, in_channels, prev_output_channels, out_channels, temb_channels, num_layers, add_upsample,
                  resnet_kwargs, attention_kwargs):
         super().__init__(in_channels, prev_output_channels, out_channels, temb_channels, num_layers, add_upsample,
                          resnet_kwargs)
-        self.attentions = nn.ModuleList(Transformer3DModel(out_channels, **attention_kwargs) for _ in range(num_layers))
+        self.attentions = nn.ModuleList(
+            self.transformer_class(out_channels, **attention_kwargs) for _ in range(num_layers)
+        )
 
     def layers(self):
         return list(zip(self.resnets, self.attentions))
