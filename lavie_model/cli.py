@@ -11,6 +11,28 @@ def convert_checkpoint(args):
     print(f"wrote {args.stage} UNet to {output}")
 
 
+def init_tiny(args):
+    from .model_folder import init_tiny
+
+    print(f"wrote a tiny model folder to {init_tiny(args.output, seed=args.seed)}")
+
+
+def assemble(args):
+    from .model_folder import assemble
+
+    output = assemble(args.output, args.sd, args.upscaler, args.base, args.interpolation, args.vsr,
+                      args.inflate_missing)
+    print(f"wrote a model folder to {output}")
+
+
+def generate(args):
+    from .generate import generate
+
+    generate(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, stages=args.stages,
+             scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device,
+             dtype=args.dtype, output=args.output, video=args.video)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lavie", description="LaVie cascaded text-to-video: models and tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -21,12 +43,49 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a released LaVie checkpoint (e.g. lavie_base.pt) into a diffusers-layout folder. "
         "Strict: every checkpoint tensor is used and every model tensor is set.",
     )
-    p.add_argument("--stage", required=True, help="cascade stage of the checkpoint: base or interpolation")
+    p.add_argument("--stage", required=True, help="cascade stage of the checkpoint: base, interpolation or vsr")
     p.add_argument("--input", required=True, help="the checkpoint file ({'ema': state_dict} or a bare state dict)")
     p.add_argument("--output", required=True, help="folder to write config.json and the safetensors weights to")
     p.add_argument("--unet-config", help="config.json of the 2D UNet the checkpoint was inflated from "
-                   "(default: Stable Diffusion 1.4's)")
+                   "(default: Stable Diffusion 1.4's; for vsr, the SD x4 upscaler's)")
     p.set_defaults(func=convert_checkpoint)
+
+    p = commands.add_parser("init-tiny", help="build a tiny, randomly initialised model folder (offline)",
+                            description="Build a complete model folder of the tiny preset with random weights.")
+    p.add_argument("--output", required=True, help="new folder to create")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.set_defaults(func=init_tiny)
+
+    p = commands.add_parser(
+        "assemble", help="build a model folder from Stable Diffusion, the x4 upscaler and LaVie checkpoints",
+        description="Build a paper-scale LaVie model folder. Stages without a checkpoint are left out "
+        "(or, with --inflate-missing, inflated afresh from the 2D UNets as a starting point for training).")
+    p.add_argument("--sd", required=True, help="Stable Diffusion 1.4 folder in diffusers layout")
+    p.add_argument("--upscaler", help="Stable Diffusion x4 upscaler folder in diffusers layout (for the VSR stage)")
+    p.add_argument("--base", help="lavie_base.pt")
+    p.add_argument("--interpolation", help="lavie_interpolation.pt")
+    p.add_argument("--vsr", help="lavie_vsr.pt")
+    p.add_argument("--inflate-missing", action="store_true",
+                   help="inflate the UNets of stages without a checkpoint from the 2D UNets")
+    p.add_argument("--output", required=True, help="new folder to create")
+    p.set_defaults(func=assemble)
+
+    p = commands.add_parser("generate", help="generate a video from a prompt through the cascade",
+                            description="Generate a video from a text prompt with a LaVie model folder.")
+    p.add_argument("--model", required=True, help="LaVie model folder (lavie init-tiny or lavie assemble)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", help="what to steer away from (default: per stage, as the official code)")
+    p.add_argument("--stages", default="base,interpolation,vsr", help="comma-separated stages to run, in order")
+    p.add_argument("--video", help="input video for a cascade that starts after the base stage")
+    p.add_argument("--scheduler", choices=["ddpm", "ddim", "euler"],
+                   help="sampler for every stage (default: per stage, DDPM for base, DDIM after)")
+    p.add_argument("--steps", type=int, help="denoising steps for every stage (default: per stage, 50)")
+    p.add_argument("--guidance", type=float, help="guidance scale for every stage (default: 7.5, 4, 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--output", required=True, help="output video, .mp4 or .gif")
+    p.set_defaults(func=generate)
     return parser
 
 
@@ -34,7 +93,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError) as error:
         print(f"lavie {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -8,7 +8,12 @@ import yaml
 from .models import UNet3DConditionModel, config_from_2d
 
 PRESETS = ("tiny", "paper")
-REQUIRED = {"model": ("unet_2d", "group_norm_across_frames"), "data": ("num_frames", "latent_size"), "sampling": ()}
+REQUIRED = {
+    "model": ("unet_2d", "group_norm_across_frames"),
+    "data": ("num_frames", "latent_size", "fps"),
+    "scheduler": ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule"),
+    "sampling": ("base", "interpolation", "vsr"),
+}
 
 
 def load_preset(name_or_path: str) -> dict:

@@ -41,3 +41,11 @@ def unet3d(unet2d):
     model = UNet3DConditionModel.from_pretrained_2d(unet2d).eval()
     randomize_temporal_layers(model)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A complete tiny model folder, as `lavie init-tiny` builds it."""
+    from lavie_model.model_folder import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("models") / "tiny")

@@ -98,7 +98,8 @@ def test_bad_presets_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="unknown preset 'huge'"):
         load_preset("huge")
     broken = tmp_path / "broken.yaml"
-    broken.write_text("name: broken\nmodel: {unet_2d: {}}\ndata: {num_frames: 8, latent_size: [8, 8]}\nsampling: {}\n")
+    broken.write_text("name: broken\nmodel: {unet_2d: {}}\ndata: {num_frames: 8, latent_size: [8, 8], fps: 8}\n"
+                      "scheduler: {}\nsampling: {}\n")
     with pytest.raises(ValueError, match="section 'model' lacks group_norm_across_frames"):
         load_preset(str(broken))
     broken.write_text("- just\n- a list\n")

@@ -1,0 +1,230 @@
+"""A LaVie model folder: everything needed to generate, in diffusers layout.
+
+    model_index.json      components, frame counts and sizes, sampling defaults per stage
+    tokenizer/ text_encoder/ vae/ scheduler/         shared by the base and interpolation stages
+    unet_base/ unet_interpolation/ unet_vsr/         one UNet per cascade stage (any may be missing)
+    vsr_tokenizer/ vsr_text_encoder/ vsr_vae/ vsr_scheduler/ vsr_low_res_scheduler/
+                                                     the x4 upscaler's own components, for the VSR stage
+
+Components are loaded with the classes named here, never with classes named by the folder.
+"""
+
+import json
+from pathlib import Path
+
+STAGES = ("base", "interpolation", "vsr")
+
+
+def component_class(name: str):
+    """The class a component of a model folder is loaded with."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .models import UNet3DConditionModel
+
+    classes = {
+        "tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel, "vae": AutoencoderKL, "scheduler": DDPMScheduler,
+        "unet_base": UNet3DConditionModel, "unet_interpolation": UNet3DConditionModel,
+        "vsr_tokenizer": CLIPTokenizer, "vsr_text_encoder": CLIPTextModel, "vsr_vae": AutoencoderKL,
+        "vsr_scheduler": DDIMScheduler, "vsr_low_res_scheduler": DDPMScheduler,
+    }
+    if name == "unet_vsr":
+        from .models import UNet3DVSRModel
+
+        return UNet3DVSRModel
+    return classes[name]
+
+
+def read_index(path) -> dict:
+    path = Path(path)
+    index_file = path / "model_index.json"
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{path} is not a LaVie model folder: it has no model_index.json")
+    try:
+        return json.loads(index_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{index_file} is not valid JSON: {error}") from error
+
+
+def present_components(path) -> list[str]:
+    """The components a model folder holds (listed in model_index.json and present on disk)."""
+    index = read_index(path)
+    return [name for name, entry in index.items()
+            if isinstance(entry, list) and entry[0] is not None and (Path(path) / name).is_dir()]
+
+
+def load_components(path, names, stage: str, torch_dtype=None):
+    """The named components of a model folder, plus its generation settings; missing parts are named."""
+    index = read_index(path)
+    present = present_components(path)
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise FileNotFoundError(f"model folder {path} lacks {', '.join(f'{name}/' for name in missing)}, "
+                                f"needed for the {stage} stage")
+    components = {}
+    for name in names:
+        cls = component_class(name)
+        folder = str(Path(path) / name)
+        if name.endswith("tokenizer") or name.endswith("scheduler"):
+            components[name] = cls.from_pretrained(folder)
+        else:
+            components[name] = cls.from_pretrained(folder, torch_dtype=torch_dtype).eval()
+    settings = {key: index[key] for key in ("num_frames", "height", "width", "fps", "sampling") if key in index}
+    return components, settings
+
+
+def write_model_folder(output, components: dict, settings: dict) -> Path:
+    """Save components into a new model folder with its model_index.json; nothing is left half-written.
+
+    A component may be given as a function that builds it, so that large ones are built, saved and freed
+    one at a time.
+    """
+    import shutil
+    import tempfile
+
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FileExistsError(f"output {output} already exists and is not an empty folder")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as error:
+        raise OSError(f"cannot write to {output.parent}: {error.strerror}") from error
+    try:
+        index = {"_class_name": "LaVieCascadePipeline"}
+        for name, component in components.items():
+            if callable(component) and not hasattr(component, "save_pretrained"):
+                component = component()
+            component.save_pretrained(staging / name)
+            del component
+            cls = component_class(name)
+            index[name] = [cls.__module__.split(".")[0], cls.__name__]
+        (staging / "model_index.json").write_text(json.dumps(index | settings, indent=2) + "\n")
+        if output.exists():
+            output.rmdir()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def generation_settings(preset: dict, vae_scale_factor: int) -> dict:
+    """Frame count, size, frame rate and sampling defaults a model folder records from its preset."""
+    height, width = preset["data"]["latent_size"]
+    return {"num_frames": preset["data"]["num_frames"], "height": height * vae_scale_factor,
+            "width": width * vae_scale_factor, "fps": preset["data"]["fps"], "sampling": preset["sampling"]}
+
+
+def init_tiny(output, seed: int = 0) -> Path:
+    """A tiny, randomly initialised, complete model folder (the `tiny` preset), built offline."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .config import base_unet_config, load_preset
+    from .models import UNet3DConditionModel, UNet3DVSRModel, vsr_config_from_2d
+    from .text import write_clip_tokenizer
+
+    preset = load_preset("tiny")
+    model, vsr = preset["model"], preset["model"]["vsr"]
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        write_clip_tokenizer(folder)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+
+    def text_encoder(hidden_size):
+        config = dict(model["text_encoder"], hidden_size=hidden_size)
+        return CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                            eos_token_id=tokenizer.eos_token_id, **config))
+
+    base_config = base_unet_config(preset)
+    components = {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder(base_config["cross_attention_dim"]),
+        "vae": AutoencoderKL(**model["vae"]),
+        "scheduler": DDPMScheduler(**preset["scheduler"]),
+        "unet_base": UNet3DConditionModel(**base_config),
+        "unet_interpolation": UNet3DConditionModel(**base_config | {"block_design": "interpolation",
+                                                                    "in_channels": 2 * base_config["in_channels"]}),
+        "unet_vsr": UNet3DVSRModel(**vsr_config_from_2d(vsr["unet_2d"], model["group_norm_across_frames"])),
+        "vsr_tokenizer": tokenizer,
+        "vsr_text_encoder": text_encoder(vsr["unet_2d"]["cross_attention_dim"]),
+        "vsr_vae": AutoencoderKL(**vsr["vae"]),
+        "vsr_scheduler": DDIMScheduler(**vsr["scheduler"]),
+        "vsr_low_res_scheduler": DDPMScheduler(**vsr["low_res_scheduler"]),
+    }
+    scale = 2 ** (len(model["vae"]["block_out_channels"]) - 1)
+    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": "tiny"})
+
+
+def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None, inflate_missing=False) -> Path:
+    """A paper-scale model folder from Stable Diffusion 1.x and x4 upscaler folders plus released checkpoints.
+
+    A stage with no checkpoint is left out, or with `inflate_missing` inflated afresh from the 2D UNet
+    (untrained temporal layers: a starting point for training, not a model to sample from).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .config import load_preset
+    from .convert import convert_base, convert_interpolation, convert_vsr, load_checkpoint
+    from .models import UNet3DConditionModel, UNet3DVSRModel
+
+    preset = load_preset("paper")
+    across = preset["model"]["group_norm_across_frames"]
+    sd = _diffusers_folder(sd, ("tokenizer", "text_encoder", "vae", "unet"), "Stable Diffusion")
+    sd_unet_config = json.loads((sd / "unet" / "config.json").read_text())
+    components = {
+        "tokenizer": lambda: CLIPTokenizer.from_pretrained(sd / "tokenizer"),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(sd / "text_encoder"),
+        "vae": lambda: AutoencoderKL.from_pretrained(sd / "vae"),
+        "scheduler": lambda: DDPMScheduler(**preset["scheduler"]),
+    }
+    if base:
+        components["unet_base"] = lambda: convert_base(load_checkpoint(base), sd_unet_config, f"checkpoint {base}")
+    elif inflate_missing:
+        components["unet_base"] = lambda: UNet3DConditionModel.from_pretrained_2d(
+            sd, subfolder="unet", group_norm_across_frames=across)
+    if interpolation:
+        components["unet_interpolation"] = lambda: convert_interpolation(
+            load_checkpoint(interpolation), sd_unet_config, f"checkpoint {interpolation}")
+    elif inflate_missing:
+        components["unet_interpolation"] = lambda: UNet3DConditionModel.from_pretrained_2d(
+            sd, subfolder="unet", group_norm_across_frames=across, block_design="interpolation",
+            in_channels=2 * sd_unet_config["in_channels"])
+    if upscaler is not None:
+        up = _diffusers_folder(upscaler, ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "low_res_scheduler"),
+                               "x4 upscaler")
+        up_unet_config = json.loads((up / "unet" / "config.json").read_text())
+        components |= {
+            "vsr_tokenizer": lambda: CLIPTokenizer.from_pretrained(up / "tokenizer"),
+            "vsr_text_encoder": lambda: CLIPTextModel.from_pretrained(up / "text_encoder"),
+            "vsr_vae": lambda: AutoencoderKL.from_pretrained(up / "vae"),
+            # LaVie samples the upscaler with linear betas (the official VSR code overrides them so).
+            "vsr_scheduler": lambda: DDIMScheduler.from_pretrained(up / "scheduler", beta_schedule="linear"),
+            "vsr_low_res_scheduler": lambda: DDPMScheduler.from_pretrained(up / "low_res_scheduler"),
+        }
+        if vsr:
+            components["unet_vsr"] = lambda: convert_vsr(load_checkpoint(vsr), up_unet_config, f"checkpoint {vsr}")
+        elif inflate_missing:
+            components["unet_vsr"] = lambda: UNet3DVSRModel.from_pretrained_2d(
+                up, subfolder="unet", group_norm_across_frames=across)
+    elif vsr:
+        raise ValueError("the VSR checkpoint needs the x4 upscaler folder (--upscaler) it was inflated from")
+    scale = 2 ** (len(json.loads((sd / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": "paper"})
+
+
+def _diffusers_folder(path, parts, what) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+    missing = [part for part in parts if not (path / part).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{what} folder {path} lacks {', '.join(f'{m}/' for m in missing)}")
+    return path
