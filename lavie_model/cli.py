@@ -12,9 +12,9 @@ def convert_checkpoint(args):
 
 
 def init_tiny(args):
-    from .model_folder import init_tiny
+    from .model_folder import init_random
 
-    print(f"wrote a tiny model folder to {init_tiny(args.output, seed=args.seed)}")
+    print(f"wrote a tiny model folder to {init_random(args.output, 'tiny', seed=args.seed)}")
 
 
 def assemble(args):

@@ -24,7 +24,8 @@ def load_preset(name_or_path: str) -> dict:
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise FileNotFoundError(f"unknown preset {name_or_path!r}: not one of {', '.join(PRESETS)} and no such file")
+            raise FileNotFoundError(
+                f"unknown preset {name_or_path!r}: not one of {', '.join(PRESETS)} and no such file")
         text, source = path.read_text(), f"preset file {path}"
     preset = yaml.safe_load(text)
     if not isinstance(preset, dict):

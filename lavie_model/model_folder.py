@@ -118,8 +118,9 @@ def generation_settings(preset: dict, vae_scale_factor: int) -> dict:
             "width": width * vae_scale_factor, "fps": preset["data"]["fps"], "sampling": preset["sampling"]}
 
 
-def init_tiny(output, seed: int = 0) -> Path:
-    """A tiny, randomly initialised, complete model folder (the `tiny` preset), built offline."""
+def init_random(output, preset: str = "tiny", seed: int = 0) -> Path:
+    """A randomly initialised, complete model folder of a preset that defines every component (as `tiny`
+    does), built offline. `lavie init-tiny` builds the tiny one, which the tests and the demo use."""
     import tempfile
 
     import torch
@@ -130,7 +131,12 @@ def init_tiny(output, seed: int = 0) -> Path:
     from .models import UNet3DConditionModel, UNet3DVSRModel, vsr_config_from_2d
     from .text import write_clip_tokenizer
 
-    preset = load_preset("tiny")
+    preset_name = preset
+    preset = load_preset(preset)
+    missing = [key for key in ("text_encoder", "vae", "vsr") if key not in preset["model"]]
+    if missing:
+        raise ValueError(f"preset {preset_name!r} does not define model.{', model.'.join(missing)}: "
+                         "build its folder with `lavie assemble` from pretrained weights instead")
     model, vsr = preset["model"], preset["model"]["vsr"]
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
@@ -143,14 +149,16 @@ def init_tiny(output, seed: int = 0) -> Path:
                                             eos_token_id=tokenizer.eos_token_id, **config))
 
     base_config = base_unet_config(preset)
+    unet_base = UNet3DConditionModel(**base_config)
     components = {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder(base_config["cross_attention_dim"]),
         "vae": AutoencoderKL(**model["vae"]),
         "scheduler": DDPMScheduler(**preset["scheduler"]),
-        "unet_base": UNet3DConditionModel(**base_config),
+        "unet_base": unet_base,
+        # noisy and conditioning latents side by side
         "unet_interpolation": UNet3DConditionModel(**base_config | {"block_design": "interpolation",
-                                                                    "in_channels": 2 * base_config["in_channels"]}),
+                                                                    "in_channels": 2 * unet_base.config.in_channels}),
         "unet_vsr": UNet3DVSRModel(**vsr_config_from_2d(vsr["unet_2d"], model["group_norm_across_frames"])),
         "vsr_tokenizer": tokenizer,
         "vsr_text_encoder": text_encoder(vsr["unet_2d"]["cross_attention_dim"]),
@@ -159,7 +167,7 @@ def init_tiny(output, seed: int = 0) -> Path:
         "vsr_low_res_scheduler": DDPMScheduler(**vsr["low_res_scheduler"]),
     }
     scale = 2 ** (len(model["vae"]["block_out_channels"]) - 1)
-    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": "tiny"})
+    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": preset["name"]})
 
 
 def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None, inflate_missing=False) -> Path:

@@ -46,6 +46,8 @@ def unet3d(unet2d):
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     """A complete tiny model folder, as `lavie init-tiny` builds it."""
-    from lavie_model.model_folder import init_tiny
+    from lavie_model.cli import main
 
-    return init_tiny(tmp_path_factory.mktemp("models") / "tiny")
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    assert main(["init-tiny", "--output", str(folder)]) == 0
+    return folder

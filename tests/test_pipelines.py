@@ -100,6 +100,15 @@ def test_cli_generates_a_decodable_video(tiny_folder, tmp_path, capsys):
     assert again.read_bytes() == gif.read_bytes()  # same seed, same frames
 
 
+def test_cli_runs_the_whole_cascade(tiny_folder, tmp_path, capsys):
+    output = tmp_path / "cascade.mp4"
+    code = main(["generate", "--model", str(tiny_folder), "--prompt", "a blue square moving up", "--steps", "1",
+                 "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    frames, fps = read_video(output)
+    assert frames.shape == (29, 3, 256, 256) and fps == 32  # 8 -> 29 frames, 64 -> 256 pixels
+
+
 def test_cli_super_resolves_a_given_video(tiny_folder, tmp_path, capsys):
     from lavie_model.video import write_video
 

@@ -55,7 +55,8 @@ def test_the_lavie_console_script_converts_a_checkpoint(unet2d, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["group_norm_across_frames"] is True
 
 

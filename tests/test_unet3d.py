@@ -83,7 +83,8 @@ def test_image_frames_depend_only_on_themselves_and_their_text(unet2d, across_fr
         other_text[:, :videos] = torch.randn_like(other_text[:, :videos])
         moved = unet3d(perturbed, timestep, other_text, num_image_frames=images).sample
         # An image frame alone, as a one-frame "video" of images, gives the same output.
-        alone = unet3d(sample[:, :, videos:videos + 1], timestep, texts[:, videos:videos + 1], num_image_frames=1).sample
+        image, text = sample[:, :, videos:videos + 1], texts[:, videos:videos + 1]
+        alone = unet3d(image, timestep, text, num_image_frames=1).sample
     assert (moved[:, :, videos:] - out[:, :, videos:]).abs().max() <= 1e-5
     assert (moved[:, :, :videos] - out[:, :, :videos]).abs().max() > 1e-2
     assert (alone[:, :, 0] - out[:, :, videos]).abs().max() <= 1e-5

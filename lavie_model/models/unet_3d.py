@@ -167,7 +167,8 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         text = encoder_hidden_states
         if text.ndim == 4:
             if text.shape[:2] != (b, t):
-                raise ValueError(f"per-frame encoder_hidden_states must be ({b}, {t}, tokens, dim), got {tuple(text.shape)}")
+                raise ValueError(
+                    f"per-frame encoder_hidden_states must be ({b}, {t}, tokens, dim), got {tuple(text.shape)}")
             text = text.reshape(b * t, *text.shape[2:])  # (b*t, tokens, dim)
         elif text.ndim != 3 or text.shape[0] != b:
             raise ValueError(f"encoder_hidden_states must be ({b}, tokens, dim) or ({b}, {t}, tokens, dim), "

@@ -10,8 +10,8 @@ class LaVieBasePipeline(LaVieStagePipeline):
     components_needed = ("tokenizer", "text_encoder", "vae", "scheduler", "unet_base")
     stage = "base"
 
-    def __init__(self, tokenizer, text_encoder, vae, scheduler, unet_base, num_frames=16, height=320, width=512,
-                 fps=8, sampling=None):
+    def __init__(self, tokenizer, text_encoder, vae, scheduler, unet_base, num_frames=None, height=None, width=None,
+                 fps=None, sampling=None):
         super().__init__()
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                               unet_base=unet_base)

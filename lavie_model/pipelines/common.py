@@ -7,6 +7,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, EulerDisc
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..config import load_preset
 from ..model_folder import load_components
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
@@ -26,13 +27,19 @@ class LaVieStagePipeline(DiffusionPipeline):
     stage: str = ""
 
     @classmethod
-    def from_pretrained(cls, path, torch_dtype=None, **kwargs):
+    def from_pretrained(cls, path, torch_dtype=None):
         """Load the components this pipeline needs from a LaVie model folder; missing ones are named."""
         components, settings = load_components(path, cls.components_needed, cls.stage, torch_dtype)
         return cls(**components, **settings)
 
     def register_settings(self, num_frames, height, width, fps, sampling):
-        self.register_to_config(num_frames=num_frames, height=height, width=width, fps=fps, sampling=sampling)
+        """Generation defaults; those a model folder does not give are the paper preset's (sizes through
+        Stable Diffusion's 8x VAE, the official sampling settings)."""
+        paper = load_preset("paper")
+        latent_height, latent_width = paper["data"]["latent_size"]
+        self.register_to_config(
+            num_frames=num_frames or paper["data"]["num_frames"], height=height or 8 * latent_height,
+            width=width or 8 * latent_width, fps=fps or paper["data"]["fps"], sampling=sampling or paper["sampling"])
 
     def sampling_default(self, name, value):
         return self.config.sampling[self.stage][name] if value is None else value
@@ -71,10 +78,13 @@ class LaVieStagePipeline(DiffusionPipeline):
 
 
 def decode_latents(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(b, c, f, h, w) latents -> (b, f, 3, H, W) frames in [0, 1], `chunk` frames at a time."""
+    """(b, c, f, h, w) latents -> (b, f, 3, H, W) frames in [0, 1] on the CPU, `chunk` frames at a time.
+
+    Decoded chunks go to host memory at once, so device memory holds one chunk whatever the video length.
+    """
     b, c, f, h, w = latents.shape
     flat = latents.transpose(1, 2).reshape(b * f, c, h, w) / vae.config.scaling_factor
-    frames = torch.cat([vae.decode(part.to(vae.dtype)).sample.float() for part in flat.split(chunk)])
+    frames = torch.cat([vae.decode(part.to(vae.dtype)).sample.float().cpu() for part in flat.split(chunk)])
     return (frames / 2 + 0.5).clamp(0, 1).reshape(b, f, *frames.shape[1:])
 
 

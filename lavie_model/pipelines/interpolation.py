@@ -19,8 +19,8 @@ class LaVieInterpolationPipeline(LaVieStagePipeline):
     components_needed = ("tokenizer", "text_encoder", "vae", "scheduler", "unet_interpolation")
     stage = "interpolation"
 
-    def __init__(self, tokenizer, text_encoder, vae, scheduler, unet_interpolation, num_frames=16, height=320,
-                 width=512, fps=8, sampling=None):
+    def __init__(self, tokenizer, text_encoder, vae, scheduler, unet_interpolation, num_frames=None, height=None,
+                 width=None, fps=None, sampling=None):
         super().__init__()
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                               unet_interpolation=unet_interpolation)
@@ -35,7 +35,8 @@ class LaVieInterpolationPipeline(LaVieStagePipeline):
             raise ValueError(f"interpolation needs at least 2 frames, got {video.shape[1]}")
         steps = self.sampling_default("steps", num_inference_steps)
         guidance = self.sampling_default("guidance_scale", guidance_scale)
-        sampler = self.scheduler_for(self.scheduler, scheduler or self.config.sampling["interpolation"].get("scheduler"))
+        kind = scheduler or self.config.sampling["interpolation"].get("scheduler")
+        sampler = self.scheduler_for(self.scheduler, kind)
 
         unet = self.unet_interpolation
         device, dtype = unet.device, unet.dtype

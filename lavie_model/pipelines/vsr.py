@@ -14,7 +14,7 @@ class LaVieVSRPipeline(LaVieStagePipeline):
     stage = "vsr"
 
     def __init__(self, vsr_tokenizer, vsr_text_encoder, vsr_vae, vsr_scheduler, vsr_low_res_scheduler, unet_vsr,
-                 num_frames=16, height=320, width=512, fps=8, sampling=None):
+                 num_frames=None, height=None, width=None, fps=None, sampling=None):
         super().__init__()
         self.register_modules(vsr_tokenizer=vsr_tokenizer, vsr_text_encoder=vsr_text_encoder, vsr_vae=vsr_vae,
                               vsr_scheduler=vsr_scheduler, vsr_low_res_scheduler=vsr_low_res_scheduler,
