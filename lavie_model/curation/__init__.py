@@ -1,0 +1,12 @@
+"""Data curation in plain Python (no Dagster here): probe and quarantine, shots and clips, the demo corpus.
+
+    probe.py        decode-validate a video with PyAV: its description, or the reason it is quarantined
+    clips.py        shots (PySceneDetect), windows, frame-accurate cutting and transcoding (ffmpeg)
+    demo_corpus.py  the embedded corpus of real and procedural captioned videos and images
+                    (run as `python -m lavie_model.curation.demo_corpus OUT_DIR`, so not imported here)
+"""
+
+from .clips import ClipConfig, ClipRow, ClipsResult, DropRow, make_clips
+from .probe import ProbeConfig, ProbeResult, probe
+
+__all__ = ["ClipConfig", "ClipRow", "ClipsResult", "DropRow", "ProbeConfig", "ProbeResult", "make_clips", "probe"]

@@ -1,0 +1,240 @@
+"""Clips: shots found with PySceneDetect, cut into windows, transcoded frame-accurately with ffmpeg.
+
+Frames are addressed by their index in decode order, which is exact for variable frame rate files too:
+shot detection decodes every frame with PyAV (recording each frame's time) and feeds PySceneDetect's
+ContentDetector; the cuts are then made by ffmpeg's `trim` filter on those frame indices, after a full
+decode, so no boundary snaps to a keyframe. One ffmpeg process per source decodes it once and writes every
+clip (split -> trim -> fps -> scale per clip). Every piece of a source ends as a clip row or a drop row.
+"""
+
+import math
+import os
+from bisect import bisect_left
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import ffmpeg
+import imageio_ffmpeg
+from scenedetect import FrameTimecode
+from scenedetect.detectors import ContentDetector
+from scenedetect.scene_manager import compute_downscale_factor
+
+from .probe import ProbeResult, end_time, frame_duration, frame_time, open_input
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    threshold: float = 27.0  # ContentDetector threshold (PySceneDetect's default)
+    min_scene_frames: int = 15  # shortest shot PySceneDetect reports (its default)
+    max_seconds: float = 10.0  # longer shots are cut into windows of at most this length
+    min_seconds: float = 1.0  # shorter pieces are dropped
+    short_side: int = 320  # clips are scaled so that their short side has this many pixels
+    fps: float | None = None  # clips are resampled to this frame rate; None keeps the source's frames
+    crf: int = 20  # libx264 quality
+    preset: str = "veryfast"  # libx264 speed
+
+    def __post_init__(self):
+        if not 0 < self.min_seconds <= self.max_seconds:
+            raise ValueError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds} and {self.max_seconds}")
+        if self.short_side < 2 or self.short_side % 2:
+            raise ValueError(f"short_side must be even (yuv420p), got {self.short_side}")
+
+
+@dataclass
+class Shots:
+    ranges: list[tuple[int, int]]  # [start, end) frame indices of each shot
+    times: list[float]  # start time of every frame in seconds from the first, then the end of the video
+
+
+@dataclass
+class Piece:
+    shot: int
+    start_frame: int
+    end_frame: int  # exclusive
+
+
+@dataclass
+class ClipRow:
+    clip_id: str
+    source_sha256: str
+    source_path: str
+    shot: int
+    start_frame: int  # source frames [start_frame, end_frame)
+    end_frame: int
+    start_time: float  # seconds in the source
+    end_time: float
+    fps: float
+    width: int
+    height: int
+    frame_count: int  # frames in the clip file
+    path: str
+
+
+@dataclass
+class DropRow:
+    source_sha256: str
+    source_path: str
+    shot: int
+    start_frame: int
+    end_frame: int
+    start_time: float
+    end_time: float
+    reason: str
+
+
+@dataclass
+class ClipsResult:
+    clips: list[ClipRow]
+    drops: list[DropRow]
+
+
+def detect_shots(path, config: ClipConfig = ClipConfig()) -> Shots:
+    """Shot boundaries of a video by PySceneDetect's ContentDetector, on frames downscaled as it does."""
+    detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_frames)
+    times, cuts, size = [], [], None
+    with open_input(Path(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or Fraction(25)  # PySceneDetect's timecodes want one; indices are exact
+        last_duration = None
+        for index, frame in enumerate(container.decode(stream)):
+            if size is None:
+                factor = compute_downscale_factor(frame.width)
+                size = (max(2, round(frame.width / factor)), max(2, round(frame.height / factor)))
+            times.append(frame_time(frame, index, float(rate)))
+            last_duration = frame_duration(frame)
+            # one swscale thread: PyAV's default (a thread pool per call) is several times slower here
+            pixels = frame.to_ndarray(width=size[0], height=size[1], format="bgr24", threads=1)
+            cuts += [cut.frame_num for cut in detector.process_frame(FrameTimecode(index, rate), pixels)]
+    if not times:
+        raise ValueError(f"no video frame decodes in {path}")
+    cuts += [cut.frame_num for cut in detector.post_process(FrameTimecode(len(times) - 1, rate))]
+    bounds = [0] + sorted(cut for cut in set(cuts) if 0 < cut < len(times)) + [len(times)]
+    times = [time - times[0] for time in times + [end_time(times, last_duration, float(rate))]]
+    return Shots(list(zip(bounds[:-1], bounds[1:])), times)
+
+
+def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
+    """Each shot cut into equal windows of at most `max_seconds`; pieces under `min_seconds` with a reason."""
+    pieces, dropped = [], []
+    times = shots.times
+    for shot, (start, end) in enumerate(shots.ranges):
+        for window_start, window_end in _windows(times, start, end, config.max_seconds):
+            piece = Piece(shot, window_start, window_end)
+            seconds = times[window_end] - times[window_start]
+            if seconds < config.min_seconds:
+                dropped.append((piece, f"too short: {seconds:.2f} s < {config.min_seconds} s"))
+            else:
+                pieces.append(piece)
+    return pieces, dropped
+
+
+def _windows(times: list[float], start: int, end: int, max_seconds: float) -> list[tuple[int, int]]:
+    """Frames [start, end) split at the fewest equally spaced times that keep every window within max_seconds.
+
+    A window stays longer only where no split point exists: a frame shown for longer than max_seconds
+    (variable frame rate); the search then stops after one window per frame.
+    """
+    seconds = times[end] - times[start]
+    count = max(1, math.ceil(seconds / max_seconds - 1e-9))
+    while True:
+        targets = [times[start] + seconds * k / count for k in range(1, count)]
+        inner = [bisect_left(times, target, start + 1, end) for target in targets]
+        bounds = sorted({start, end, *inner})
+        windows = list(zip(bounds[:-1], bounds[1:]))
+        if count >= end - start or all(times[b] - times[a] <= max_seconds + 1e-6 for a, b in windows):
+            return windows
+        count += 1
+
+
+def clip_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Display size scaled so that the short side is `short_side`, the long side rounded to even."""
+    scale = short_side / min(width, height)
+    if width <= height:
+        return short_side, max(2, round(height * scale / 2) * 2)
+    return max(2, round(width * scale / 2) * 2), short_side
+
+
+def clip_name(sha256: str, piece: Piece) -> str:
+    return f"{sha256}_{piece.start_frame:06d}_{piece.end_frame:06d}.mp4"
+
+
+def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int], out_dir,
+              config: ClipConfig = ClipConfig()) -> list[Path]:
+    """Write each piece of `path` to `out_dir/name` (H.264, yuv420p, no audio) in one ffmpeg run.
+
+    Each file is written under a temporary name and renamed into place once ffmpeg has finished all of
+    them. ffmpeg rotates frames upright (its default autorotate), so `size` is the display size.
+    Raises RuntimeError with ffmpeg's message when it fails.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finals = [out_dir / name for name in names]
+    partials = [out_dir / f".{Path(name).stem}.partial.mp4" for name in names]  # renamed once complete
+    video = ffmpeg.input(f"file:{Path(path).absolute()}").video.split()
+    outputs = []
+    for index, (piece, partial) in enumerate(zip(pieces, partials)):
+        stream = video[index].trim(start_frame=piece.start_frame, end_frame=piece.end_frame)
+        stream = stream.setpts("PTS-STARTPTS")
+        if config.fps:
+            stream = stream.filter("fps", fps=config.fps)
+        stream = stream.filter("scale", size[0], size[1]).filter("setsar", 1)
+        outputs.append(ffmpeg.output(
+            stream, f"file:{partial}", f="mp4", vcodec="libx264", pix_fmt="yuv420p", crf=config.crf,
+            preset=config.preset, fps_mode="passthrough", an=None, map_metadata=-1,
+        ))
+    command = ffmpeg.merge_outputs(*outputs).global_args("-nostdin", "-loglevel", "error")
+    try:
+        command.run(cmd=imageio_ffmpeg.get_ffmpeg_exe(), capture_stdout=True, capture_stderr=True,
+                    overwrite_output=True)
+        for partial, final in zip(partials, finals):
+            os.replace(partial, final)
+    except ffmpeg.Error as error:
+        message = error.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"ffmpeg failed on {path}: {message[-1] if message else error}") from error
+    finally:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+    return finals
+
+
+def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig()) -> ClipsResult:
+    """Shots, windows and clip files of a probed video; every piece ends as a clip row or a drop row."""
+    if not probed.ok:
+        raise ValueError(f"{probed.path} was quarantined by probe ({probed.reason}); it has no clips")
+    source = (probed.sha256, probed.path)
+    try:
+        shots = detect_shots(probed.path, config)
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        end = probed.frame_count or 0
+        return ClipsResult([], [DropRow(*source, 0, 0, end, 0.0, probed.duration or 0.0,
+                                        f"shot detection failed: {error}")])
+    times = shots.times
+
+    def drop(piece: Piece, reason: str) -> DropRow:
+        return DropRow(*source, piece.shot, piece.start_frame, piece.end_frame,
+                       times[piece.start_frame], times[piece.end_frame], reason)
+
+    pieces, dropped = plan_pieces(shots, config)
+    drops = [drop(piece, reason) for piece, reason in dropped]
+    if not pieces:
+        return ClipsResult([], drops)
+    size = clip_size(probed.width, probed.height, config.short_side)
+    names = [clip_name(probed.sha256, piece) for piece in pieces]
+    try:
+        paths = cut_clips(probed.path, pieces, names, size, out_dir, config)
+    except RuntimeError as error:
+        return ClipsResult([], drops + [drop(piece, f"transcode failed: {error}") for piece in pieces])
+    clips = []
+    for piece, path in zip(pieces, paths):
+        with open_input(path) as container:
+            stream = container.streams.video[0]
+            frame_count, width, height = stream.frames, stream.width, stream.height
+        seconds = times[piece.end_frame] - times[piece.start_frame]
+        clips.append(ClipRow(
+            path.stem, *source, piece.shot, piece.start_frame, piece.end_frame, times[piece.start_frame],
+            times[piece.end_frame], config.fps or frame_count / seconds, width, height, frame_count, str(path),
+        ))
+    return ClipsResult(clips, drops)
