@@ -155,6 +155,8 @@ class BasicTransformerBlock3D(nn.Module):
 class Transformer3DModel(nn.Module):
     """GroupNorm -> proj_in -> transformer blocks -> proj_out, with a residual; all per frame but temporal."""
 
+    block_class = BasicTransformerBlock3D  # the VSR model substitutes its own block
+
     def __init__(
         self,
         channels: int,
@@ -165,8 +167,10 @@ class Transformer3DModel(nn.Module):
         norm_num_groups: int = 32,
         use_linear_projection: bool = False,
         upcast_attention: bool = False,
-        block_design: str = "base",
+        **block_kwargs,
     ):
+        """block_kwargs: settings of the transformer blocks beyond the shared ones (the base design's
+        `block_design`, the VSR block's `only_cross_attention`)."""
         super().__init__()
         inner = heads * head_dim
         self.use_linear_projection = use_linear_projection
@@ -176,7 +180,7 @@ class Transformer3DModel(nn.Module):
         else:
             self.proj_in, self.proj_out = nn.Conv2d(channels, inner, 1), nn.Conv2d(inner, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock3D(inner, heads, head_dim, context_dim, upcast_attention, block_design)
+            self.block_class(inner, heads, head_dim, context_dim, upcast_attention=upcast_attention, **block_kwargs)
             for _ in range(num_layers)
         )
 

@@ -12,7 +12,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .resnet import frame_group_norm
-from .unet_3d_blocks import CrossAttnDownBlock3D, CrossAttnUpBlock3D, DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
+from .unet_3d_blocks import build_blocks
 
 BLOCKS_2D_TO_3D = {
     "CrossAttnDownBlock2D": "CrossAttnDownBlock3D",
@@ -89,8 +89,6 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         n = len(block_out_channels)
-        if len(down_block_types) != n or len(up_block_types) != n:
-            raise ValueError(f"need {n} down and up block types for block_out_channels={block_out_channels}")
         if mid_block_type != "UNetMidBlock3DCrossAttn":
             raise ValueError(f"unsupported mid_block_type {mid_block_type!r}")
         # Stable Diffusion's `attention_head_dim` is really the number of heads (a diffusers legacy).
@@ -113,35 +111,9 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_dim)
         self.class_embedding = nn.Embedding(num_class_embeds, time_dim) if num_class_embeds else None
 
-        self.down_blocks = nn.ModuleList()
-        for i, kind in enumerate(down_block_types):
-            args = (block_out_channels[max(i - 1, 0)], block_out_channels[i], time_dim, layers_per_block, i < n - 1,
-                    resnet_kwargs)
-            if kind == "CrossAttnDownBlock3D":
-                block = CrossAttnDownBlock3D(*args, attention_kwargs(i), downsample_padding)
-            elif kind == "DownBlock3D":
-                block = DownBlock3D(*args, downsample_padding)
-            else:
-                raise ValueError(f"unsupported down block type {kind!r}")
-            self.down_blocks.append(block)
-
-        self.mid_block = UNetMidBlock3DCrossAttn(
-            block_out_channels[-1], time_dim, dict(resnet_kwargs, output_scale_factor=mid_block_scale_factor),
-            attention_kwargs(n - 1),
-        )
-
-        self.up_blocks = nn.ModuleList()
-        reversed_channels = list(reversed(block_out_channels))
-        for i, kind in enumerate(up_block_types):
-            args = (reversed_channels[min(i + 1, n - 1)], reversed_channels[max(i - 1, 0)], reversed_channels[i],
-                    time_dim, layers_per_block + 1, i < n - 1, resnet_kwargs)
-            if kind == "CrossAttnUpBlock3D":
-                block = CrossAttnUpBlock3D(*args, attention_kwargs(n - 1 - i))
-            elif kind == "UpBlock3D":
-                block = UpBlock3D(*args)
-            else:
-                raise ValueError(f"unsupported up block type {kind!r}")
-            self.up_blocks.append(block)
+        self.down_blocks, self.mid_block, self.up_blocks = build_blocks(
+            block_out_channels, down_block_types, up_block_types, layers_per_block, time_dim, resnet_kwargs,
+            lambda i, part: attention_kwargs(i), downsample_padding, mid_block_scale_factor)
 
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
@@ -174,13 +146,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             raise ValueError(f"encoder_hidden_states must be ({b}, tokens, dim) or ({b}, {t}, tokens, dim), "
                              f"got {tuple(text.shape)}")
 
-        emb = self.time_embedding(self.time_proj(per_sample(timestep, b, sample.device)).to(sample.dtype))
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError("this model has a class embedding: pass class_labels")
-            emb = emb + self.class_embedding(class_labels).to(emb.dtype)  # (b, time_dim)
-        elif class_labels is not None:
-            raise ValueError("class_labels were given but the model has no class embedding")
+        emb = embed_time(self, timestep, class_labels, b, sample.device, sample.dtype)  # (b, time_dim)
 
         x = sample.transpose(1, 2).reshape(b * t, c, h, w)  # frames fold into the batch
         if self.config.center_input_sample:
@@ -269,3 +235,20 @@ def per_sample(value, batch: int, device) -> torch.Tensor:
     if not torch.is_tensor(value):
         value = torch.tensor([value], dtype=torch.float32 if isinstance(value, float) else torch.int64)
     return value.reshape(-1).to(device).expand(batch)
+
+
+def embed_time(model, timestep, class_labels, batch: int, device, dtype) -> torch.Tensor:
+    """(batch, time_dim): the timestep embedding, plus the class embedding where the model has one."""
+    emb = model.time_embedding(model.time_proj(per_sample(timestep, batch, device)).to(dtype))
+    if model.class_embedding is None:
+        if class_labels is not None:
+            raise ValueError("class_labels were given but the model has no class embedding")
+        return emb
+    if class_labels is None:
+        raise ValueError("this model has a class embedding (for the VSR model, the noise level): pass class_labels")
+    labels = per_sample(class_labels, batch, device)
+    classes = model.class_embedding.num_embeddings
+    if labels.is_floating_point() or labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"class_labels must be integer classes (noise levels in 0..{classes - 1} for the VSR model), "
+                         f"got {labels.tolist()}")
+    return emb + model.class_embedding(labels).to(emb.dtype)

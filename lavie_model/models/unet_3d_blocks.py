@@ -121,3 +121,42 @@ class CrossAttnUpBlock3D(UpBlock3D):
 
     def layers(self):
         return list(zip(self.resnets, self.attentions))
+
+
+def build_blocks(block_out_channels, down_block_types, up_block_types, layers_per_block, time_dim, resnet_kwargs,
+                 attention_kwargs, downsample_padding=1, mid_block_scale_factor=1.0,
+                 cross_attention_blocks=(CrossAttnDownBlock3D, UNetMidBlock3DCrossAttn, CrossAttnUpBlock3D)):
+    """The down, mid and up blocks of a Stable-Diffusion-shaped UNet, channel bookkeeping as in diffusers.
+
+    attention_kwargs(i, part): the transformer settings of level i, part "down", "mid" or "up";
+    cross_attention_blocks: the classes of the blocks with attention (the VSR model has its own).
+    """
+    down_class, mid_class, up_class = cross_attention_blocks
+    n = len(block_out_channels)
+    if len(down_block_types) != n or len(up_block_types) != n:
+        raise ValueError(f"need {n} down and up block types for block_out_channels={block_out_channels}")
+    down_blocks = nn.ModuleList()
+    for i, kind in enumerate(down_block_types):
+        args = (block_out_channels[max(i - 1, 0)], block_out_channels[i], time_dim, layers_per_block, i < n - 1,
+                resnet_kwargs)
+        if kind == "CrossAttnDownBlock3D":
+            down_blocks.append(down_class(*args, attention_kwargs(i, "down"), downsample_padding))
+        elif kind == "DownBlock3D":
+            down_blocks.append(DownBlock3D(*args, downsample_padding))
+        else:
+            raise ValueError(f"unsupported down block type {kind!r}")
+    mid_block = mid_class(block_out_channels[-1], time_dim,
+                          dict(resnet_kwargs, output_scale_factor=mid_block_scale_factor),
+                          attention_kwargs(n - 1, "mid"))
+    up_blocks = nn.ModuleList()
+    reversed_channels = list(reversed(block_out_channels))
+    for i, kind in enumerate(up_block_types):
+        args = (reversed_channels[min(i + 1, n - 1)], reversed_channels[max(i - 1, 0)], reversed_channels[i],
+                time_dim, layers_per_block + 1, i < n - 1, resnet_kwargs)
+        if kind == "CrossAttnUpBlock3D":
+            up_blocks.append(up_class(*args, attention_kwargs(n - 1 - i, "up")))
+        elif kind == "UpBlock3D":
+            up_blocks.append(UpBlock3D(*args))
+        else:
+            raise ValueError(f"unsupported up block type {kind!r}")
+    return down_blocks, mid_block, up_blocks

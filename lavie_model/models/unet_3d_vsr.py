@@ -17,8 +17,8 @@ from torch import nn
 
 from .resnet import frame_group_norm
 from .temporal_attention import RotaryEmbedding
-from .unet_3d import UNet3DConditionOutput, config_from_2d, per_sample
-from .unet_3d_blocks import DownBlock3D, UpBlock3D
+from .unet_3d import UNet3DConditionOutput, config_from_2d, embed_time
+from .unet_3d_blocks import build_blocks
 from .unet_3d_vsr_blocks import (
     TemporalModule,
     VSRCrossAttnDownBlock3D,
@@ -80,8 +80,6 @@ class UNet3DVSRModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         n = len(block_out_channels)
-        if len(down_block_types) != n or len(up_block_types) != n:
-            raise ValueError(f"need {n} down and up block types for block_out_channels={block_out_channels}")
         if mid_block_type != "UNetMidBlock3DCrossAttn":
             raise ValueError(f"unsupported mid_block_type {mid_block_type!r}")
         # As in diffusers, `only_cross_attention[i]` belongs to down block i and, reversed, to up block n-1-i;
@@ -95,7 +93,8 @@ class UNet3DVSRModel(ModelMixin, ConfigMixin):
         time_dim = block_out_channels[0] * 4
         resnet_kwargs = dict(groups=norm_num_groups, eps=norm_eps, group_norm_across_frames=group_norm_across_frames)
 
-        def attention_kwargs(i, only_cross):
+        def attention_kwargs(i, part):
+            only_cross = cross_only[i] and part != "mid"
             channels = block_out_channels[i]
             if channels % heads[i]:
                 raise ValueError(f"block {i}: {channels} channels do not split into {heads[i]} heads")
@@ -112,40 +111,16 @@ class UNet3DVSRModel(ModelMixin, ConfigMixin):
         # too, so the checkpoint holds its frequencies at this name as well; each block uses its own copy.
         self.temporal_rotary_emb = RotaryEmbedding()
 
-        self.down_blocks = nn.ModuleList()
-        self.down_temporal_blocks = nn.ModuleList()
-        for i, kind in enumerate(down_block_types):
-            args = (block_out_channels[max(i - 1, 0)], block_out_channels[i], time_dim, layers_per_block, i < n - 1,
-                    resnet_kwargs)
-            if kind == "CrossAttnDownBlock3D":
-                block = VSRCrossAttnDownBlock3D(*args, attention_kwargs(i, cross_only[i]), downsample_padding)
-            elif kind == "DownBlock3D":
-                block = DownBlock3D(*args, downsample_padding)
-            else:
-                raise ValueError(f"unsupported down block type {kind!r}")
-            self.down_blocks.append(block)
-            self.down_temporal_blocks.append(TemporalModule(block_out_channels[i], time_dim, temporal_norm_num_groups))
-
-        self.mid_block = VSRUNetMidBlock3DCrossAttn(
-            block_out_channels[-1], time_dim, dict(resnet_kwargs, output_scale_factor=mid_block_scale_factor),
-            attention_kwargs(n - 1, False),
-        )
+        self.down_blocks, self.mid_block, self.up_blocks = build_blocks(
+            block_out_channels, down_block_types, up_block_types, layers_per_block, time_dim, resnet_kwargs,
+            attention_kwargs, downsample_padding, mid_block_scale_factor,
+            (VSRCrossAttnDownBlock3D, VSRUNetMidBlock3DCrossAttn, VSRCrossAttnUpBlock3D))
+        # A temporal module after every block: channels of the block's output.
+        self.down_temporal_blocks = nn.ModuleList(
+            TemporalModule(channels, time_dim, temporal_norm_num_groups) for channels in block_out_channels)
         self.mid_temporal_block = TemporalModule(block_out_channels[-1], time_dim, temporal_norm_num_groups)
-
-        self.up_blocks = nn.ModuleList()
-        self.up_temporal_blocks = nn.ModuleList()
-        reversed_channels = list(reversed(block_out_channels))
-        for i, kind in enumerate(up_block_types):
-            args = (reversed_channels[min(i + 1, n - 1)], reversed_channels[max(i - 1, 0)], reversed_channels[i],
-                    time_dim, layers_per_block + 1, i < n - 1, resnet_kwargs)
-            if kind == "CrossAttnUpBlock3D":
-                block = VSRCrossAttnUpBlock3D(*args, attention_kwargs(n - 1 - i, cross_only[n - 1 - i]))
-            elif kind == "UpBlock3D":
-                block = UpBlock3D(*args)
-            else:
-                raise ValueError(f"unsupported up block type {kind!r}")
-            self.up_blocks.append(block)
-            self.up_temporal_blocks.append(TemporalModule(reversed_channels[i], time_dim, temporal_norm_num_groups))
+        self.up_temporal_blocks = nn.ModuleList(
+            TemporalModule(channels, time_dim, temporal_norm_num_groups) for channels in reversed(block_out_channels))
 
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
@@ -170,17 +145,7 @@ class UNet3DVSRModel(ModelMixin, ConfigMixin):
         if text.ndim != 3 or text.shape[0] != b:
             raise ValueError(f"encoder_hidden_states must be ({b}, tokens, dim), got {tuple(text.shape)}")
 
-        emb = self.time_embedding(self.time_proj(per_sample(timestep, b, sample.device)).to(sample.dtype))  # (b, d)
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError("this model has a noise-level embedding: pass class_labels (the noise level)")
-            labels = per_sample(class_labels, b, sample.device)
-            levels = self.class_embedding.num_embeddings
-            if labels.is_floating_point() or labels.min() < 0 or labels.max() >= levels:
-                raise ValueError(f"class_labels must be integer noise levels in 0..{levels - 1}, got {labels.tolist()}")
-            emb = emb + self.class_embedding(labels).to(emb.dtype)
-        elif class_labels is not None:
-            raise ValueError("class_labels were given but the model has no class embedding")
+        emb = embed_time(self, timestep, class_labels, b, sample.device, sample.dtype)  # (b, time_dim)
 
         x = sample.transpose(1, 2).reshape(b * t, c, h, w)  # frames fold into the batch
         if self.config.center_input_sample:

@@ -16,7 +16,7 @@ Tensor names follow the released `lavie_vsr.pt`.
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, FeedForward, attend_to_text
+from .attention import Attention, FeedForward, Transformer3DModel, attend_to_text
 from .resnet import ResnetBlock3D
 from .temporal_attention import TemporalAttention
 from .unet_3d_blocks import CrossAttnDownBlock3D, CrossAttnUpBlock3D, UNetMidBlock3DCrossAttn, _Block
@@ -93,8 +93,8 @@ class VSRTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x, text, num_frames: int):
-        """x: (b*t, n, c); text: (b, m, c_ctx), one per video -> (b*t, n, c)."""
+    def forward(self, x, text, num_frames: int, num_image_frames: int = 0):
+        """x: (b*t, n, c); text: (b, m, c_ctx), one per video -> (b*t, n, c). There are no image frames."""
         if self.only_cross_attention:
             x = attend_to_text(self.attn1, self.norm1(x), text, num_frames) + x
         else:
@@ -106,58 +106,25 @@ class VSRTransformerBlock(nn.Module):
         return self.ff(self.norm3(x)) + x
 
 
-class VSRTransformer3DModel(nn.Module):
-    """resblock_temporal -> GroupNorm (per frame) -> proj_in -> transformer blocks -> proj_out, plus a residual
-    taken after the temporal convolution block (as in the official code)."""
+class VSRTransformer3DModel(Transformer3DModel):
+    """The base spatial transformer with VSR blocks, behind a temporal convolution block (`resblock_temporal`);
+    its residual is taken after that block, as in the official code."""
 
-    def __init__(
-        self,
-        channels: int,
-        heads: int,
-        head_dim: int,
-        context_dim: int,
-        only_cross_attention: bool = False,
-        num_layers: int = 1,
-        norm_num_groups: int = 32,
-        use_linear_projection: bool = True,
-        upcast_attention: bool = False,
-        temporal_norm_num_groups: int = 32,
-    ):
-        super().__init__()
-        inner = heads * head_dim
-        self.use_linear_projection = use_linear_projection
+    block_class = VSRTransformerBlock
+
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, only_cross_attention: bool = False,
+                 num_layers: int = 1, norm_num_groups: int = 32, use_linear_projection: bool = True,
+                 upcast_attention: bool = False, temporal_norm_num_groups: int = 32):
+        super().__init__(channels, heads, head_dim, context_dim, num_layers, norm_num_groups, use_linear_projection,
+                         upcast_attention, only_cross_attention=only_cross_attention)
         # Zero-initialised here (the official code is not): a fresh inflation starts as the 2D upscaler.
         self.resblock_temporal = TemporalConvBlock(channels, 3, groups=temporal_norm_num_groups, zero_init=True)
-        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
-        if use_linear_projection:
-            self.proj_in, self.proj_out = nn.Linear(channels, inner), nn.Linear(inner, channels)
-        else:
-            self.proj_in, self.proj_out = nn.Conv2d(channels, inner, 1), nn.Conv2d(inner, channels, 1)
-        self.transformer_blocks = nn.ModuleList(
-            VSRTransformerBlock(inner, heads, head_dim, context_dim, only_cross_attention, upcast_attention)
-            for _ in range(num_layers)
-        )
 
     def forward(self, x, text, num_frames: int, num_image_frames: int = 0):
-        """x: (b*t, c, h, w) -> (b*t, c, h, w). `num_image_frames` comes with the shared down/up blocks; the VSR
-        model has no still-image frames, so it must be 0."""
+        """x: (b*t, c, h, w) -> (b*t, c, h, w); the VSR model has no still-image frames."""
         if num_image_frames:
             raise ValueError("the VSR transformer takes video frames only (num_image_frames must be 0)")
-        x = self.resblock_temporal(x, num_frames)
-        bt, c, h, w = x.shape
-        residual = x
-        x = self.norm(x)
-        if self.use_linear_projection:
-            x = self.proj_in(x.permute(0, 2, 3, 1).reshape(bt, h * w, c))  # (b*t, h*w, inner)
-        else:
-            x = self.proj_in(x).permute(0, 2, 3, 1).reshape(bt, h * w, -1)
-        for block in self.transformer_blocks:
-            x = block(x, text, num_frames)
-        if self.use_linear_projection:
-            x = self.proj_out(x).reshape(bt, h, w, c).permute(0, 3, 1, 2)
-        else:
-            x = self.proj_out(x.reshape(bt, h, w, -1).permute(0, 3, 1, 2))
-        return x + residual
+        return super().forward(self.resblock_temporal(x, num_frames), text, num_frames, 0)
 
 
 class VSRCrossAttnDownBlock3D(CrossAttnDownBlock3D):
