@@ -24,7 +24,7 @@ from PIL import Image
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 230), "yellow": (240, 210, 40),
+    "red": (220, 40, 40), "green": (20, 120, 40), "blue": (40, 80, 230), "yellow": (240, 210, 40),
     "orange": (245, 140, 30), "purple": (150, 60, 200),
 }
 # Mean brightness of each background; the two shots of a two-shot file differ by at least CUT_CONTRAST.
