@@ -33,7 +33,8 @@ def generate(args):
              dtype=args.dtype, output=args.output, video=args.video)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands=None) -> argparse.ArgumentParser:
+    """The `lavie` parser; `extra_commands(commands)` adds subcommands (the data commands of `pipelines`)."""
     parser = argparse.ArgumentParser(prog="lavie", description="LaVie cascaded text-to-video: models and tools")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -86,11 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--output", required=True, help="output video, .mp4 or .gif")
     p.set_defaults(func=generate)
+    if extra_commands is not None:
+        extra_commands(commands)
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, extra_commands=None) -> int:
+    args = build_parser(extra_commands).parse_args(argv)
     try:
         args.func(args)
     except (OSError, ValueError, TypeError) as error:

@@ -1,0 +1,303 @@
+"""Curation assets (group `curation`): a batch of videos -> probe -> clips -> captions -> scores -> filter -> shards.
+
+Every asset is partitioned by batch (a Dagster dynamic partition that `lavie ingest` or the inbox sensor
+adds), calls into `lavie_model.curation`, writes its table under LAVIE_HOME/curation/BATCH/ and records
+what a person would look at. Thresholds live in the `filtered_clips` config: changing them re-runs that
+step and the shards, never the scores.
+"""
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from lavie_model.config import load_preset
+from lavie_model.curation import store
+from lavie_model.curation.clips import ClipConfig, make_clips
+from lavie_model.curation.filtering import FilterConfig, decide
+from lavie_model.curation.probe import ProbeConfig, probe
+from lavie_model.curation.scores import ScoreConfig, score_clips
+from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
+
+video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
+image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # processes per asset; each holds one file's frames at most
+
+
+class CurationSettings(dg.ConfigurableResource):
+    """The preset whose clip sizes to produce, the data root (default $LAVIE_HOME or ./data), and the local
+    weights of the scoring models (none: a tiny random CLIP and no aesthetic score, labelled so in the tables)."""
+
+    preset: str = "tiny"
+    lavie_home: str | None = None
+    clip_model: str = ScoreConfig.clip_model
+    clip_weights: str | None = None
+    aesthetic_weights: str | None = None
+
+    def score_config(self) -> ScoreConfig:
+        return ScoreConfig(clip_model=self.clip_model, clip_weights=self.clip_weights,
+                           aesthetic_weights=self.aesthetic_weights)
+
+    def home(self) -> Path:
+        return Path(self.lavie_home).absolute() if self.lavie_home else store.lavie_home()
+
+    def batch_dir(self, key: str) -> Path:
+        folder = self.home() / "curation" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def clip_config(self) -> ClipConfig:
+        return ClipConfig(**load_preset(self.preset)["curation"])
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Write a Parquet table atomically."""
+    partial = path.with_name(f".{path.name}.partial")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return path
+
+
+def funnel(**counts) -> dg.MetadataValue:
+    return dg.MetadataValue.md(" -> ".join(f"{name} **{count}**" for name, count in counts.items()))
+
+
+def markdown_table(frame: pd.DataFrame) -> dg.MetadataValue:
+    if frame.empty:
+        return dg.MetadataValue.md("none")
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def reasons_table(frame: pd.DataFrame, column: str = "reason") -> dg.MetadataValue:
+    """How many rows give each reason (the part before its first colon)."""
+    if frame.empty:
+        return dg.MetadataValue.md("none")
+    counts = frame[column].str.split(":").str[0].value_counts()
+    return markdown_table(pd.DataFrame({"reason": counts.index, "count": counts.values}))
+
+
+@dg.asset(partitions_def=video_batches, group_name="curation", kinds={"parquet"})
+def raw_videos(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """The batch as ingested: each file's SHA-256, name, managed copy and source caption."""
+    batch = store.read_batch(context.partition_key, settings.home())
+    table = pd.DataFrame([asdict(f) for f in batch.files])
+    path = write_table(table, settings.batch_dir(batch.key) / "raw.parquet")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(table), "path": dg.MetadataValue.path(str(path)),
+        "with_source_caption": int(table["caption"].notna().sum()),
+        "megabytes": round(sum(Path(p).stat().st_size for p in table["stored_path"]) / 2**20, 2),
+    })
+
+
+MAX_QUARANTINE_FRACTION = 0.2  # above this, a batch warns: something upstream may be wrong
+
+
+@dg.asset(partitions_def=video_batches, group_name="curation", deps=[raw_videos], kinds={"parquet"},
+          check_specs=[dg.AssetCheckSpec("quarantine_fraction", asset="probed_videos",
+                                         description=f"Warns above {MAX_QUARANTINE_FRACTION:.0%} quarantined.")])
+def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """Every file decode-validated with PyAV; unusable ones go to the quarantine table with a reason."""
+    folder = settings.batch_dir(context.partition_key)
+    raw = pd.read_parquet(folder / "raw.parquet")
+    with ProcessPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(probe, raw["stored_path"], [ProbeConfig()] * len(raw)))
+    table = pd.DataFrame([asdict(r) for r in results]).assign(name=raw["name"].values, run_id=context.run_id)
+    write_table(table[table["ok"]], folder / "probe.parquet")
+    quarantine = table[~table["ok"]][["sha256", "name", "path", "reason", "run_id"]]
+    write_table(quarantine, folder / "quarantine.parquet")
+    usable = table[table["ok"]]
+    fraction = len(quarantine) / max(1, len(raw))
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(usable), "quarantined": len(quarantine),
+            "funnel": funnel(ingested=len(raw), decodable=len(usable)),
+            "quarantine_reasons": reasons_table(quarantine),
+            "hours": round(float(usable["duration"].sum()) / 3600, 4),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name="quarantine_fraction", passed=fraction <= MAX_QUARANTINE_FRACTION,
+            severity=dg.AssetCheckSeverity.WARN, metadata={"fraction": round(fraction, 4)})],
+    )
+
+
+def _clips_of(args):
+    row, out_dir, config = args
+    from lavie_model.curation.probe import ProbeResult
+
+    result = make_clips(ProbeResult(**row), out_dir, config)
+    return [asdict(c) for c in result.clips], [asdict(d) for d in result.drops]
+
+
+@dg.asset(partitions_def=video_batches, group_name="curation", deps=[probed_videos], kinds={"parquet"})
+def video_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """Shots found with PySceneDetect, cut into windows and transcoded frame-accurately to the preset's size."""
+    folder = settings.batch_dir(context.partition_key)
+    probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
+    out_dir = settings.home() / "clips" / context.partition_key
+    config = settings.clip_config()
+    jobs = [(row, out_dir, config) for row in probed.to_dict("records")]
+    with ProcessPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(_clips_of, jobs))
+    clips = pd.DataFrame([c for cs, _ in results for c in cs]).assign(run_id=context.run_id)
+    drops = pd.DataFrame([d for _, ds in results for d in ds])
+    write_table(clips, folder / "clips.parquet")
+    write_table(drops, folder / "clip_drops.parquet")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(clips), "dropped_pieces": len(drops),
+        "funnel": funnel(decodable=len(probed), clips=len(clips)),
+        "drop_reasons": reasons_table(drops),
+        "clip_hours": round(float((clips["end_time"] - clips["start_time"]).sum()) / 3600, 4) if len(clips) else 0.0,
+    })
+
+
+@dg.asset(partitions_def=video_batches, group_name="curation", deps=[video_clips], kinds={"parquet"})
+def captioned_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """Each clip with its source video's caption; the caption's origin is recorded."""
+    folder = settings.batch_dir(context.partition_key)
+    clips = pd.read_parquet(folder / "clips.parquet")
+    raw = pd.read_parquet(folder / "raw.parquet")[["sha256", "caption", "caption_source"]]
+    table = clips.merge(raw, left_on="source_sha256", right_on="sha256", how="left").drop(columns=["sha256"])
+    table["caption_source"] = table["caption_source"].where(table["caption"].notna(), None)
+    write_table(table, folder / "captions.parquet")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(table), "without_caption": int(table["caption"].isna().sum()),
+        "caption_sources": dg.MetadataValue.json(table["caption_source"].value_counts(dropna=False).to_dict()),
+    })
+
+
+@dg.asset(partitions_def=video_batches, group_name="curation", deps=[captioned_clips], kinds={"parquet"})
+def clip_scores(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """CLIP text-frame similarity and image embedding, aesthetic score, motion, resolution, duration."""
+    folder = settings.batch_dir(context.partition_key)
+    clips = pd.read_parquet(folder / "captions.parquet")
+    scores = score_clips(clips, settings.score_config())
+    write_table(scores, folder / "scores.parquet")
+    summary = scores[["clip_score", "aesthetic", "motion", "duration"]].describe().round(4)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(scores), "summary": markdown_table(summary.reset_index()),
+    })
+
+
+class FilterSettings(dg.Config):
+    """Thresholds of the per-clip decision; None turns a rule off. Defaults: lavie_model.curation.filtering."""
+
+    min_clip_score: float | None = FilterConfig.min_clip_score
+    min_aesthetic: float | None = FilterConfig.min_aesthetic
+    min_motion: float | None = FilterConfig.min_motion
+    max_motion: float | None = FilterConfig.max_motion
+    min_seconds: float | None = FilterConfig.min_seconds
+    dedup_similarity: float | None = FilterConfig.dedup_similarity
+
+
+@dg.asset(partitions_def=video_batches, group_name="curation", deps=[clip_scores], kinds={"parquet"})
+def filtered_clips(context: dg.AssetExecutionContext, config: FilterSettings,
+                   settings: CurationSettings) -> dg.MaterializeResult:
+    """A keep/drop decision per clip with every reason for a drop; re-runs cheaply when thresholds change."""
+    folder = settings.batch_dir(context.partition_key)
+    clips = pd.read_parquet(folder / "captions.parquet")
+    scores = pd.read_parquet(folder / "scores.parquet")
+    decisions = decide(clips, scores, FilterConfig(**config.model_dump()))
+    write_table(decisions.assign(run_id=context.run_id), folder / "filtered.parquet")
+    kept = int(decisions["keep"].sum())
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": kept, "dropped": len(decisions) - kept,
+        "funnel": funnel(clips=len(clips), kept=kept), "drop_reasons": reasons_table(decisions[~decisions["keep"]]),
+        "thresholds": dg.MetadataValue.json(config.model_dump()),
+    })
+
+
+SHARD_CHECKS = [
+    dg.AssetCheckSpec("shards_open_and_match", asset="video_shards", blocking=True,
+                      description="Every shard opens with webdataset and holds the samples the filter kept."),
+    dg.AssetCheckSpec("kept_clips_have_captions", asset="video_shards", blocking=True,
+                      description="No kept clip lacks a caption."),
+]
+
+
+@dg.asset(partitions_def=video_batches, group_name="curation", deps=[filtered_clips], kinds={"webdataset"},
+          check_specs=SHARD_CHECKS)
+def video_shards(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """The kept clips as WebDataset shards ({key}.mp4, .txt, .json with lineage and scores), written atomically."""
+    key = context.partition_key
+    folder = settings.batch_dir(key)
+    samples = kept_samples(folder, key)
+    out_dir = settings.home() / "shards" / "videos" / key
+    shards = write_shards(samples, out_dir, prefix=key)
+    write_table(shards, folder / "shards.parquet")
+    problems = verify_shards(shards)
+    held = int(shards["samples"].sum()) if len(shards) else 0
+    if held != len(samples):
+        problems.append(f"shards hold {held} samples, the filter kept {len(samples)}")
+    uncaptioned = samples.loc[samples["caption"].isna() | (samples["caption"].str.strip() == ""), "clip_id"].tolist()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": held, "shards": len(shards), "path": dg.MetadataValue.path(str(out_dir)),
+            "shard_list": markdown_table(shards[["name", "samples", "bytes", "sha256"]]) if len(shards) else "none",
+            "hours": round(float(samples["duration"].sum()) / 3600, 4) if len(samples) else 0.0,
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name="shards_open_and_match", passed=not problems,
+                                metadata={"problems": dg.MetadataValue.json(problems)}),
+            dg.AssetCheckResult(check_name="kept_clips_have_captions", passed=not uncaptioned,
+                                metadata={"uncaptioned": dg.MetadataValue.json(uncaptioned)}),
+        ],
+    )
+
+
+def kept_samples(folder: Path, batch: str) -> pd.DataFrame:
+    """One row per kept clip with its caption, lineage (source, time range, batch) and scores.
+
+    The Dagster run ids stay in the tables, not in the shards, so that re-materializing a batch
+    reproduces its shards byte for byte.
+    """
+    clips = pd.read_parquet(folder / "captions.parquet").drop(columns=["run_id"])
+    scores = pd.read_parquet(folder / "scores.parquet").drop(columns=["width", "height"], errors="ignore")
+    decisions = pd.read_parquet(folder / "filtered.parquet").drop(columns=["run_id"])
+    table = clips.merge(scores, on="clip_id").merge(decisions, on="clip_id")
+    return table[table["keep"]].assign(batch=batch).drop(columns=["keep", "reason"]).reset_index(drop=True)
+
+
+@dg.asset(partitions_def=image_batches, group_name="curation", kinds={"parquet"})
+def raw_images(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """An image batch as ingested: each file's SHA-256, name, managed copy and caption."""
+    batch = store.read_batch(context.partition_key, settings.home())
+    table = pd.DataFrame([asdict(f) for f in batch.files])
+    write_table(table, settings.batch_dir(batch.key) / "raw.parquet")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(table), "without_caption": int(table["caption"].isna().sum()),
+    })
+
+
+@dg.asset(partitions_def=image_batches, group_name="curation", deps=[raw_images], kinds={"webdataset"},
+          check_specs=[dg.AssetCheckSpec("image_shards_open_and_match", asset="image_shards", blocking=True)])
+def image_shards(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
+    """Captioned images as image-text WebDataset shards ({key}.jpg, .txt, .json); uncaptioned ones are listed."""
+    key = context.partition_key
+    folder = settings.batch_dir(key)
+    raw = pd.read_parquet(folder / "raw.parquet")
+    captioned = raw[raw["caption"].notna()]
+    samples = captioned.rename(columns={"sha256": "image_id", "stored_path": "path"}).assign(batch=key)
+    out_dir = settings.home() / "shards" / "images" / key
+    shards = write_image_shards(samples, out_dir, prefix=key, key="image_id")
+    write_table(shards, folder / "shards.parquet")
+    problems = verify_shards(shards)
+    held = int(shards["samples"].sum()) if len(shards) else 0
+    if held != len(samples):
+        problems.append(f"shards hold {held} samples, {len(samples)} images have captions")
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": held, "shards": len(shards), "path": dg.MetadataValue.path(str(out_dir)),
+                  "without_caption": dg.MetadataValue.json(raw.loc[raw["caption"].isna(), "name"].tolist())},
+        check_results=[dg.AssetCheckResult(check_name="image_shards_open_and_match", passed=not problems,
+                                           metadata={"problems": dg.MetadataValue.json(problems)})],
+    )
+
+
+VIDEO_ASSETS = [raw_videos, probed_videos, video_clips, captioned_clips, clip_scores, filtered_clips, video_shards]
+IMAGE_ASSETS = [raw_images, image_shards]
+curate_videos = dg.define_asset_job("curate_videos", selection=VIDEO_ASSETS, partitions_def=video_batches)
+curate_images = dg.define_asset_job("curate_images", selection=IMAGE_ASSETS, partitions_def=image_batches)
