@@ -1,11 +1,11 @@
-# `make test` creates .venv when it is missing, installs the project into it and runs the tests.
+# `make demo` and `make test` create .venv when it is missing and install the project into it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: test bench clean-venv
+.PHONY: test demo bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m pipelines.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/unet_step.py

@@ -33,6 +33,20 @@ def generate(args):
              dtype=args.dtype, output=args.output, video=args.video)
 
 
+def lineage(args):
+    from .curation.lineage import lineage
+    from .curation.store import lavie_home
+
+    try:
+        record = lineage(args.key, lavie_home())
+    except KeyError as error:
+        raise ValueError(error.args[0]) from error
+    for name, value in record.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        print(f"{name:15} {value}")
+
+
 def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     """The `lavie` parser; `extra_commands(commands)` adds subcommands (the data commands of `pipelines`)."""
     parser = argparse.ArgumentParser(prog="lavie", description="LaVie cascaded text-to-video: models and tools")
@@ -87,6 +101,13 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--output", required=True, help="output video, .mp4 or .gif")
     p.set_defaults(func=generate)
+
+    p = commands.add_parser("lineage", help="where a shard sample came from",
+                            description="Print, for a sample key in any shard under LAVIE_HOME, the shard, the "
+                            "source file and its SHA-256, the time range, the batch, the Dagster runs, the scores "
+                            "and the filter decision.")
+    p.add_argument("key", help="a sample key (a clip id, or an image's SHA-256)")
+    p.set_defaults(func=lineage)
     if extra_commands is not None:
         extra_commands(commands)
     return parser

@@ -148,3 +148,43 @@ def test_lavie_ingest_registers_a_partition(corpus, tmp_path, monkeypatch, capsy
     monkeypatch.delenv("DAGSTER_HOME")
     assert lavie(["ingest", str(corpus.videos[1])]) == 1
     assert "DAGSTER_HOME is not set" in capsys.readouterr().err
+
+
+def test_the_inbox_sensor_registers_new_files_once(corpus, tmp_path):
+    from pipelines.sensors import inbox_sensor
+
+    inbox = tmp_path / "inbox" / "videos"
+    inbox.mkdir(parents=True)
+    for source in corpus.videos[:2]:
+        target = inbox / source.name
+        shutil.copy(source, target)
+        os.utime(target, (1_000_000_000, 1_000_000_000))  # settled long ago
+    instance = dg.DagsterInstance.ephemeral()
+    settings = CurationSettings(lavie_home=str(tmp_path))
+    first = inbox_sensor(dg.build_sensor_context(instance=instance, resources={"settings": settings}))
+    assert [r.partition_key for r in first.run_requests] == [first.dynamic_partitions_requests[0].partition_keys[0]]
+    assert first.run_requests[0].job_name == "curate_videos"
+    assert len(store.read_batch(first.run_requests[0].partition_key, tmp_path).files) == 2
+    again = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor,
+                                                 resources={"settings": settings}))
+    assert not again.run_requests and not again.dynamic_partitions_requests
+    shutil.copy(corpus.videos[2], inbox / "late.mp4")  # just written: left for a later tick
+    later = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=again.cursor,
+                                                 resources={"settings": settings}))
+    assert not later.run_requests
+
+
+def test_lavie_lineage_traces_a_sample_to_its_source(curated, monkeypatch, capsys):
+    from lavie_model.cli import main
+
+    monkeypatch.setenv("LAVIE_HOME", str(curated["home"]))
+    t = tables(curated)
+    kept = t["filtered"][t["filtered"]["keep"]].iloc[0]
+    clip = t["captions"].set_index("clip_id").loc[kept["clip_id"]]
+    assert main(["lineage", kept["clip_id"]]) == 0
+    out = capsys.readouterr().out
+    for text in (clip["source_path"], clip["source_sha256"], curated["batch"].key, clip["run_id"], kept["run_id"],
+                 f"{clip['start_time']:.3f}-{clip['end_time']:.3f} s", "kept", "motion"):
+        assert str(text) in out, text
+    assert main(["lineage", "no-such-key"]) == 1
+    assert "no shard" in capsys.readouterr().err
