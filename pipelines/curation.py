@@ -6,6 +6,7 @@ what a person would look at. Thresholds live in the `filtered_clips` config: cha
 step and the shards, never the scores.
 """
 
+import base64
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -16,15 +17,18 @@ import pandas as pd
 
 from lavie_model.config import load_preset
 from lavie_model.curation import store
+from lavie_model.curation.captioner import CaptionerConfig, caption_clips
 from lavie_model.curation.clips import ClipConfig, make_clips
 from lavie_model.curation.filtering import FilterConfig, decide
 from lavie_model.curation.probe import ProbeConfig, probe
+from lavie_model.curation.report import histogram_png, preview_gif
 from lavie_model.curation.scores import ScoreConfig, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
 
 video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
-WORKERS = max(1, min(4, os.cpu_count() or 1))  # processes per asset; each holds one file's frames at most
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+PREVIEWS = 4  # kept clips shown as GIFs in the shards' metadata  # processes per asset; each holds one file's frames at most
 
 
 class CurationSettings(dg.ConfigurableResource):
@@ -36,6 +40,8 @@ class CurationSettings(dg.ConfigurableResource):
     clip_model: str = ScoreConfig.clip_model
     clip_weights: str | None = None
     aesthetic_weights: str | None = None
+    captioner_path: str | None = None  # a local transformers image-to-text model folder, for uncaptioned clips
+    recaption: bool = False  # caption every clip with the captioner, not only those without a source caption
 
     def score_config(self) -> ScoreConfig:
         return ScoreConfig(clip_model=self.clip_model, clip_weights=self.clip_weights,
@@ -59,6 +65,11 @@ def write_table(frame: pd.DataFrame, path: Path) -> Path:
     frame.to_parquet(partial, index=False)
     os.replace(partial, path)
     return path
+
+
+def picture(data: bytes, kind: str, title: str) -> str:
+    """Markdown showing PNG or GIF bytes inline (a data URI), as the Dagster UI renders them."""
+    return f"![{title}](data:image/{kind};base64,{base64.b64encode(data).decode()})"
 
 
 def funnel(**counts) -> dg.MetadataValue:
@@ -157,12 +168,17 @@ def video_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -
 
 @dg.asset(partitions_def=video_batches, group_name="curation", deps=[video_clips], kinds={"parquet"})
 def captioned_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
-    """Each clip with its source video's caption; the caption's origin is recorded."""
+    """Each clip with a caption: its source video's, or the captioner's where there is none (or for all clips
+    with `recaption`); the caption's origin is recorded."""
     folder = settings.batch_dir(context.partition_key)
     clips = pd.read_parquet(folder / "clips.parquet")
     raw = pd.read_parquet(folder / "raw.parquet")[["sha256", "caption", "caption_source"]]
     table = clips.merge(raw, left_on="source_sha256", right_on="sha256", how="left").drop(columns=["sha256"])
     table["caption_source"] = table["caption_source"].where(table["caption"].notna(), None)
+    wanted = table["caption"].isna() | settings.recaption
+    if settings.captioner_path and wanted.any():
+        generated = caption_clips(table[wanted], CaptionerConfig(model_path=settings.captioner_path))
+        table.loc[wanted, ["caption", "caption_source"]] = generated[["caption", "caption_source"]].to_numpy()
     write_table(table, folder / "captions.parquet")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(table), "without_caption": int(table["caption"].isna().sum()),
@@ -178,8 +194,11 @@ def clip_scores(context: dg.AssetExecutionContext, settings: CurationSettings) -
     scores = score_clips(clips, settings.score_config())
     write_table(scores, folder / "scores.parquet")
     summary = scores[["clip_score", "aesthetic", "motion", "duration"]].describe().round(4)
+    plots = " ".join(picture(histogram_png(scores[name], name), "png", name)
+                     for name in ("clip_score", "aesthetic", "motion", "duration"))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(scores), "summary": markdown_table(summary.reset_index()),
+        "histograms": dg.MetadataValue.md(plots),
     })
 
 
@@ -239,6 +258,9 @@ def video_shards(context: dg.AssetExecutionContext, settings: CurationSettings) 
             "dagster/row_count": held, "shards": len(shards), "path": dg.MetadataValue.path(str(out_dir)),
             "shard_list": markdown_table(shards[["name", "samples", "bytes", "sha256"]]) if len(shards) else "none",
             "hours": round(float(samples["duration"].sum()) / 3600, 4) if len(samples) else 0.0,
+            "previews": dg.MetadataValue.md("\n\n".join(
+                f"{picture(preview_gif(row.path), 'gif', row.clip_id)} {row.caption}"
+                for row in samples.head(PREVIEWS).itertuples()) or "no clip kept"),
         },
         check_results=[
             dg.AssetCheckResult(check_name="shards_open_and_match", passed=not problems,

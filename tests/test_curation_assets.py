@@ -62,6 +62,9 @@ def test_checks_pass_and_metadata_is_recorded(curated):
     assert checks == {"quarantine_fraction": True, "shards_open_and_match": True, "kept_clips_have_captions": True}
     materialization = result.asset_materializations_for_node("video_shards")[0]
     assert materialization.metadata["shards"].value >= 1
+    assert materialization.metadata["previews"].value.count("data:image/gif;base64,") >= 1
+    histograms = result.asset_materializations_for_node("clip_scores")[0].metadata["histograms"].value
+    assert histograms.count("data:image/png;base64,") == 4
     probe_metadata = result.asset_materializations_for_node("probed_videos")[0].metadata
     assert "ingested" in probe_metadata["funnel"].value and probe_metadata["quarantined"].value == 1
 
@@ -188,3 +191,24 @@ def test_lavie_lineage_traces_a_sample_to_its_source(curated, monkeypatch, capsy
         assert str(text) in out, text
     assert main(["lineage", "no-such-key"]) == 1
     assert "no shard" in capsys.readouterr().err
+
+
+def test_uncaptioned_clips_get_the_captioners_caption(corpus, tmp_path):
+    from lavie_model.curation.captioner import build_tiny_captioner
+    from pipelines.curation import captioned_clips, probed_videos, raw_videos, video_clips
+
+    video = tmp_path / "inputs" / "no caption.mp4"
+    video.parent.mkdir()
+    shutil.copy(corpus.videos[5], video)  # no sidecar .txt beside it
+    batch = store.ingest([video], home=tmp_path / "home")
+    assert batch.files[0].caption is None
+    captioner = build_tiny_captioner(tmp_path / "captioner")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("video_batches", [batch.key])
+    settings = CurationSettings(lavie_home=str(tmp_path / "home"), captioner_path=str(captioner))
+    assert dg.materialize([raw_videos, probed_videos, video_clips, captioned_clips], partition_key=batch.key,
+                          instance=instance, resources={"settings": settings}).success
+    captions = pd.read_parquet(tmp_path / "home" / "curation" / batch.key / "captions.parquet")
+    assert len(captions) >= 1
+    assert (captions["caption_source"] == f"captioner:{Path(captioner).name}").all()
+    assert captions["caption"].str.len().gt(0).all()

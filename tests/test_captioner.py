@@ -1,0 +1,53 @@
+"""Captions on real files: a tiny random captioner saved offline, loaded like a real one, on two tiny clips."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lavie_model.curation.captioner import CaptionerConfig, build_tiny_captioner, caption_clips
+from lavie_model.curation.demo_corpus import write_mp4
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    return build_tiny_captioner(tmp_path_factory.mktemp("tiny-captioner"))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    rows = []
+    for index, colour in enumerate([(220, 30, 30), (30, 30, 220)]):
+        frames = np.empty((8, 32, 32, 3), np.uint8)
+        frames[:] = colour
+        for frame_index in range(8):  # a white block sliding right
+            frames[frame_index, 8:16, frame_index * 2:frame_index * 2 + 8] = 255
+        path = folder / f"clip{index}.mp4"
+        write_mp4(frames, path, fps=8)
+        rows.append({"clip_id": f"clip{index}", "path": str(path), "frame_count": 8})
+    return pd.DataFrame(rows)
+
+
+def test_one_caption_per_clip_deterministic(captioner, clips):
+    config = CaptionerConfig(model_path=str(captioner), batch_size=1, max_new_tokens=8)
+    first = caption_clips(clips, config)
+    assert list(first.columns) == ["clip_id", "caption", "caption_source"]
+    assert first["clip_id"].tolist() == ["clip0", "clip1"]
+    assert all(isinstance(c, str) and c for c in first["caption"])
+    assert set(first["caption_source"]) == {f"captioner:{captioner.name}"}
+    pd.testing.assert_frame_equal(first, caption_clips(clips, config))
+
+
+def test_several_frames_join_distinct_captions(captioner, clips):
+    config = CaptionerConfig(model_path=str(captioner), frames_per_clip=3, max_new_tokens=8)
+    captions = caption_clips(clips, config)
+    assert len(captions) == 2
+    for caption in captions["caption"]:
+        parts = caption.split("; ")
+        assert all(parts) and len(parts) == len(set(parts)) <= 3
+
+
+def test_missing_model_path(tmp_path, clips):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        caption_clips(clips, CaptionerConfig(model_path=str(missing)))
