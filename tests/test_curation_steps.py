@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import tarfile
 
 import numpy as np
@@ -394,3 +395,40 @@ def test_image_shards_copy_jpegs_and_re_encode_the_rest(tmp_path):
     assert read["logo"]["txt"] == b"a black bar"
     again = write_image_shards(samples, tmp_path / "again", "images")
     assert again.sha256.tolist() == shards.sha256.tolist()
+
+
+def test_a_crash_mid_shard_leaves_no_partial_shard_and_a_rerun_completes(tmp_path):
+    """Kill a shard-writing process (SIGKILL) mid-way: visible shards are whole; a rerun completes cleanly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lavie_model.curation.shards import verify_shards, write_shards
+
+    media = tmp_path / "media"
+    media.mkdir()
+    rows = []
+    for index in range(40):
+        path = media / f"clip{index:02d}.mp4"
+        path.write_bytes(os.urandom(4 << 20))  # large enough that writing takes a while
+        rows.append({"clip_id": f"clip{index:02d}", "path": str(path), "caption": f"clip number {index}"})
+    table = tmp_path / "samples.parquet"
+    pd.DataFrame(rows).to_parquet(table)
+    out = tmp_path / "shards"
+    script = ("import pandas as pd; from lavie_model.curation.shards import write_shards; "
+              f"write_shards(pd.read_parquet({str(table)!r}), {str(out)!r}, 'batch', max_samples=2)")
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while not list(out.glob("batch-*.tar")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    visible = sorted(out.glob("batch-*.tar"))
+    assert 0 < len(visible) < 20, "the kill should land mid-way"
+    for shard in visible:  # whole: every sample's three members are there
+        with tarfile.open(shard) as tar:
+            assert len(tar.getnames()) == 6
+    shards = write_shards(pd.read_parquet(table), out, "batch", max_samples=2)
+    assert len(shards) == 20 and verify_shards(shards) == []
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
