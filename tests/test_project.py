@@ -106,3 +106,16 @@ def test_bad_presets_are_named(tmp_path):
     broken.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="is not a mapping"):
         load_preset(str(broken))
+
+
+def test_lavie_model_never_imports_dagster():
+    """Every module of lavie_model imports without pulling in Dagster (it belongs to `pipelines` alone)."""
+    script = (
+        "import importlib, pkgutil, sys, lavie_model\n"
+        "for m in pkgutil.walk_packages(lavie_model.__path__, 'lavie_model.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] == 'dagster'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
