@@ -9,7 +9,7 @@ step and the shards, never the scores.
 import base64
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import dagster as dg
@@ -18,9 +18,9 @@ import pandas as pd
 from lavie_model.config import load_preset
 from lavie_model.curation import store
 from lavie_model.curation.captioner import CaptionerConfig, caption_clips
-from lavie_model.curation.clips import ClipConfig, make_clips
+from lavie_model.curation.clips import ClipConfig, ClipRow, DropRow, make_clips
 from lavie_model.curation.filtering import FilterConfig, decide
-from lavie_model.curation.probe import ProbeConfig, probe
+from lavie_model.curation.probe import ProbeConfig, ProbeResult, probe
 from lavie_model.curation.report import histogram_png, preview_gif
 from lavie_model.curation.scores import ScoreConfig, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
@@ -138,8 +138,6 @@ def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings)
 
 def _clips_of(args):
     row, out_dir, config = args
-    from lavie_model.curation.probe import ProbeResult
-
     result = make_clips(ProbeResult(**row), out_dir, config)
     return [asdict(c) for c in result.clips], [asdict(d) for d in result.drops]
 
@@ -154,8 +152,10 @@ def video_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -
     jobs = [(row, out_dir, config) for row in probed.to_dict("records")]
     with ProcessPoolExecutor(WORKERS) as pool:
         results = list(pool.map(_clips_of, jobs))
-    clips = pd.DataFrame([c for cs, _ in results for c in cs]).assign(run_id=context.run_id)
-    drops = pd.DataFrame([d for _, ds in results for d in ds])
+    # Explicit columns: a batch with no usable file still gives well-formed (empty) tables downstream.
+    clips = pd.DataFrame([c for cs, _ in results for c in cs], columns=[f.name for f in fields(ClipRow)])
+    clips = clips.assign(run_id=context.run_id)
+    drops = pd.DataFrame([d for _, ds in results for d in ds], columns=[f.name for f in fields(DropRow)])
     write_table(clips, folder / "clips.parquet")
     write_table(drops, folder / "clip_drops.parquet")
     return dg.MaterializeResult(metadata={
@@ -281,7 +281,8 @@ def kept_samples(folder: Path, batch: str) -> pd.DataFrame:
     scores = pd.read_parquet(folder / "scores.parquet").drop(columns=["width", "height"], errors="ignore")
     decisions = pd.read_parquet(folder / "filtered.parquet").drop(columns=["run_id"])
     table = clips.merge(scores, on="clip_id").merge(decisions, on="clip_id")
-    return table[table["keep"]].assign(batch=batch).drop(columns=["keep", "reason"]).reset_index(drop=True)
+    kept = table.loc[table["keep"].astype(bool)]  # an empty object column would otherwise select columns
+    return kept.assign(batch=batch).drop(columns=["keep", "reason"]).reset_index(drop=True)
 
 
 @dg.asset(partitions_def=image_batches, group_name="curation", kinds={"parquet"})

@@ -212,3 +212,22 @@ def test_uncaptioned_clips_get_the_captioners_caption(corpus, tmp_path):
     assert len(captions) >= 1
     assert (captions["caption_source"] == f"captioner:{Path(captioner).name}").all()
     assert captions["caption"].str.len().gt(0).all()
+
+
+def test_a_batch_of_only_bad_files_still_succeeds(corpus, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(corpus.corrupt, bad / corpus.corrupt.name)
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "noise.mp4").write_bytes(os.urandom(5000))
+    batch = store.ingest([bad], home=tmp_path / "home")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("video_batches", [batch.key])
+    result = dg.materialize(VIDEO_ASSETS, partition_key=batch.key, instance=instance,
+                            resources={"settings": CurationSettings(lavie_home=str(tmp_path / "home"))})
+    assert result.success
+    folder = tmp_path / "home" / "curation" / batch.key
+    assert len(pd.read_parquet(folder / "quarantine.parquet")) == 3
+    assert len(pd.read_parquet(folder / "shards.parquet")) == 0
+    checks = {c.check_name: (c.passed, c.severity) for c in result.get_asset_check_evaluations()}
+    assert checks["quarantine_fraction"] == (False, dg.AssetCheckSeverity.WARN)
