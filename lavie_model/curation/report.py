@@ -4,7 +4,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .probe import open_input
 

@@ -177,12 +177,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         base design). `in_channels` above the 2D model's adds input channels whose weights start at zero
         (the interpolation model's conditioning latents).
         """
-        from diffusers import UNet2DConditionModel  # heavy: loaded only when inflating
-
-        if isinstance(unet2d, (str, os.PathLike)):
-            unet2d = UNet2DConditionModel.from_pretrained(unet2d, subfolder=subfolder)
-        elif not isinstance(unet2d, UNet2DConditionModel):
-            raise TypeError(f"expected a UNet2DConditionModel or a path to one, got {type(unet2d).__name__}")
+        unet2d = load_unet2d(unet2d, subfolder)
         config = config_from_2d(dict(unet2d.config), group_norm_across_frames=group_norm_across_frames)
         config["block_design"] = block_design
         weights_2d = dict(unet2d.state_dict())
@@ -193,16 +188,8 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             extra = conv_in.new_zeros(conv_in.shape[0], in_channels - conv_in.shape[1], *conv_in.shape[2:])
             weights_2d["conv_in.weight"] = torch.cat([conv_in, extra], dim=1)
             config["in_channels"] = in_channels
-        model = cls(**config)
-        weights_3d = model.state_dict()
-        missing = sorted(set(weights_2d) - set(weights_3d))
-        mismatched = sorted(k for k in set(weights_2d) & set(weights_3d) if weights_2d[k].shape != weights_3d[k].shape)
-        unset = sorted(k for k in set(weights_3d) - set(weights_2d) if not any(s in k for s in TEMPORAL_KEYS))
-        if missing or mismatched or unset:
-            raise ValueError(f"cannot inflate this 2D UNet: 2D weights with no 3D place {missing[:5]}, "
-                             f"shape mismatches {mismatched[:5]}, 3D weights not covered {unset[:5]}")
-        model.load_state_dict(weights_2d, strict=False)
-        return model if unet2d.dtype == model.dtype else model.to(unet2d.dtype)
+        return copy_2d_weights(cls(**config), weights_2d, unet2d.dtype,
+                               is_temporal=lambda name: any(part in name for part in TEMPORAL_KEYS))
 
 
 def config_from_2d(config2d: dict, group_norm_across_frames: bool = False) -> dict:
@@ -252,3 +239,28 @@ def embed_time(model, timestep, class_labels, batch: int, device, dtype) -> torc
         raise ValueError(f"class_labels must be integer classes (noise levels in 0..{classes - 1} for the VSR model), "
                          f"got {labels.tolist()}")
     return emb + model.class_embedding(labels).to(emb.dtype)
+
+
+def load_unet2d(unet2d, subfolder: str | None = None):
+    """A diffusers `UNet2DConditionModel`, given as one or as a path (with an optional `subfolder`)."""
+    from diffusers import UNet2DConditionModel  # heavy: loaded only when inflating
+
+    if isinstance(unet2d, (str, os.PathLike)):
+        return UNet2DConditionModel.from_pretrained(unet2d, subfolder=subfolder)
+    if not isinstance(unet2d, UNet2DConditionModel):
+        raise TypeError(f"expected a UNet2DConditionModel or a path to one, got {type(unet2d).__name__}")
+    return unet2d
+
+
+def copy_2d_weights(model, weights_2d: dict, dtype, is_temporal):
+    """Load every 2D weight into the inflated `model`, strictly: each must fit a 3D tensor of the same shape,
+    and every 3D tensor they leave unset must be temporal (`is_temporal(name)`). Returns the model in `dtype`."""
+    weights_3d = model.state_dict()
+    missing = sorted(set(weights_2d) - set(weights_3d))
+    mismatched = sorted(k for k in set(weights_2d) & set(weights_3d) if weights_2d[k].shape != weights_3d[k].shape)
+    unset = sorted(k for k in set(weights_3d) - set(weights_2d) if not is_temporal(k))
+    if missing or mismatched or unset:
+        raise ValueError(f"cannot inflate this 2D UNet: 2D weights with no 3D place {missing[:5]}, "
+                         f"shape mismatches {mismatched[:5]}, 3D weights not covered {unset[:5]}")
+    model.load_state_dict(weights_2d, strict=False)
+    return model if dtype == model.dtype else model.to(dtype)

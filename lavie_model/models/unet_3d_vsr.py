@@ -6,7 +6,6 @@ added to the timestep embedding). Every 2D layer of the upscaler runs per frame;
 `unet_3d_vsr_blocks.py` mix the frames.
 """
 
-import os
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from torch import nn
 
 from .resnet import frame_group_norm
 from .temporal_attention import RotaryEmbedding
-from .unet_3d import UNet3DConditionOutput, config_from_2d, embed_time
+from .unet_3d import UNet3DConditionOutput, config_from_2d, copy_2d_weights, embed_time, load_unet2d
 from .unet_3d_blocks import build_blocks
 from .unet_3d_vsr_blocks import (
     TemporalModule,
@@ -184,23 +183,9 @@ class UNet3DVSRModel(ModelMixin, ConfigMixin):
         Every 2D weight is copied strictly; the temporal layers are new and start as the identity, so the
         result reproduces the 2D upscaler frame by frame (exactly so with the default per-frame GroupNorm).
         """
-        from diffusers import UNet2DConditionModel  # heavy: loaded only when inflating
-
-        if isinstance(unet2d, (str, os.PathLike)):
-            unet2d = UNet2DConditionModel.from_pretrained(unet2d, subfolder=subfolder)
-        elif not isinstance(unet2d, UNet2DConditionModel):
-            raise TypeError(f"expected a UNet2DConditionModel or a path to one, got {type(unet2d).__name__}")
+        unet2d = load_unet2d(unet2d, subfolder)
         model = cls(**vsr_config_from_2d(dict(unet2d.config), group_norm_across_frames=group_norm_across_frames))
-        weights_2d = unet2d.state_dict()
-        weights_3d = model.state_dict()
-        missing = sorted(set(weights_2d) - set(weights_3d))
-        mismatched = sorted(k for k in set(weights_2d) & set(weights_3d) if weights_2d[k].shape != weights_3d[k].shape)
-        unset = sorted(k for k in set(weights_3d) - set(weights_2d) if not is_temporal(k))
-        if missing or mismatched or unset:
-            raise ValueError(f"cannot inflate this 2D UNet: 2D weights with no 3D place {missing[:5]}, "
-                             f"shape mismatches {mismatched[:5]}, 3D weights not covered {unset[:5]}")
-        model.load_state_dict(weights_2d, strict=False)
-        return model if unet2d.dtype == model.dtype else model.to(unet2d.dtype)
+        return copy_2d_weights(model, unet2d.state_dict(), unet2d.dtype, is_temporal)
 
 
 def vsr_config_from_2d(config2d: dict, group_norm_across_frames: bool = False) -> dict:
