@@ -116,7 +116,7 @@ def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings)
     folder = settings.batch_dir(context.partition_key)
     raw = pd.read_parquet(folder / "raw.parquet")
     with ProcessPoolExecutor(WORKERS) as pool:
-        results = list(pool.map(probe, raw["stored_path"], [ProbeConfig()] * len(raw)))
+        results = list(pool.map(probe, raw["stored_path"], [ProbeConfig()] * len(raw), raw["sha256"]))
     table = pd.DataFrame([asdict(r) for r in results]).assign(name=raw["name"].values, run_id=context.run_id)
     write_table(table[table["ok"]], folder / "probe.parquet")
     quarantine = table[~table["ok"]][["sha256", "name", "path", "reason", "run_id"]]

@@ -71,13 +71,16 @@ def end_time(times: list[float], last_duration: float | None, rate: float) -> fl
     return times[-1] + last_duration
 
 
-def probe(path, config: ProbeConfig = ProbeConfig()) -> ProbeResult:
-    """Decode every frame of `path` and describe it; `ok=False` with a reason for unusable input."""
+def probe(path, config: ProbeConfig = ProbeConfig(), sha256: str | None = None) -> ProbeResult:
+    """Decode every frame of `path` and describe it; `ok=False` with a reason for unusable input.
+
+    sha256: the file's digest when the caller already has it (ingestion computed it), saving a full read.
+    """
     path = Path(path)
     if not path.is_file():
-        return ProbeResult(str(path), "", 0, ok=False, reason="not a file")
+        return ProbeResult(str(path), sha256 or "", 0, ok=False, reason="not a file")
     try:
-        result = ProbeResult(str(path), sha256_of(path), path.stat().st_size, ok=True)
+        result = ProbeResult(str(path), sha256 or sha256_of(path), path.stat().st_size, ok=True)
     except OSError as error:
         return ProbeResult(str(path), "", 0, ok=False, reason=f"unreadable: {error.strerror or error}")
     if result.size_bytes == 0:
