@@ -1,6 +1,7 @@
 """The `lavie` command."""
 
 import argparse
+import os
 import sys
 
 
@@ -31,6 +32,26 @@ def generate(args):
     generate(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, stages=args.stages,
              scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device,
              dtype=args.dtype, output=args.output, video=args.video)
+
+
+def train(args):
+    import yaml
+
+    from .training.trainer import TrainSettings, train
+
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes name=value, got {item!r}")
+        overrides[name.strip()] = yaml.safe_load(value)
+    settings = TrainSettings(
+        stage=args.stage, model=args.model, videos=args.videos, output=args.output, preset=args.preset,
+        images=args.images, max_steps=args.max_steps, resume=args.resume, deepspeed_config=args.deepspeed_config,
+        overrides=overrides, seed=args.seed, train_2d=args.train_2d, gradient_checkpointing=args.gradient_checkpointing)
+    exported = train(settings)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained the {args.stage} stage; model folder with its EMA weights: {exported}")
 
 
 def lineage(args):
@@ -101,6 +122,30 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--output", required=True, help="output video, .mp4 or .gif")
     p.set_defaults(func=generate)
+
+    p = commands.add_parser(
+        "train", help="fine-tune one cascade stage on video (and image) shards with DeepSpeed",
+        description="Train one cascade stage. Run directly it trains as one rank; under the `deepspeed` launcher "
+        "(deepspeed --num_gpus N [--hostfile FILE] $(which lavie) train ...) on many. Without CUDA it runs on the "
+        "CPU (DS_ACCELERATOR=cpu, gloo).")
+    p.add_argument("--stage", required=True, help="base, interpolation or vsr")
+    p.add_argument("--preset", default="tiny", help="tiny, paper or a preset YAML file (default: tiny)")
+    p.add_argument("--model", required=True, help="model folder to start from (lavie init-tiny, lavie assemble or "
+                   "a previous run's model/)")
+    p.add_argument("--videos", required=True, help="video shards: paths, comma-separated lists, brace patterns "
+                   "(videos-{000000..000009}.tar), globs or folders")
+    p.add_argument("--images", help="image shards for joint image-video training (base stage)")
+    p.add_argument("--output", required=True, help="run directory (checkpoints, metrics, exported model)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps to train to (default: the preset's)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the run directory's latest checkpoint")
+    p.add_argument("--deepspeed-config", help="DeepSpeed JSON config merged over the defaults (ZeRO-2; bf16 on GPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a setting of the preset's training section (repeatable), e.g. batch_size=4")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    p.add_argument("--train-2d", action="store_true", help="VSR: train the x4 upscaler's 2D weights too")
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    p.set_defaults(func=train)
 
     p = commands.add_parser("lineage", help="where a shard sample came from",
                             description="Print, for a sample key in any shard under LAVIE_HOME, the shard, the "

@@ -1,0 +1,254 @@
+"""Streaming training data from WebDataset shards: deterministic, split over ranks and workers, resumable.
+
+Every data loader worker of every rank is one *consumer*. Each epoch the shard order is shuffled with the
+run's seed (the same on all ranks); when there are at least as many shards as consumers each consumer reads
+its own shards, otherwise every consumer reads all shards and keeps every n-th sample. Samples pass a
+shuffle buffer and epochs follow each other without end. Everything random (the buffer, frame offsets,
+caption dropping) is drawn from generators seeded by (seed, consumer, sample index), so the stream is a
+function of the seed alone, and resuming after `skip_batches` batches reproduces the rest of it exactly
+without decoding what it skips.
+"""
+
+import glob
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from braceexpand import braceexpand
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+STAGES = ("base", "interpolation", "vsr")
+
+
+def expand_shards(spec, what: str = "shards") -> list[Path]:
+    """Shard files from a comma-separated list (or a list) of paths, brace patterns, globs or folders."""
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    shards, unmatched = [], []
+    for part in (str(p).strip() for p in parts):
+        if not part:
+            continue
+        found = []
+        for pattern in braceexpand(part):
+            path = Path(pattern)
+            if path.is_dir():
+                found += sorted(path.rglob("*.tar"))
+            elif path.is_file():
+                found.append(path)
+            else:
+                found += [Path(p) for p in sorted(glob.glob(pattern)) if p.endswith(".tar")]
+        if not found:
+            unmatched.append(part)
+        shards += found
+    if unmatched:
+        raise FileNotFoundError(f"no {what} found at {', '.join(unmatched)}")
+    if not shards:
+        raise FileNotFoundError(f"no {what} given")
+    return list(dict.fromkeys(shards))  # each shard once, in order
+
+
+def raw_samples(shard: Path) -> Iterator[dict]:
+    """The samples of one tar shard as {"__key__": key, extension: bytes}."""
+    import tarfile
+
+    try:
+        with open(shard, "rb") as stream:
+            files = (file | {"__url__": str(shard)} for file in tar_file_iterator(stream))
+            yield from group_by_keys(files)
+    except tarfile.TarError as error:
+        raise ValueError(f"cannot read shard {shard}: {error}") from error
+
+
+def seeded(*numbers: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(n) for n in numbers]))
+
+
+def consumer_stream(shards: list[Path], seed: int, consumer: int, consumers: int, buffer: int) -> Iterator[dict]:
+    """This consumer's endless, shuffled share of the shards' samples."""
+
+    def epochs():
+        for epoch in count():
+            order = [shards[i] for i in seeded(seed, epoch).permutation(len(shards))]
+            split_by_shard = len(shards) >= consumers
+            mine = order[consumer::consumers] if split_by_shard else order
+            found = 0
+            index = 0
+            for shard in mine:
+                for sample in raw_samples(shard):
+                    if split_by_shard or index % consumers == consumer:
+                        found += 1
+                        yield sample
+                    index += 1
+            if not found:
+                raise ValueError(f"{len(shards)} shard(s) hold {index} samples, too few for {consumers} data "
+                                 "loader workers over all ranks: use fewer workers or more data")
+
+    rng = random.Random(int(seeded(seed, consumer, 1 << 20).integers(1 << 62)))
+    pool = []
+    for sample in epochs():
+        if len(pool) < buffer:
+            pool.append(sample)
+            continue
+        i = rng.randrange(len(pool))
+        pool[i], sample = sample, pool[i]
+        yield sample
+
+
+@dataclass
+class StageData:
+    """What one stage reads from a sample: frame count and spacing, pixel size, images per video."""
+
+    stage: str
+    num_frames: int          # frames per training video
+    frame_stride: int        # spacing of those frames in the curated clip
+    size: tuple[int, int]    # (height, width) in pixels
+    image_frames: int = 0    # images appended per video sample (base stage)
+    text_drop: float = 0.0
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
+
+    @property
+    def span(self) -> int:
+        """Consecutive clip frames one training video covers."""
+        return (self.num_frames - 1) * self.frame_stride + 1
+
+
+def decode_video(data: bytes, key: str) -> torch.Tensor:
+    """An mp4's frames as (f, 3, h, w) uint8."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError) as error:
+        raise ValueError(f"sample {key}: cannot decode its video: {error}") from error
+    if not frames:
+        raise ValueError(f"sample {key}: its video has no frames")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+
+
+def decode_image(data: bytes, key: str) -> torch.Tensor:
+    """An image as (3, h, w) uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"sample {key}: cannot decode its image: {error}") from error
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
+def resize_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(n, 3, h, w) uint8 -> (n, 3, H, W) floats in [-1, 1]: scaled to cover (H, W), centre-cropped."""
+    height, width = size
+    scale = max(height / frames.shape[2], width / frames.shape[3])
+    scaled = (max(height, round(frames.shape[2] * scale)), max(width, round(frames.shape[3] * scale)))
+    x = frames.float() / 127.5 - 1
+    if scaled != tuple(frames.shape[2:]):
+        x = F.interpolate(x, size=scaled, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (scaled[0] - height) // 2, (scaled[1] - width) // 2
+    return x[:, :, top:top + height, left:left + width].clamp(-1, 1)
+
+
+def caption_of(sample: dict) -> str:
+    text = sample.get("txt")
+    if text is None:
+        raise ValueError(f"sample {sample['__key__']} has no caption (.txt)")
+    return text.decode("utf-8").strip()
+
+
+def frame_count(sample: dict) -> int | None:
+    """The clip's frame count from its `.json` metadata, when recorded there."""
+    if "json" not in sample:
+        return None
+    value = json.loads(sample["json"]).get("frame_count")
+    return int(value) if value is not None else None
+
+
+class TrainingStream(IterableDataset):
+    """Training examples for one stage from video shards (and, for the base stage, image shards).
+
+    Each example: {"key", "frames": (F, 3, H, W) in [-1, 1], "caption"} and, with images,
+    {"images": (M, 3, H, W), "image_captions": list of M, "image_keys"}. Clips too short for the stage are
+    skipped and counted under "skipped" in the next example, so that the trainer can report them.
+    """
+
+    def __init__(self, videos: list[Path], stage: StageData, seed: int, rank: int = 0, world_size: int = 1,
+                 images: list[Path] | None = None, shuffle_buffer: int = 100, batch_size: int = 1,
+                 skip_batches: int = 0):
+        super().__init__()
+        if images and not stage.image_frames:
+            raise ValueError(f"image shards were given, but the {stage.stage} stage takes no images "
+                             "(image_frames is 0 or the stage is not base)")
+        self.videos, self.images, self.stage, self.seed = videos, images or [], stage, seed
+        self.rank, self.world_size, self.buffer = rank, world_size, shuffle_buffer
+        self.batch_size, self.skip_batches = batch_size, skip_batches
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        consumer, consumers = self.rank * workers + worker, self.world_size * workers
+        # batches of this worker already consumed: the loader takes batches from its workers in turn
+        skip = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
+        videos = consumer_stream(self.videos, self.seed, consumer, consumers, self.buffer)
+        images = consumer_stream(self.images, self.seed + 1, consumer, consumers, self.buffer) if self.images else None
+        skipped = 0
+        for index in count():
+            sample = next(videos)
+            frames = None
+            known = frame_count(sample)
+            if known is None:  # no metadata: decode to count
+                frames = decode_video(sample["mp4"], sample["__key__"])
+                known = len(frames)
+            if known < self.stage.span:
+                skipped += 1
+                continue
+            image_samples = [next(images) for _ in range(self.stage.image_frames)] if images else []
+            if skip:
+                skip -= 1
+                continue
+            rng = seeded(self.seed, consumer, index)
+            if frames is None:
+                frames = decode_video(sample["mp4"], sample["__key__"])
+            yield self.example(sample, frames, image_samples, rng) | {"skipped": skipped}
+            skipped = 0
+
+    def example(self, sample: dict, frames: torch.Tensor, image_samples: list[dict], rng) -> dict:
+        stage = self.stage
+        if len(frames) < stage.span:
+            raise ValueError(f"sample {sample['__key__']}: its metadata says at least {stage.span} frames, "
+                             f"its video has {len(frames)}")
+        start = int(rng.integers(len(frames) - stage.span + 1))
+        clip = frames[start:start + stage.span:stage.frame_stride]
+        drop = rng.random(1 + len(image_samples)) < stage.text_drop
+        example = {"key": sample["__key__"], "frames": resize_crop(clip, stage.size),
+                   "caption": "" if drop[0] else caption_of(sample)}
+        if image_samples:
+            pictures = [resize_crop(decode_image(s["jpg"], s["__key__"])[None], stage.size)[0] for s in image_samples]
+            example |= {"images": torch.stack(pictures), "image_keys": [s["__key__"] for s in image_samples],
+                        "image_captions": ["" if d else caption_of(s) for s, d in zip(image_samples, drop[1:])]}
+        return example
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack tensors; keep keys and captions as lists (per example, and per image for image captions)."""
+    batch = {}
+    for name in examples[0]:
+        values = [example[name] for example in examples]
+        if torch.is_tensor(values[0]):
+            batch[name] = torch.stack(values)
+        elif name == "skipped":
+            batch[name] = sum(values)
+        else:
+            batch[name] = values
+    return batch

@@ -1,0 +1,188 @@
+"""What each cascade stage trains: its UNet, its frozen parts, its data, its inputs and targets.
+
+    base           noisy video latents (+ M image latents, each with its own caption) -> noise
+    interpolation  noisy latents of 4K-3 consecutive frames beside every 4th frame's latents copied over
+                   its slot (the sampler's conditioning) -> noise
+    vsr            noisy latents of high-resolution frames beside the x4 smaller frames, noise-augmented at a
+                   random level given as the class label -> velocity (the x4 upscaler's v-prediction)
+
+Random draws come from one generator per sample, seeded by (seed, rank, sample index), so a sample gets the
+same noise whatever the batch size or the point a run resumed from.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from ..model_folder import load_components, present_components
+from ..pipelines.interpolation import conditioning_latents
+from ..text import encode_prompts
+from .data import StageData
+
+UNET = {"base": "unet_base", "interpolation": "unet_interpolation", "vsr": "unet_vsr"}
+FROZEN = {
+    "base": ("tokenizer", "text_encoder", "vae", "scheduler"),
+    "interpolation": ("tokenizer", "text_encoder", "vae", "scheduler"),
+    "vsr": ("vsr_tokenizer", "vsr_text_encoder", "vsr_vae", "vsr_scheduler", "vsr_low_res_scheduler"),
+}
+
+
+@dataclass
+class StageParts:
+    """The frozen components of a stage (the UNet is trained apart)."""
+
+    stage: str
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    noise_scheduler: DDPMScheduler
+    low_res_scheduler: DDPMScheduler | None = None
+
+    def to(self, device, dtype):
+        self.text_encoder.to(device, dtype).requires_grad_(False)
+        self.vae.to(device, dtype).requires_grad_(False)
+        return self
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def check_folder(folder, stage: str) -> None:
+    """Fail early, naming what a model folder lacks for training `stage`."""
+    present = present_components(folder)
+    needed = list(FROZEN[stage])
+    if stage == "interpolation":
+        if "unet_base" not in present and "unet_interpolation" not in present:
+            needed.append("unet_base")
+    else:
+        needed.append(UNET[stage])
+    missing = [name for name in needed if name not in present]
+    if missing:
+        raise FileNotFoundError(f"model folder {folder} lacks {', '.join(f'{m}/' for m in missing)}, "
+                                f"needed to train the {stage} stage")
+
+
+def load_parts(folder, stage: str) -> StageParts:
+    components, _ = load_components(folder, FROZEN[stage], stage)
+    if stage == "vsr":
+        return StageParts(stage, components["vsr_tokenizer"], components["vsr_text_encoder"], components["vsr_vae"],
+                          DDPMScheduler.from_config(components["vsr_scheduler"].config),
+                          components["vsr_low_res_scheduler"])
+    return StageParts(stage, components["tokenizer"], components["text_encoder"], components["vae"],
+                      DDPMScheduler.from_config(components["scheduler"].config))
+
+
+def load_unet(folder, stage: str, train_2d: bool = False) -> torch.nn.Module:
+    """The UNet to train, in fp32. The interpolation UNet starts from the folder's base UNet when there is one
+    (as in the paper; the 4 conditioning input channels start at zero), else from its own weights. The VSR
+    UNet trains its temporal layers only unless `train_2d`."""
+    present = present_components(folder)
+    if stage == "interpolation" and "unet_base" in present:
+        return interpolation_from_base(load_components(folder, ["unet_base"], stage)[0]["unet_base"])
+    unet = load_components(folder, [UNET[stage]], stage)[0][UNET[stage]]
+    if stage == "vsr" and not train_2d:
+        unet.freeze_2d_weights()
+    return unet
+
+
+def interpolation_from_base(base) -> torch.nn.Module:
+    """An interpolation UNet holding a base UNet's weights; its extra input channels start at zero."""
+    config = dict(base.config) | {"block_design": "interpolation", "in_channels": 2 * base.config.in_channels}
+    unet = type(base).from_config(config)
+    weights = base.state_dict()
+    target = unet.state_dict()
+    conv_in = torch.zeros_like(target["conv_in.weight"])
+    conv_in[:, :base.config.in_channels] = weights["conv_in.weight"]
+    # the interpolation design has no positions in its temporal attention: leave those buffers out
+    unet.load_state_dict({name: weights[name] for name in target} | {"conv_in.weight": conv_in})
+    return unet
+
+
+def stage_data(stage: str, preset: dict, vae_scale: int) -> StageData:
+    """The clips and images a stage reads, sized by the preset (pixels = latent size x the VAE's factor)."""
+    training, data = preset["training"], preset["data"]
+    size = tuple(n * vae_scale for n in data["latent_size"])
+    if stage == "base":
+        return StageData("base", data["num_frames"], training["frame_stride"], size, training["image_frames"],
+                         training["text_drop"])
+    if stage == "interpolation":
+        return StageData("interpolation", 4 * training["interpolation"]["keyframes"] - 3, 1, size, 0,
+                         training["text_drop"])
+    if stage == "vsr":
+        vsr = training["vsr"]
+        return StageData("vsr", vsr["num_frames"], 1, tuple(vsr["size"]), 0, training["text_drop"])
+    raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(UNET)}")
+
+
+def sample_generators(seed: int, rank: int, first_index: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by (seed, rank, sample index)."""
+    seeds = [np.random.SeedSequence([seed, rank, first_index + i]).generate_state(1, np.uint64)[0]
+             for i in range(count)]
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def per_sample(generators, shape, device, dtype) -> torch.Tensor:
+    """(b, *shape) standard normal noise, sample i from generators[i]."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, dtype)
+
+
+def encode(parts: StageParts, frames: torch.Tensor, generators) -> torch.Tensor:
+    """(b, f, 3, H, W) in [-1, 1] -> (b, c, f, h, w) scaled latents, sampled with each sample's generator."""
+    b, f = frames.shape[:2]
+    with torch.no_grad():
+        dist = parts.vae.encode(frames.flatten(0, 1).to(parts.vae.device, parts.vae.dtype)).latent_dist
+    mean, std = dist.mean.unflatten(0, (b, f)), dist.std.unflatten(0, (b, f))  # (b, f, c, h, w)
+    latents = mean + std * per_sample(generators, mean.shape[1:], mean.device, mean.dtype)
+    return (latents * parts.vae.config.scaling_factor).transpose(1, 2)
+
+
+def embed(parts: StageParts, captions: list[str]) -> torch.Tensor:
+    return encode_prompts(parts.tokenizer, parts.text_encoder, captions, parts.text_encoder.device)
+
+
+def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_level: int = 350) -> torch.Tensor:
+    """The stage's denoising loss on one micro-batch (mean squared error against the scheduler's target)."""
+    device, dtype = parts.vae.device, parts.vae.dtype
+    frames = batch["frames"]  # (b, f, 3, H, W)
+    b, f = frames.shape[:2]
+    steps = parts.noise_scheduler.config.num_train_timesteps
+    timesteps = torch.stack([torch.randint(steps, (), generator=g) for g in generators]).to(device)
+    text = embed(parts, batch["caption"]).to(dtype)  # (b, tokens, dim)
+    kwargs = {}
+
+    if parts.stage == "vsr":
+        low_res = F.interpolate(frames.flatten(0, 1), scale_factor=0.25, mode="bicubic", antialias=True)
+        low_res = low_res.clamp(-1, 1).unflatten(0, (b, f)).transpose(1, 2).to(device, dtype)  # (b, 3, f, h, w)
+        levels = torch.stack([torch.randint(max_noise_level + 1, (), generator=g) for g in generators]).to(device)
+        low_res = parts.low_res_scheduler.add_noise(
+            low_res, per_sample(generators, low_res.shape[1:], device, dtype), levels)
+        latents = encode(parts, frames, generators)
+        condition, kwargs["class_labels"] = low_res, levels
+    elif parts.stage == "interpolation":
+        latents = encode(parts, frames, generators)  # (b, c, 4K-3, h, w)
+        condition = conditioning_latents(latents[:, :, ::4])
+    else:
+        images = batch.get("images")
+        if images is not None:  # joint training: M images after the F frames, one caption each
+            m = images.shape[1]
+            frames = torch.cat([frames, images], dim=1)
+            image_text = embed(parts, [c for captions in batch["image_captions"] for c in captions]).to(dtype)
+            text = torch.cat([text[:, None].expand(-1, f, -1, -1), image_text.unflatten(0, (b, m))], dim=1)
+            kwargs["num_image_frames"] = m  # text: (b, f + m, tokens, dim)
+        latents = encode(parts, frames, generators)
+        condition = None
+
+    noise = per_sample(generators, latents.shape[1:], device, latents.dtype)
+    noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
+    if condition is not None:
+        noisy = torch.cat([noisy, condition], dim=1)
+    prediction = unet(noisy.to(unet.dtype), timesteps, text.to(unet.dtype), **kwargs).sample
+    if parts.noise_scheduler.config.prediction_type == "v_prediction":
+        target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    return F.mse_loss(prediction.float(), target.float())

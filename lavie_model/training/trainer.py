@@ -1,0 +1,239 @@
+"""`lavie train`: joint image-video fine-tuning of one cascade stage with DeepSpeed.
+
+Run directly it trains as a single rank (on 127.0.0.1); under the `deepspeed` launcher on as many ranks and
+nodes as it is given. Without CUDA it runs on the CPU (DS_ACCELERATOR=cpu, gloo). A run directory holds:
+
+    RUN_DIR/checkpoints/           see checkpoint.py; `--resume` continues from the latest one exactly
+    RUN_DIR/metrics.jsonl          one line per step: loss, lr, grad norm, samples/s, memory, skipped clips
+    RUN_DIR/samples-rank{r}.jsonl  the sample keys each rank trained on, per step
+    RUN_DIR/model/                 the input model folder with this stage's UNet replaced by its EMA weights
+    RUN_DIR/run.json               the settings and the exact shard list (names, SHA-256)
+"""
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STAGES = ("base", "interpolation", "vsr")
+
+
+@dataclass
+class TrainSettings:
+    stage: str
+    model: str                     # model folder to start from
+    videos: str                    # video shards: paths, comma lists, brace patterns, globs or folders
+    output: str                    # run directory
+    preset: str = "tiny"
+    images: str | None = None      # image shards (base stage)
+    max_steps: int | None = None   # optimizer steps; the preset's by default
+    resume: bool = False
+    deepspeed_config: str | None = None  # JSON merged over the defaults
+    overrides: dict = field(default_factory=dict)  # entries of the preset's `training` section
+    seed: int = 0
+    train_2d: bool = False         # VSR: train the upscaler's 2D weights too
+    gradient_checkpointing: bool = False
+
+
+def check(settings: TrainSettings) -> dict:
+    """Everything that can be checked before training starts; returns the preset with overrides applied."""
+    from ..config import load_preset
+    from .data import expand_shards
+    from .stages import check_folder
+
+    if settings.stage not in STAGES:
+        raise ValueError(f"unknown stage {settings.stage!r}; choose one of {', '.join(STAGES)}")
+    preset = load_preset(settings.preset)
+    if "training" not in preset:
+        raise ValueError(f"preset {settings.preset!r} has no `training` section")
+    unknown = sorted(set(settings.overrides) - set(preset["training"]))
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+    preset["training"] |= settings.overrides
+    check_folder(settings.model, settings.stage)
+    expand_shards(settings.videos, "video shards")
+    if settings.images:
+        if settings.stage != "base":
+            raise ValueError(f"image shards were given, but only the base stage trains on images, not "
+                             f"{settings.stage}")
+        expand_shards(settings.images, "image shards")
+    if settings.deepspeed_config and not Path(settings.deepspeed_config).is_file():
+        raise FileNotFoundError(f"DeepSpeed config not found: {settings.deepspeed_config}")
+    checkpoints = Path(settings.output) / "checkpoints"
+    if not settings.resume and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise FileExistsError(f"{settings.output} already holds checkpoints: pass --resume to continue that run, "
+                              "or choose another output")
+    return preset
+
+
+def single_rank_environment() -> None:
+    """Outside a launcher: rank 0 of 1, rendezvous on a free local port; DeepSpeed on the CPU without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def deepspeed_config(settings: TrainSettings, training: dict, cuda: bool) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": training["batch_size"],
+        "gradient_accumulation_steps": training["gradient_accumulation"],
+        "gradient_clipping": training["max_grad_norm"],
+        "zero_optimization": {"stage": 2},
+        "bf16": {"enabled": cuda},
+        "steps_per_print": 1 << 30,
+    }
+    if settings.deepspeed_config:
+        config |= json.loads(Path(settings.deepspeed_config).read_text())
+    training["batch_size"] = config["train_micro_batch_size_per_gpu"]
+    training["gradient_accumulation"] = config["gradient_accumulation_steps"]
+    return config
+
+
+def shard_list(spec) -> list[dict]:
+    from ..curation.probe import sha256_of
+    from .data import expand_shards
+
+    return [{"name": p.name, "path": str(p), "sha256": sha256_of(p)} for p in expand_shards(spec)]
+
+
+def memory_mb(device) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the lines of a JSON-lines log beyond `step` (written after the checkpoint a run resumes from)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def train(settings: TrainSettings, report=None) -> Path:
+    """Train one stage; returns the exported model folder. `report(record)` gets rank 0's logged metrics."""
+    preset = check(settings)
+    training = preset["training"]
+    single_rank_environment()
+
+    import deepspeed
+    import torch
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from . import checkpoint
+    from .data import TrainingStream, collate, expand_shards
+    from .export import export_model
+    from .stages import UNET, load_parts, load_unet, sample_generators, stage_data, training_loss
+
+    cuda = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    ds_config = deepspeed_config(settings, training, cuda)
+    max_steps = settings.max_steps or training["max_steps"]
+    output = Path(settings.output)
+    folder = output / "checkpoints"
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        run = asdict(settings) | {"training": training, "world_size": world, "deepspeed": ds_config,
+                                  "videos": shard_list(settings.videos),
+                                  "images": shard_list(settings.images) if settings.images else []}
+        (output / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+
+    parts = load_parts(settings.model, settings.stage).to(device, dtype)
+    unet = load_unet(settings.model, settings.stage, settings.train_2d).train()
+    if settings.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=training["learning_rate"], weight_decay=training["weight_decay"])
+    warmup = max(1, training["warmup_steps"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+    ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])
+
+    step = 0
+    if settings.resume:
+        step = checkpoint.load(engine, ema, folder, rank) or 0
+        if rank == 0:
+            checkpoint.prune(folder, training["keep_checkpoints"])
+            truncate_log(output / "metrics.jsonl", step)
+        truncate_log(output / f"samples-rank{rank}.jsonl", step)
+    elif rank == 0:
+        for log in output.glob("*.jsonl"):
+            log.unlink()
+    if step >= max_steps:
+        raise ValueError(f"the run in {output} is already at step {step}, not below --max-steps {max_steps}")
+
+    batch_size, accumulation = training["batch_size"], training["gradient_accumulation"]
+    data = stage_data(settings.stage, preset, parts.vae_scale)
+    stream = TrainingStream(expand_shards(settings.videos), data, settings.seed, rank, world,
+                            expand_shards(settings.images) if settings.images else None, training["shuffle_buffer"],
+                            batch_size, skip_batches=step * accumulation)
+    loader = iter(DataLoader(stream, batch_size=batch_size, num_workers=training["num_workers"], collate_fn=collate))
+    max_noise_level = training["vsr"]["max_noise_level"]
+
+    bar = tqdm(total=max_steps, initial=step, desc=f"train {settings.stage}", disable=None if rank == 0 else True)
+    samples_log = open(output / f"samples-rank{rank}.jsonl", "a")
+    metrics_log = open(output / "metrics.jsonl", "a") if rank == 0 else None
+    try:
+        while step < max_steps:
+            started, losses, keys, skipped = time.perf_counter(), [], [], 0
+            for micro in range(accumulation):
+                batch = next(loader)
+                first = (step * accumulation + micro) * batch_size
+                generators = sample_generators(settings.seed, rank, first, len(batch["key"]))
+                loss = training_loss(engine.module, parts, batch, generators, max_noise_level)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.detach().float())
+                keys += batch["key"]
+                skipped += batch.get("skipped", 0)
+            step += 1
+            ema.step([p for p in engine.module.parameters() if p.requires_grad])
+            loss = torch.stack(losses).mean().to(device)
+            torch.distributed.all_reduce(loss)
+            grad_norm = engine.get_global_grad_norm()
+            record = {"step": step, "loss": loss.item() / world, "lr": schedule.get_last_lr()[0],
+                      "grad_norm": None if grad_norm is None else float(grad_norm),
+                      "samples_per_s": world * accumulation * batch_size / (time.perf_counter() - started),
+                      "memory_mb": memory_mb(device), "skipped_clips": skipped}
+            if not math.isfinite(record["loss"]):
+                raise FloatingPointError(f"the loss is {record['loss']} at step {step}")
+            samples_log.write(json.dumps({"step": step, "keys": keys}) + "\n")
+            samples_log.flush()
+            if rank == 0:
+                metrics_log.write(json.dumps(record) + "\n")
+                metrics_log.flush()
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if report and (step % training["log_every"] == 0 or step == max_steps):
+                    report(record)
+            bar.update()
+            if step % training["checkpoint_every"] == 0 or step == max_steps:
+                checkpoint.save(engine, ema, folder, step, rank, training["keep_checkpoints"])
+    finally:
+        bar.close()
+        samples_log.close()
+        if metrics_log:
+            metrics_log.close()
+
+    exported = output / "model"
+    if rank == 0:
+        export_model(settings.model, exported, UNET[settings.stage], engine.module, ema,
+                     {"stage": settings.stage, "steps": step, "run": str(output.resolve())})
+    torch.distributed.barrier()
+    return exported
