@@ -171,11 +171,9 @@ def train(settings: TrainSettings, report=None) -> Path:
         step = checkpoint.load(engine, ema, folder, rank) or 0
         if rank == 0:
             checkpoint.prune(folder, training["keep_checkpoints"])
-            truncate_log(output / "metrics.jsonl", step)
-        truncate_log(output / f"samples-rank{rank}.jsonl", step)
-    elif rank == 0:
-        for log in output.glob("*.jsonl"):
-            log.unlink()
+    if rank == 0:  # lines logged after the checkpoint (all of them on a fresh start) go
+        truncate_log(output / "metrics.jsonl", step)
+    truncate_log(output / f"samples-rank{rank}.jsonl", step)
     if step >= max_steps:
         raise ValueError(f"the run in {output} is already at step {step}, not below --max-steps {max_steps}")
 
@@ -231,9 +229,26 @@ def train(settings: TrainSettings, report=None) -> Path:
         if metrics_log:
             metrics_log.close()
 
+    fingerprints = weight_fingerprints(engine.module, world)
     exported = output / "model"
     if rank == 0:
+        summary = {"stage": settings.stage, "steps": step, "final_loss": record["loss"], "world_size": world,
+                   "rank_fingerprints": fingerprints, "weights_in_sync": len(set(map(tuple, fingerprints))) == 1}
+        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if not summary["weights_in_sync"]:
+            raise RuntimeError(f"the ranks' weights differ after training: {fingerprints}")
         export_model(settings.model, exported, UNET[settings.stage], engine.module, ema,
                      {"stage": settings.stage, "steps": step, "run": str(output.resolve())})
     torch.distributed.barrier()
     return exported
+
+
+def weight_fingerprints(module, world: int) -> list[list[float]]:
+    """Per rank, the sum and the sum of squares of all weights (float64): equal on every rank when in sync."""
+    import torch
+
+    flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+    mine = torch.stack([flat.sum(), flat.square().sum()])
+    gathered = [torch.zeros_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(gathered, mine)
+    return [t.tolist() for t in gathered]

@@ -1,0 +1,284 @@
+"""The trainer: real DeepSpeed engines (CPU, gloo), real WebDataset shards, the tiny preset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lavie_model.cli import main
+from lavie_model.config import load_preset
+from lavie_model.curation.shards import write_image_shards, write_shards
+from lavie_model.models import UNet3DConditionModel
+from lavie_model.models.unet_3d_vsr import is_temporal
+from lavie_model.training.data import StageData, TrainingStream, collate, consumer_stream, expand_shards, raw_samples
+from lavie_model.training.stages import load_parts, load_unet, sample_generators, stage_data, training_loss
+from lavie_model.video import write_video
+
+LAVIE = [sys.executable, "-m", "lavie_model.cli"]
+COLOURS = {"red": (1.0, 0.1, 0.1), "blue": (0.1, 0.2, 1.0), "yellow": (1.0, 0.9, 0.1)}
+
+
+def moving_square(colour, direction: int, frames: int = 16, size: int = 64) -> torch.Tensor:
+    """(f, 3, size, size) in [0, 1]: a coloured square crossing a gray background left or right."""
+    video = torch.full((frames, 3, size, size), 0.5)
+    for i in range(frames):
+        left = 4 + i * 2 if direction > 0 else size - 20 - i * 2
+        video[i, :, 24:40, left:left + 16] = torch.tensor(colour)[:, None, None]
+    return video
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    """Two video shards (6 clips of 16 frames, 1 clip of 4 frames too short for any stage) and an image shard."""
+    root = tmp_path_factory.mktemp("training-data")
+    rows = []
+    for i, (name, colour) in enumerate([*COLOURS.items()] * 2):
+        direction = 1 if i < 3 else -1
+        path = write_video(moving_square(colour, direction), root / f"clip{i}.mp4", fps=8)
+        rows.append({"clip_id": f"clip{i:02d}", "path": str(path), "frame_count": 16,
+                     "caption": f"a {name} square moving {'right' if direction > 0 else 'left'}"})
+    short = write_video(moving_square(COLOURS["red"], 1, frames=4), root / "short.mp4", fps=8)
+    rows.append({"clip_id": "short", "path": str(short), "frame_count": 4, "caption": "a short clip"})
+    write_shards(pd.DataFrame(rows), root / "videos", "videos", max_samples=4)
+    images = []
+    for i, (name, colour) in enumerate(COLOURS.items()):
+        path = root / f"image{i}.png"
+        Image.new("RGB", (80, 64), tuple(int(255 * c) for c in colour)).save(path)
+        images.append({"key": f"image{i}", "path": str(path), "caption": f"a {name} picture"})
+    write_image_shards(pd.DataFrame(images), root / "images", "images")
+    return {"videos": str(root / "videos"), "images": str(root / "images")}
+
+
+def clean_env() -> dict:
+    """This environment without a launcher's rank variables, so that each run picks its own port."""
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    return {k: v for k, v in os.environ.items() if k not in names} | {"OMP_NUM_THREADS": "1"}
+
+
+def train_args(stage, model, videos, output, steps, *extra):
+    return ["train", "--stage", stage, "--model", str(model), "--videos", videos, "--output", str(output),
+            "--max-steps", str(steps), *extra]
+
+
+def run_lavie(args, timeout=300):
+    done = subprocess.run(LAVIE + args, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def unet_weights(folder: Path, name: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / name / "diffusion_pytorch_model.safetensors")
+
+
+def fixed_batch_loss(model_folder, stage, shards, unet) -> float:
+    """The loss of `unet` on one fixed batch, averaged over 4 fixed noise draws (no caption dropping)."""
+    parts = load_parts(model_folder, stage)
+    data = stage_data(stage, load_preset("tiny"), parts.vae_scale)
+    data.text_drop = 0.0
+    stream = TrainingStream(expand_shards(shards["videos"]), data, seed=7, shuffle_buffer=1)
+    batch = collate([example for example, _ in zip(stream, range(2))])
+    with torch.no_grad():
+        return float(np.mean([training_loss(unet, parts, batch, sample_generators(11, 0, 2 * k, 2)).item()
+                              for k in range(4)]))
+
+
+@pytest.mark.parametrize("stage", ["base", "interpolation", "vsr"])
+def test_each_stage_trains_and_its_loss_falls(stage, tiny_folder, shards, tmp_path):
+    run = tmp_path / "run"
+    extra = ["--set", "learning_rate=0.001", "--set", "warmup_steps=1", "--set", "ema_decay=0.5",
+             "--set", "text_drop=0"]
+    if stage == "base":
+        extra += ["--images", shards["images"], "--set", "image_frames=2"]
+    run_lavie(train_args(stage, tiny_folder, shards["videos"], run, 8, *extra))
+
+    log = metrics(run)
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in log)
+    assert sum(r["skipped_clips"] for r in log) >= 1  # the 4-frame clip is counted, not silently dropped
+    exported = run / "model"
+    name = f"unet_{stage}"
+    index = json.loads((exported / "model_index.json").read_text())
+    assert index["training"][stage]["steps"] == 8
+    before = load_unet(tiny_folder, stage).eval()
+    after = type(before).from_pretrained(exported / name).eval()
+    assert fixed_batch_loss(tiny_folder, stage, shards, after) < fixed_batch_loss(tiny_folder, stage, shards, before)
+    if stage == "vsr":  # the upscaler's 2D weights stay frozen
+        start, end = unet_weights(tiny_folder, name), unet_weights(exported, name)
+        assert all(torch.equal(start[k], end[k]) for k in start if not is_temporal(k))
+        assert any(not torch.equal(start[k], end[k]) for k in start if is_temporal(k))
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_folder, shards, tmp_path):
+    common = ["--set", "checkpoint_every=2", "--images", shards["images"], "--set", "image_frames=1"]
+    whole = tmp_path / "whole"
+    run_lavie(train_args("base", tiny_folder, shards["videos"], whole, 4, *common))
+
+    broken = tmp_path / "broken"
+    process = subprocess.Popen(LAVIE + train_args("base", tiny_folder, shards["videos"], broken, 50, *common),
+                               env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if (broken / "metrics.jsonl").is_file() and len(metrics(broken)) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert (broken / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+
+    run_lavie(train_args("base", tiny_folder, shards["videos"], broken, 4, *common, "--resume"))
+    assert [r["loss"] for r in metrics(broken)] == [r["loss"] for r in metrics(whole)]
+    assert (broken / "samples-rank0.jsonl").read_text() == (whole / "samples-rank0.jsonl").read_text()
+    a, b = unet_weights(whole / "model", "unet_base"), unet_weights(broken / "model", "unet_base")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (broken / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
+
+
+def test_two_ranks_see_different_samples_and_keep_identical_weights(tiny_folder, shards, tmp_path):
+    run = tmp_path / "run"
+    first_shard = str(sorted(Path(shards["videos"]).glob("*.tar"))[0])  # 4 clips: each rank takes every other one
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                str(29500 + os.getpid() % 1000), "--module", "lavie_model.cli"]
+    done = subprocess.run(launcher + train_args("base", tiny_folder, first_shard, run, 2),
+                          env=clean_env() | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["weights_in_sync"]
+    assert summary["rank_fingerprints"][0] == summary["rank_fingerprints"][1]
+    seen = [[json.loads(line)["keys"] for line in (run / f"samples-rank{r}.jsonl").read_text().splitlines()]
+            for r in (0, 1)]
+    for step0, step1 in zip(*seen):
+        assert not set(step0) & set(step1)
+    assert set(seen[0][0]) | set(seen[1][0]) == {"clip00", "clip01", "clip02", "clip03"}
+
+
+def test_each_consumer_reads_its_own_shards_and_every_sample_once_per_epoch(shards):
+    videos = expand_shards(shards["videos"])  # 2 shards, 7 samples
+    firsts = []
+    for consumer in (0, 1):
+        shard = videos[int(np.random.default_rng(np.random.SeedSequence([3, 0])).permutation(2)[consumer])]
+        count = len(list(raw_samples(shard)))
+        stream = consumer_stream(videos, seed=3, consumer=consumer, consumers=2, buffer=1)
+        firsts.append({next(stream)["__key__"] for _ in range(count)})
+    assert not firsts[0] & firsts[1]
+    assert firsts[0] | firsts[1] == {f"clip{i:02d}" for i in range(6)} | {"short"}
+    three = [{next(consumer_stream(videos, 3, c, 3, 1))["__key__"]} for c in range(3)]  # fewer shards: by sample
+    assert len(set.union(*three)) == 3
+
+
+def test_gradient_accumulation_matches_one_larger_batch(tiny_folder, shards, tmp_path):
+    common = ["--set", "text_drop=0", "--set", "learning_rate=0.0001", "--set", "shuffle_buffer=1"]
+    accumulated, single = tmp_path / "accumulated", tmp_path / "single"
+    run_lavie(train_args("interpolation", tiny_folder, shards["videos"], accumulated, 1, *common,
+                         "--set", "batch_size=2", "--set", "gradient_accumulation=2"))
+    run_lavie(train_args("interpolation", tiny_folder, shards["videos"], single, 1, *common,
+                         "--set", "batch_size=4", "--set", "gradient_accumulation=1"))
+    a, b = metrics(accumulated)[0], metrics(single)[0]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    keys = [json.loads((run / "samples-rank0.jsonl").read_text())["keys"] for run in (accumulated, single)]
+    assert keys[0] == keys[1]
+    wa, wb = unet_weights(accumulated / "model", "unet_interpolation"), unet_weights(single / "model",
+                                                                                      "unet_interpolation")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
+def test_joint_batches_give_images_their_own_captions_and_no_temporal_attention(tiny_folder, shards):
+    parts = load_parts(tiny_folder, "base")
+    data = StageData("base", num_frames=4, frame_stride=2, size=(64, 64), image_frames=3)
+    stream = TrainingStream(expand_shards(shards["videos"]), data, seed=0,
+                            images=expand_shards(shards["images"]), shuffle_buffer=4)
+    batch = collate([example for example, _ in zip(stream, range(2))])
+    assert batch["frames"].shape == (2, 4, 3, 64, 64) and batch["images"].shape == (2, 3, 3, 64, 64)
+    assert all(len(captions) == 3 and all(c.endswith("picture") for c in captions)
+               for captions in batch["image_captions"])
+    assert all(c.startswith("a ") and "square" in c for c in batch["caption"])
+
+    unet = load_unet(tiny_folder, "base").eval()
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen.update(text=args[2].shape, images=kwargs.get("num_image_frames"))
+
+    unet.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        training_loss(unet, parts, batch, sample_generators(0, 0, 0, 2))
+    assert seen == {"text": (2, 7, 77, 64), "images": 3}  # one text per frame: 4 video frames + 3 images
+
+    # image frames skip temporal attention: changing them leaves the video frames' output as it was
+    for block in unet.modules():  # give the zero-initialised temporal projections weights, as training would
+        if hasattr(block, "attn_temp"):
+            torch.nn.init.normal_(block.attn_temp.to_out[0].weight, std=0.2)
+    latents = torch.randn(1, 4, 7, 32, 32)
+    text = torch.randn(1, 7, 77, 64)
+    with torch.no_grad():
+        out = unet(latents, 10, text, num_image_frames=3).sample
+        changed = latents.clone()
+        changed[:, :, 4:] = torch.randn(1, 4, 3, 32, 32)
+        out2 = unet(changed, 10, text, num_image_frames=3).sample
+        video_changed = latents.clone()
+        video_changed[:, :, 0] += 1
+        out3 = unet(video_changed, 10, text, num_image_frames=3).sample
+    assert torch.allclose(out[:, :, :4], out2[:, :, :4], atol=1e-5)
+    assert not torch.allclose(out[:, :, 4:], out2[:, :, 4:], atol=1e-3)
+    assert not torch.allclose(out[:, :, 1:4], out3[:, :, 1:4], atol=1e-4)  # video frames do attend to each other
+    assert torch.allclose(out[:, :, 4:], out3[:, :, 4:], atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--model": "missing-folder"}, "model folder not found"),
+    ({"--videos": "nowhere/videos-{000000..000003}.tar"}, "no video shards found at nowhere/videos-{000000..000003}"),
+    ({"--images": "nowhere/images.tar"}, "no image shards found at nowhere/images.tar"),
+    ({"--stage": "upscale"}, "unknown stage 'upscale'"),
+    ({"--set": "batch_sise=2"}, "unknown training settings: batch_sise"),
+])
+def test_bad_configuration_fails_before_training_and_names_the_problem(change, message, tiny_folder, shards,
+                                                                       tmp_path, capsys):
+    options = {"--stage": "base", "--model": str(tiny_folder), "--videos": shards["videos"],
+               "--output": str(tmp_path / "run")} | change
+    args = ["train"] + [item for pair in options.items() for item in pair]
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_images_for_a_stage_that_takes_none_are_refused(tiny_folder, shards, tmp_path, capsys):
+    args = train_args("vsr", tiny_folder, shards["videos"], tmp_path / "run", 1, "--images", shards["images"])
+    assert main(args) == 1
+    assert "only the base stage trains on images" in capsys.readouterr().err
+
+
+def test_model_folder_without_the_stage_unet_is_named(tiny_folder, shards, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for entry in tiny_folder.iterdir():
+        if entry.name != "unet_vsr":
+            (partial / entry.name).symlink_to(entry)
+    assert main(train_args("vsr", partial, shards["videos"], tmp_path / "run", 1)) == 1
+    assert "lacks unet_vsr/, needed to train the vsr stage" in capsys.readouterr().err
+
+
+def test_inflated_interpolation_unet_starts_from_the_base_weights(tiny_folder):
+    base = UNet3DConditionModel.from_pretrained(tiny_folder / "unet_base")
+    unet = load_unet(tiny_folder, "interpolation")
+    assert unet.config.block_design == "interpolation" and unet.config.in_channels == 8
+    weights = unet.state_dict()
+    assert torch.equal(weights["conv_in.weight"][:, :4], base.state_dict()["conv_in.weight"])
+    assert not weights["conv_in.weight"][:, 4:].any()
+    assert torch.equal(weights["mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"],
+                       base.state_dict()["mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"])
