@@ -34,10 +34,11 @@ def generate(args):
              dtype=args.dtype, output=args.output, video=args.video)
 
 
-def train(args):
+def train_settings(args):
+    """The TrainSettings of parsed `lavie train` arguments."""
     import yaml
 
-    from .training.trainer import TrainSettings, train
+    from .training.trainer import TrainSettings
 
     overrides = {}
     for item in args.set:
@@ -45,11 +46,16 @@ def train(args):
         if not sep:
             raise ValueError(f"--set takes name=value, got {item!r}")
         overrides[name.strip()] = yaml.safe_load(value)
-    settings = TrainSettings(
+    return TrainSettings(
         stage=args.stage, model=args.model, videos=args.videos, output=args.output, preset=args.preset,
         images=args.images, max_steps=args.max_steps, resume=args.resume, deepspeed_config=args.deepspeed_config,
         overrides=overrides, seed=args.seed, train_2d=args.train_2d, gradient_checkpointing=args.gradient_checkpointing)
-    exported = train(settings)
+
+
+def train(args):
+    from .training.trainer import train
+
+    exported = train(train_settings(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained the {args.stage} stage; model folder with its EMA weights: {exported}")
 
@@ -71,6 +77,7 @@ def lineage(args):
 def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     """The `lavie` parser; `extra_commands(commands)` adds subcommands (the data commands of `pipelines`)."""
     parser = argparse.ArgumentParser(prog="lavie", description="LaVie cascaded text-to-video: models and tools")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
@@ -144,7 +151,6 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
                    help="override a setting of the preset's training section (repeatable), e.g. batch_size=4")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p.add_argument("--train-2d", action="store_true", help="VSR: train the x4 upscaler's 2D weights too")
-    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p.set_defaults(func=train)
 
     p = commands.add_parser("lineage", help="where a shard sample came from",

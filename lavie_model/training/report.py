@@ -1,0 +1,53 @@
+"""What a person looks at after training: the metrics log, a loss curve, the shard list it trained on."""
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def read_metrics(run_dir) -> pd.DataFrame:
+    """RUN_DIR/metrics.jsonl as a table, one row per step."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
+
+
+def loss_curve_png(metrics: pd.DataFrame, title: str) -> bytes:
+    """The per-step loss and its running mean, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3), dpi=100)
+    axis.plot(metrics["step"], metrics["loss"], color="0.7", linewidth=1, label="loss")
+    window = max(1, len(metrics) // 10)
+    axis.plot(metrics["step"], metrics["loss"].rolling(window, min_periods=1).mean(), color="C0",
+              label=f"mean of {window}")
+    axis.set(xlabel="step", ylabel="loss", title=title)
+    axis.legend()
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png")
+    plt.close(figure)
+    return out.getvalue()
+
+
+def current_shards(folder) -> pd.DataFrame:
+    """The shards under a folder (all batches), from their manifests: name, path, samples, bytes, sha256."""
+    rows = []
+    for manifest in sorted(Path(folder).glob("*/*.json")):
+        record = json.loads(manifest.read_text())
+        tar = manifest.with_suffix(".tar")
+        if tar.is_file():
+            rows.append({"name": record["name"], "path": str(tar), "samples": record["samples"],
+                         "bytes": record["bytes"], "sha256": record["sha256"]})
+    return pd.DataFrame(rows, columns=["name", "path", "samples", "bytes", "sha256"])
+
+
+def fingerprint(*tables: pd.DataFrame) -> str:
+    """One SHA-256 over the shard lists' names and contents: it changes exactly when the data does."""
+    lines = sorted(f"{row.name} {row.sha256}" for table in tables for row in table.itertuples())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
