@@ -7,6 +7,7 @@ step and the shards, never the scores.
 """
 
 import base64
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields
@@ -27,8 +28,13 @@ from lavie_model.curation.shards import verify_shards, write_image_shards, write
 
 video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
+# Default processes per asset that probe or cut files (CurationSettings.workers); each works on one file at a
+# time and holds one decoded frame of it (cuts run in an ffmpeg subprocess). They fork from the step's process:
+# under Dagster's multiprocess executor they would otherwise start as the step did (forkserver or spawn) and
+# each import torch again.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
-PREVIEWS = 4  # kept clips shown as GIFs in the shards' metadata  # processes per asset; each holds one file's frames at most
+POOL_CONTEXT = multiprocessing.get_context("fork")
+PREVIEWS = 4  # kept clips shown as GIFs in the shards' metadata
 
 
 class CurationSettings(dg.ConfigurableResource):
@@ -42,6 +48,7 @@ class CurationSettings(dg.ConfigurableResource):
     aesthetic_weights: str | None = None
     captioner_path: str | None = None  # a local transformers image-to-text model folder, for uncaptioned clips
     recaption: bool = False  # caption every clip with the captioner, not only those without a source caption
+    workers: int = WORKERS  # processes per asset for probing and cutting; set it to a pod's CPUs on a cluster
 
     def score_config(self) -> ScoreConfig:
         return ScoreConfig(clip_model=self.clip_model, clip_weights=self.clip_weights,
@@ -115,7 +122,7 @@ def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings)
     """Every file decode-validated with PyAV; unusable ones go to the quarantine table with a reason."""
     folder = settings.batch_dir(context.partition_key)
     raw = pd.read_parquet(folder / "raw.parquet")
-    with ProcessPoolExecutor(WORKERS) as pool:
+    with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
         results = list(pool.map(probe, raw["stored_path"], [ProbeConfig()] * len(raw), raw["sha256"]))
     table = pd.DataFrame([asdict(r) for r in results]).assign(name=raw["name"].values, run_id=context.run_id)
     write_table(table[table["ok"]], folder / "probe.parquet")
@@ -150,7 +157,7 @@ def video_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -
     out_dir = settings.home() / "clips" / context.partition_key
     config = settings.clip_config()
     jobs = [(row, out_dir, config) for row in probed.to_dict("records")]
-    with ProcessPoolExecutor(WORKERS) as pool:
+    with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
         results = list(pool.map(_clips_of, jobs))
     # Explicit columns: a batch with no usable file still gives well-formed (empty) tables downstream.
     clips = pd.DataFrame([c for cs, _ in results for c in cs], columns=[f.name for f in fields(ClipRow)])

@@ -5,9 +5,19 @@ import dagster as dg
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, curate_images, curate_videos
 from .sensors import inbox_sensor
 
+# Every run, of a job or of assets picked in the UI, executes each asset in its own process, at most
+# `max_concurrent` at a time. Step processes fork from a server that imported this module once, instead of
+# each importing torch anew. How many runs (batches) go at once is `concurrency: runs` in dagster.yaml;
+# on a cluster this executor is the one setting to swap (docs/cluster_curation.md).
+executor = dg.multiprocess_executor.configured({
+    "max_concurrent": 2,
+    "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}},
+})
+
 defs = dg.Definitions(
     assets=[*VIDEO_ASSETS, *IMAGE_ASSETS],
     jobs=[curate_videos, curate_images],
     sensors=[inbox_sensor],
     resources={"settings": CurationSettings()},
+    executor=executor,
 )

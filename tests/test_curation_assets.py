@@ -1,19 +1,25 @@
-"""The curation assets end to end in a real (ephemeral) Dagster instance on a small demo corpus."""
+"""The curation assets end to end in real Dagster instances, on a small demo corpus and on bad input."""
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
+from test_curation_core import BAD_INPUTS, BLUE, GREEN, ODD_NAMES, decoded, solid_frames, write_video
 
 from lavie_model.curation import store
 from lavie_model.curation.demo_corpus import build_demo_corpus
 from pipelines.cli import main as lavie
 from pipelines.curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, filtered_clips, video_shards
+from pipelines.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +237,102 @@ def test_a_batch_of_only_bad_files_still_succeeds(corpus, tmp_path):
     assert len(pd.read_parquet(folder / "shards.parquet")) == 0
     checks = {c.check_name: (c.passed, c.severity) for c in result.get_asset_check_evaluations()}
     assert checks["quarantine_fraction"] == (False, dg.AssetCheckSeverity.WARN)
+
+
+def test_bad_input_through_the_curation_job(tmp_path, monkeypatch):
+    """Every kind of bad input, odd names and a duplicate in one batch: the run succeeds and accounts for all."""
+    monkeypatch.chdir(tmp_path)  # a name run by a shell would leave `pwned` here
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for kind, (make, _) in BAD_INPUTS.items():
+        make(inputs / f"{kind}.mp4")
+    uhd = write_video(inputs / "uhd.mp4", solid_frames(5, GREEN, width=3840, height=2160), fps=5)  # 1 s
+    vfr = write_video(inputs / "vfr.mp4", solid_frames(30, GREEN), times_ms=np.cumsum([0] + [50, 150] * 15)[:30])
+    upright = solid_frames(20, BLUE)
+    upright[:, :24, :24] = (255, 255, 0)  # a yellow marker in the stored frame's top-left corner
+    rotated = write_video(inputs / "rotated.mp4", upright, rotation=90)
+    for index, name in enumerate(ODD_NAMES):  # distinct bytes each, or ingestion would keep one of them
+        write_video(inputs / name, solid_frames(20, (40 + 30 * index, 200 - 20 * index, 90)))
+    copy = shutil.copyfile(inputs / ODD_NAMES[0], inputs / "z, the same bytes again.mp4")  # found after it
+    for path in (uhd, vfr, rotated, *(inputs / name for name in ODD_NAMES)):
+        path.with_suffix(".txt").write_text(f"a test video named {path.name}")  # a sidecar caption
+    home = tmp_path / "home"
+    batch = store.ingest([inputs], home=home)
+    assert batch.skipped == [{"path": str(copy), "reason": "same bytes as another file of this batch"}]
+    assert len(list(inputs.glob("*.mp4"))) == len(batch.files) + len(batch.skipped)
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("video_batches", [batch.key])
+    result = defs.resolve_job_def("curate_videos").execute_in_process(
+        instance=instance, partition_key=batch.key,
+        run_config={"resources": {"settings": {"config": {"lavie_home": str(home)}}}})
+    assert result.success
+
+    folder = home / "curation" / batch.key
+    t = {name: pd.read_parquet(folder / f"{name}.parquet")
+         for name in ("raw", "probe", "quarantine", "clips", "clip_drops", "captions", "scores", "filtered", "shards")}
+    assert len(t["raw"]) == len(batch.files) == len(t["quarantine"]) + len(t["probe"])
+    reasons = dict(zip(t["quarantine"]["name"], t["quarantine"]["reason"]))
+    assert sorted(reasons) == sorted(f"{kind}.mp4" for kind in BAD_INPUTS)
+    for kind, (_, reason) in BAD_INPUTS.items():
+        assert reasons[f"{kind}.mp4"].startswith(reason), reasons[f"{kind}.mp4"]
+    # every decodable file ends as clips or drop rows with a reason, which together cover all its frames
+    assert sorted(t["probe"]["name"]) == sorted(["uhd.mp4", "vfr.mp4", "rotated.mp4", *ODD_NAMES])
+    assert (t["clip_drops"]["reason"].str.len() > 0).all()
+    pieces = pd.concat([t["clips"], t["clip_drops"]])
+    for source in t["probe"].itertuples():
+        ranges = sorted(pieces.loc[pieces["source_sha256"] == source.sha256, ["start_frame", "end_frame"]]
+                        .itertuples(index=False))
+        assert ranges[0][0] == 0 and ranges[-1][1] == source.frame_count, source.name
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), source.name
+    assert len(t["captions"]) == len(t["scores"]) == len(t["filtered"]) == len(t["clips"])
+    dropped = t["filtered"][~t["filtered"]["keep"]]
+    assert (dropped["reason"].str.len() > 0).all()
+    assert int(t["shards"]["samples"].sum()) == int(t["filtered"]["keep"].sum())
+
+    clips = t["clips"].merge(t["probe"][["sha256", "name"]], left_on="source_sha256", right_on="sha256")
+    assert set(clips["name"]) == set(t["probe"]["name"])
+    uhd_clips = clips[clips["name"] == "uhd.mp4"]
+    assert {(row.width, row.height) for row in uhd_clips.itertuples()} == {(114, 64)}  # the tiny preset's 64 px
+    turned = clips[clips["name"] == "rotated.mp4"]
+    assert {(row.width, row.height) for row in turned.itertuples()} == {(64, 86)}  # portrait, as displayed
+    pixels = decoded(turned["path"].iloc[0])[0].to_ndarray(format="rgb24")
+    assert np.abs(pixels[-4:, :4].mean((0, 1)) - (255, 255, 0)).max() < 40  # the marker turned to bottom-left
+    assert not list(tmp_path.rglob("pwned")) and not (ROOT / "pwned").exists()
+
+
+def test_two_batches_curate_at_once_under_the_multiprocess_executor(corpus, tmp_path, monkeypatch):
+    """Two `dagster asset materialize` runs, one per partition, at the same time in an instance configured
+    by the project's dagster.yaml; each runs every asset in a step process of the multiprocess executor."""
+    dagster_home, home = tmp_path / "dagster_home", tmp_path / "home"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", dagster_home)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.setenv("LAVIE_HOME", str(home))
+    shapes = [video for video in corpus.videos if video.name.startswith("shapes_000")][:2]
+    keys = [store.ingest([video], home=home).key for video in shapes]
+    instance = dg.DagsterInstance.get()
+    assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+    instance.add_dynamic_partitions("video_batches", keys)
+
+    runs = []
+    for key in keys:
+        with open(tmp_path / f"{key}.log", "w") as log:
+            runs.append(subprocess.Popen([str(BIN / "dagster"), "asset", "materialize", "-m", "pipelines.definitions",
+                                          "--select", "raw_videos*", "--partition", key],
+                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+    for run, key in zip(runs, keys):
+        assert run.wait(timeout=600) == 0, (tmp_path / f"{key}.log").read_text()[-3000:]
+    records = instance.get_run_records()
+    assert sorted(record.dagster_run.tags["dagster/partition"] for record in records) == sorted(keys)
+    first, second = records
+    assert first.start_time < second.end_time and second.start_time < first.end_time  # they overlapped
+    for record in records:
+        assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        workers = instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED)
+        assert len(workers) == len(VIDEO_ASSETS)  # each asset ran in its own process
+    for key in keys:
+        folder = home / "curation" / key
+        assert len(pd.read_parquet(folder / "clips.parquet")) > 0
+        kept = int(pd.read_parquet(folder / "filtered.parquet")["keep"].sum())
+        assert int(pd.read_parquet(folder / "shards.parquet")["samples"].sum()) == kept
