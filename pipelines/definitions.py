@@ -4,6 +4,7 @@ import dagster as dg
 
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, curate_images, curate_videos
 from .sensors import inbox_sensor
+from .training import TRAINING_ASSETS, TrainingSettings, new_shards_sensor, retrain_schedule, train_cascade
 
 # Every run, of a job or of assets picked in the UI, executes each asset in its own process, at most
 # `max_concurrent` at a time. Step processes fork from a server that imported this module once, instead of
@@ -15,9 +16,10 @@ executor = dg.multiprocess_executor.configured({
 })
 
 defs = dg.Definitions(
-    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS],
-    jobs=[curate_videos, curate_images],
-    sensors=[inbox_sensor],
-    resources={"settings": CurationSettings()},
+    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *TRAINING_ASSETS],
+    jobs=[curate_videos, curate_images, train_cascade],
+    schedules=[retrain_schedule],
+    sensors=[inbox_sensor, new_shards_sensor],
+    resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient()},
     executor=executor,
 )

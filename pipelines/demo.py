@@ -1,4 +1,4 @@
-"""`make demo`: build the embedded corpus, ingest it and materialize the curation assets, then say where to look.
+"""`make demo`: build the embedded corpus, ingest and curate it, train the tiny cascade, generate a sample.
 
 Runs go into the Dagster instance under DAGSTER_HOME, so they show in the UI; data goes under LAVIE_HOME.
 Rerunning re-materializes the same batches (the store keeps each file once).
@@ -12,10 +12,16 @@ import pandas as pd
 from lavie_model.curation import store
 from lavie_model.curation.demo_corpus import build_demo_corpus
 from lavie_model.curation.probe import sha256_of
+from lavie_model.generate import generate
 
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, image_batches, video_batches
+from .training import TRAINING_ASSETS, TrainingSettings
 
 ASSETS = {"videos": (VIDEO_ASSETS, video_batches), "images": (IMAGE_ASSETS, image_batches)}
+# Optimizer steps per stage: a few minutes each on two cores.
+DEMO_STEPS = {"base": 300, "interpolation": 80, "vsr": 80}
+PROMPT = "a red circle moving left on a gray background"
+SAMPLE_STEPS = 25  # denoising steps per stage for the sample
 
 
 def batches_of(folder, kind, home) -> list[str]:
@@ -41,11 +47,30 @@ def main() -> None:
             print(f"curating {kind} batch {key}")
             dg.materialize(assets, partition_key=key, instance=instance, resources={"settings": settings})
             report(kind, home / "curation" / key)
+    model = train(instance, home)
+    sample = home / "demo-sample.mp4"
+    print(f"generating {PROMPT!r} through the trained cascade")
+    generate(model=model, prompt=PROMPT, output=sample, steps=SAMPLE_STEPS)
     print(f"\ndone in {time.time() - start:.0f} s. Where to look:")
     print(f"  shards:   {home / 'shards'}")
     print(f"  tables:   {home / 'curation'} (Parquet, one folder per batch)")
+    print(f"  training: {home / 'training'} (per stage and run: metrics.jsonl, checkpoints/, model/)")
+    print(f"  model:    {model} (the trained cascade; .venv/bin/lavie generate --model {model} --prompt ...)")
+    print(f"  sample:   {sample}")
     print("  lineage:  .venv/bin/lavie lineage KEY   (KEY: any sample key listed in a shard's .json manifest)")
     print("  the UI:   DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml  (127.0.0.1:3000)")
+
+
+def train(instance, home):
+    """Materialize the three training assets on all shards; the folder of the last holds the whole cascade."""
+    print("training the tiny cascade: " + ", ".join(f"{stage} {steps} steps" for stage, steps in DEMO_STEPS.items()))
+    result = dg.materialize(TRAINING_ASSETS, instance=instance, resources={
+        "training": TrainingSettings(max_steps=DEMO_STEPS), "pipes": dg.PipesSubprocessClient()})
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        print(f"  {event.asset_key.path[-1]}: {metadata['steps'].value} steps, final loss "
+              f"{metadata['final_loss'].value:.4f}, run {metadata['run_dir'].value}")
+    return metadata["model_folder"].value
 
 
 def report(kind: str, folder) -> None:

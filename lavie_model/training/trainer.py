@@ -136,7 +136,7 @@ def train(settings: TrainSettings, report=None) -> Path:
 
     from . import checkpoint
     from .data import TrainingStream, collate, expand_shards
-    from .export import export_model
+    from .export import ema_model, replace_component
     from .stages import UNET, load_parts, load_unet, sample_generators, stage_data, training_loss
 
     cuda = torch.cuda.is_available()
@@ -237,8 +237,8 @@ def train(settings: TrainSettings, report=None) -> Path:
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if not summary["weights_in_sync"]:
             raise RuntimeError(f"the ranks' weights differ after training: {fingerprints}")
-        export_model(settings.model, exported, UNET[settings.stage], engine.module, ema,
-                     {"stage": settings.stage, "steps": step, "run": str(output.resolve())})
+        replace_component(settings.model, exported, UNET[settings.stage], ema_model(engine.module, ema),
+                          {"stage": settings.stage, "steps": step, "run": str(output.resolve())})
     torch.distributed.barrier()
     return exported
 
