@@ -60,6 +60,17 @@ def train(args):
         print(f"trained the {args.stage} stage; model folder with its EMA weights: {exported}")
 
 
+def train_vae(args):
+    from .training.vae import train_vae
+
+    model = args.model
+    components = ["vae", "vsr_vae"] if args.component == "both" else [args.component]
+    for component in components:
+        model = train_vae(model, args.videos, args.output, component, images=args.images, steps=args.steps,
+                          batch_size=args.batch_size, seed=args.seed)
+    print(f"wrote a model folder with the trained {' and '.join(components)} to {model}")
+
+
 def lineage(args):
     from .curation.lineage import lineage
     from .curation.store import lavie_home
@@ -152,6 +163,20 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p.add_argument("--train-2d", action="store_true", help="VSR: train the x4 upscaler's 2D weights too")
     p.set_defaults(func=train)
+
+    p = commands.add_parser(
+        "train-vae", help="train a model folder's small autoencoder(s) (the tiny preset has no pretrained VAE)",
+        description="Train `vae` and/or `vsr_vae` of a model folder on frames of video shards and on images "
+        "(reconstruction + small KL), set the latent scaling factor to unit variance and write a new folder.")
+    p.add_argument("--model", required=True, help="model folder to start from")
+    p.add_argument("--videos", required=True, help="video shards (as for train)")
+    p.add_argument("--images", help="image shards to mix in")
+    p.add_argument("--output", required=True, help="model folder to write (replaced whole if it exists)")
+    p.add_argument("--component", default="both", choices=["vae", "vsr_vae", "both"])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=train_vae)
 
     p = commands.add_parser("lineage", help="where a shard sample came from",
                             description="Print, for a sample key in any shard under LAVIE_HOME, the shard, the "

@@ -1,4 +1,5 @@
-"""Training assets (group `training`): base_model -> interpolation_model -> vsr_model, on all curated shards.
+"""Training assets (group `training`): autoencoders -> base_model -> interpolation_model -> vsr_model, on all
+curated shards.
 
 Each asset launches `lavie train` under the deepspeed launcher through Dagster Pipes, streams its progress
 into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics and a loss
@@ -9,6 +10,7 @@ trainer and the presets, so a change to either marks them stale. `retrain_schedu
 """
 
 import hashlib
+import json
 import socket
 import sys
 from importlib import resources
@@ -49,6 +51,7 @@ class TrainingSettings(dg.ConfigurableResource):
     max_steps: dict[str, int] = {}  # per stage; the preset's when absent
     overrides: list[str] = []  # `--set NAME=VALUE` entries for every stage
     gradient_checkpointing: bool = False
+    vae_steps: int = 600  # tiny preset: steps to train each small autoencoder (0: keep the folder's)
 
     def home(self) -> Path:
         return Path(self.lavie_home).absolute() if self.lavie_home else store.lavie_home()
@@ -139,10 +142,36 @@ TRAINING = {"group_name": "training", "pool": "gpu", "code_version": code_versio
 
 
 @dg.asset(deps=[video_shards, image_shards], **TRAINING)
+def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) -> dg.MaterializeResult:
+    """The model folder the UNets start from. The tiny preset has no pretrained VAE, so its two small
+    autoencoders (`vae`, `vsr_vae`) are trained here first; pretrained ones (`paper`) are used as they are."""
+    from lavie_model.training.vae import train_vae
+
+    start = training.start_folder()
+    if training.preset != "tiny" or training.vae_steps == 0:
+        return dg.MaterializeResult(metadata={"model_folder": dg.MetadataValue.path(str(start)),
+                                              "trained": False})
+    home = training.home()
+    videos, images = trained_shards(home, "base")
+    output = home / "models" / f"autoencoders-{context.run_id}"
+    model = start
+    for component in ("vae", "vsr_vae"):
+        model = train_vae(model, ",".join(videos["path"]), output, component, images=",".join(images["path"]) or None,
+                          steps=training.vae_steps, preset=training.preset, log=context.log.info)
+    index = json.loads((output / "model_index.json").read_text())["training"]
+    return dg.MaterializeResult(metadata={
+        "model_folder": dg.MetadataValue.path(str(output)), "trained": True, "started_from": str(start),
+        "shard_fingerprint": fingerprint(videos, images),
+        **{f"{name}_mse": index[name]["final_mse"] for name in ("vae", "vsr_vae")},
+        **{f"{name}_scaling_factor": index[name]["scaling_factor"] for name in ("vae", "vsr_vae")},
+    })
+
+
+@dg.asset(deps=[autoencoders, video_shards, image_shards], **TRAINING)
 def base_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The base text-to-video UNet, jointly fine-tuned on video clips and images."""
-    return train_stage(context, training, pipes, "base", training.start_folder())
+    return train_stage(context, training, pipes, "base", previous_model(context, "autoencoders"))
 
 
 @dg.asset(deps=[base_model, video_shards], **TRAINING)
@@ -159,7 +188,7 @@ def vsr_model(context: dg.AssetExecutionContext, training: TrainingSettings,
     return train_stage(context, training, pipes, "vsr", previous_model(context, "interpolation_model"))
 
 
-TRAINING_ASSETS = [base_model, interpolation_model, vsr_model]
+TRAINING_ASSETS = [autoencoders, base_model, interpolation_model, vsr_model]
 train_cascade = dg.define_asset_job("train_cascade", selection=TRAINING_ASSETS)
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from lavie_model.curation.shards import write_image_shards, write_shards
 from lavie_model.training.report import current_shards, fingerprint
 from pipelines.training import (
-    TRAINING_ASSETS, TrainingSettings, base_model, code_version, retrain_request, vsr_model,
+    TRAINING_ASSETS, TrainingSettings, autoencoders, base_model, code_version, retrain_request, vsr_model,
 )
 from tests.test_training import COLOURS, clean_env, moving_square
 from lavie_model.video import write_video
@@ -41,13 +41,15 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
     home = curated_home(tmp_path / "home")
     settings = TrainingSettings(lavie_home=str(home), initial_model=str(tiny_folder),
                                 max_steps={"base": 2, "interpolation": 1, "vsr": 1},
-                                overrides=["image_frames=1", "batch_size=1"])
+                                overrides=["image_frames=1", "batch_size=1"], vae_steps=2)
     with dg.instance_for_test() as instance:
         result = dg.materialize(TRAINING_ASSETS, instance=instance,
                                 resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
         assert result.success
         events = {e.asset_key.path[-1]: e for e in result.get_asset_materialization_events()}
-        assert set(events) == {"base_model", "interpolation_model", "vsr_model"}
+        assert set(events) == {"autoencoders", "base_model", "interpolation_model", "vsr_model"}
+        autoencoders = events["autoencoders"].materialization.metadata
+        assert autoencoders["trained"].value and autoencoders["vae_scaling_factor"].value > 0
         base = events["base_model"].materialization.metadata
         assert base["steps"].value == 2 and base["final_loss"].value > 0
         assert "videos-b1-000000.tar" in base["shards"].value and "images-b1-000000.tar" in base["shards"].value
@@ -60,7 +62,7 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
         vsr = events["vsr_model"].materialization.metadata
         final = Path(vsr["model_folder"].value)
         index = json.loads((final / "model_index.json").read_text())
-        assert set(index["training"]) == {"base", "interpolation", "vsr"}
+        assert set(index["training"]) == {"vae", "vsr_vae", "base", "interpolation", "vsr"}
         run = json.loads((Path(base["run_dir"].value) / "run.json").read_text())
         assert [s["sha256"] for s in run["videos"]] == videos["sha256"].tolist()
 
@@ -72,16 +74,16 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
 
 
 def test_training_assets_share_one_pool_and_go_stale_with_the_code():
-    assert [asset.op.pool for asset in TRAINING_ASSETS] == ["gpu"] * 3
+    assert [asset.op.pool for asset in TRAINING_ASSETS] == ["gpu"] * 4
     assert base_model.code_versions_by_key[base_model.key] == code_version()
     assert vsr_model.code_versions_by_key[vsr_model.key] == code_version()
     assert len(code_version()) == 16
 
 
-def test_base_model_fails_clearly_without_shards(tmp_path, tiny_folder):
+def test_training_fails_clearly_without_shards(tmp_path, tiny_folder):
     settings = TrainingSettings(lavie_home=str(tmp_path), initial_model=str(tiny_folder))
     with dg.instance_for_test() as instance:
-        result = dg.materialize([base_model], instance=instance, raise_on_error=False,
+        result = dg.materialize([autoencoders], instance=instance, raise_on_error=False,
                                 resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
     assert not result.success
     failure = result.get_step_failure_events()[0].event_specific_data.error

@@ -1,0 +1,81 @@
+"""Training a small autoencoder for a preset without pretrained weights (`tiny`): `lavie train-vae`.
+
+The tiny preset's VAEs start random, and latent diffusion on a random autoencoder cannot show what it learned.
+This trains a model folder's `vae` (or `vsr_vae`) on frames of the video shards and on the image shards:
+mean squared reconstruction error plus a small KL term, AdamW, one process. Afterwards the latent scaling
+factor is set so the latents have unit variance, as Stable Diffusion's 0.18215 does for its VAE, and a new
+model folder is written with the trained autoencoder in place. With real weights (`paper`) the pretrained
+VAE is used as it is and this is not needed.
+"""
+
+import json
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import load_preset
+from ..model_folder import load_components
+from .data import StageData, TrainingStream, consumer_stream, decode_image, expand_shards, resize_crop
+from .export import replace_component
+
+KL_WEIGHT = 1e-6
+
+
+def frame_batches(videos, images, size, batch_size: int, seed: int):
+    """Endless (n, 3, H, W) batches in [-1, 1]: random single frames of clips, plus a quarter as many images."""
+    clips = iter(TrainingStream(videos, StageData("vsr", num_frames=1, frame_stride=1, size=size), seed,
+                                shuffle_buffer=256))
+    pictures = consumer_stream(images, seed + 1, 0, 1, 256) if images else None
+    while True:
+        frames = [next(clips)["frames"][0] for _ in range(batch_size)]
+        if pictures is not None:
+            frames += [resize_crop(decode_image(s["jpg"], s["__key__"])[None], size)[0]
+                       for s in islice(pictures, max(1, batch_size // 4))]
+        yield torch.stack(frames)
+
+
+def train_vae(model, videos, output, component: str = "vae", images=None, steps: int = 600, batch_size: int = 16,
+              learning_rate: float = 1e-3, preset: str = "tiny", seed: int = 0, log=print) -> Path:
+    """Train `component` of the model folder `model`; write `output`, a copy of it with the trained autoencoder.
+    Frames are the size the preset trains that component's stages at."""
+    if component not in ("vae", "vsr_vae"):
+        raise ValueError(f"component must be vae or vsr_vae, got {component!r}")
+    torch.manual_seed(seed)
+    vae = load_components(model, [component], "vae training")[0][component]
+    videos = expand_shards(videos, "video shards")
+    images = expand_shards(images, "image shards") if images else None
+    training_preset = load_preset(preset)
+    if component == "vae":
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        size = tuple(n * scale for n in training_preset["data"]["latent_size"])
+    else:
+        size = tuple(training_preset["training"]["vsr"]["size"])
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    batches = frame_batches(videos, images, size, batch_size, seed)
+    history, started = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        x = next(batches)
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(reconstruction, x)
+        loss = mse + KL_WEIGHT * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append({"step": step, "mse": mse.item(), "loss": loss.item()})
+        if step % 50 == 0 or step == steps:
+            log(f"{component} step {step}/{steps}: reconstruction MSE {mse.item():.5f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    vae.eval()
+    with torch.no_grad():  # unit-variance latents for the diffusion model
+        latents = torch.cat([vae.encode(next(batches)).latent_dist.mean for _ in range(4)])
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    info = {"stage": component, "steps": steps, "final_mse": history[-1]["mse"],
+            "scaling_factor": vae.config.scaling_factor}
+    output = replace_component(model, output, component, vae, info)
+    (Path(output) / f"{component}_training.json").write_text(json.dumps({"info": info, "history": history}) + "\n")
+    return output
