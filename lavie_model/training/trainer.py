@@ -163,8 +163,17 @@ def train(settings: TrainSettings, report=None) -> Path:
     optimizer = torch.optim.AdamW(trainable, lr=training["learning_rate"], weight_decay=training["weight_decay"])
     warmup = max(1, training["warmup_steps"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])  # fp32 weights
     engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
-    ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])
+
+    def master_weights():
+        """The trained weights in fp32: under bf16, the optimizer's master copies (gathered on every rank)."""
+        if dtype == torch.float32:
+            return trainable
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        # marked trainable, or EMAModel.step would copy them instead of averaging
+        return [safe_get_full_fp32_param(p).detach().requires_grad_() for p in trainable]
 
     step = 0
     if settings.resume:
@@ -202,7 +211,7 @@ def train(settings: TrainSettings, report=None) -> Path:
                 keys += batch["key"]
                 skipped += batch.get("skipped", 0)
             step += 1
-            ema.step([p for p in engine.module.parameters() if p.requires_grad])
+            ema.step(master_weights())
             loss = torch.stack(losses).mean().to(device)
             torch.distributed.all_reduce(loss)
             grad_norm = engine.get_global_grad_norm()
