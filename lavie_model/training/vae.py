@@ -24,8 +24,10 @@ from .export import replace_component
 KL_WEIGHT = 1e-6
 
 
-def frame_batches(videos, images, size, batch_size: int, seed: int):
-    """Endless (n, 3, H, W) batches in [-1, 1]: random single frames of clips, plus a quarter as many images."""
+def frame_batches(videos, images, size, batch_size: int, seed: int, crop: int | None = None):
+    """Endless (n, 3, H, W) batches in [-1, 1]: random single frames of clips, plus a quarter as many images;
+    with `crop`, a random crop x crop window of each (a convolutional autoencoder learns as well from crops)."""
+    generator = torch.Generator().manual_seed(seed)
     clips = iter(TrainingStream(videos, StageData("vsr", num_frames=1, frame_stride=1, size=size), seed,
                                 shuffle_buffer=256))
     pictures = consumer_stream(images, seed + 1, 0, 1, 256) if images else None
@@ -34,13 +36,19 @@ def frame_batches(videos, images, size, batch_size: int, seed: int):
         if pictures is not None:
             frames += [resize_crop(decode_image(s["jpg"], s["__key__"])[None], size)[0]
                        for s in islice(pictures, max(1, batch_size // 4))]
-        yield torch.stack(frames)
+        frames = torch.stack(frames)  # (n, 3, H, W)
+        if crop:
+            top, left = (int(torch.randint(n - crop + 1, (), generator=generator)) for n in frames.shape[2:])
+            frames = frames[:, :, top:top + crop, left:left + crop]
+        yield frames
 
 
 def train_vae(model, videos, output, component: str = "vae", images=None, steps: int = 600, batch_size: int = 16,
-              learning_rate: float = 1e-3, preset: str = "tiny", seed: int = 0, log=print) -> Path:
+              learning_rate: float = 1e-3, preset: str = "tiny", crop: int | None = 32, seed: int = 0,
+              log=print) -> Path:
     """Train `component` of the model folder `model`; write `output`, a copy of it with the trained autoencoder.
-    Frames are the size the preset trains that component's stages at."""
+    Frames are the size the preset trains that component's stages at, cut to random `crop` x `crop` windows
+    (None: whole frames); the latent scale is measured on whole frames."""
     if component not in ("vae", "vsr_vae"):
         raise ValueError(f"component must be vae or vsr_vae, got {component!r}")
     torch.manual_seed(seed)
@@ -55,7 +63,9 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
         size = tuple(training_preset["training"]["vsr"]["size"])
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
-    batches = frame_batches(videos, images, size, batch_size, seed)
+    if vae.config.get("mid_block_add_attention", True) and crop:
+        raise ValueError(f"{component} has attention in its mid block: train it on whole frames (crop=None)")
+    batches = frame_batches(videos, images, size, batch_size, seed, crop)
     history, started = [], time.perf_counter()
     for step in range(1, steps + 1):
         x = next(batches)
@@ -72,7 +82,8 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
                 f"({time.perf_counter() - started:.0f} s)")
     vae.eval()
     with torch.no_grad():  # unit-variance latents for the diffusion model
-        latents = torch.cat([vae.encode(next(batches)).latent_dist.mean for _ in range(4)])
+        whole = frame_batches(videos, images, size, batch_size, seed + 1)
+        latents = torch.cat([vae.encode(next(whole)).latent_dist.mean for _ in range(4)])
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     info = {"stage": component, "steps": steps, "final_mse": history[-1]["mse"],
             "scaling_factor": vae.config.scaling_factor}

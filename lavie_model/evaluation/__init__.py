@@ -1,0 +1,23 @@
+"""Evaluation metrics in plain PyTorch (no Dagster here), as functions over video tensors (b, f, 3, h, w) in [0, 1].
+
+    metrics.py  CLIPSIM, temporal consistency, PSNR, SSIM, Frechet distance and FVD with a pluggable video
+                feature extractor (the StyleGAN-V I3D TorchScript file, or a labelled fallback without weights)
+    shapes.py   prompt adherence on the demo's moving-shapes corpus: a colour-and-motion tracker
+"""
+
+from .metrics import (
+    clipsim,
+    frechet_distance,
+    fvd,
+    load_video_extractor,
+    psnr,
+    ssim,
+    temporal_consistency,
+    video_features,
+)
+from .shapes import direction, named_colour, parse_prompt, shapes_adherence, track
+
+__all__ = [
+    "clipsim", "direction", "frechet_distance", "fvd", "load_video_extractor", "named_colour", "parse_prompt",
+    "psnr", "shapes_adherence", "ssim", "temporal_consistency", "track", "video_features",
+]
