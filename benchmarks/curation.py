@@ -1,17 +1,25 @@
 """Curation speed: seconds of source video per wall second for each CPU stage, beside decode-only.
 
     python benchmarks/curation.py [--n 40] [--seconds 10] [--width 640] [--height 360] [--fps 25]
-                                  [--short-side 320] [--clip-fps FPS] [--max-seconds 10]
+                                  [--preset paper] [--short-side PX] [--clip-fps FPS] [--min-seconds S]
+                                  [--max-seconds S]
 
 Generates N synthetic H.264 videos (a textured background panning under a moving square; every third
-video has two hard cuts), then times, over all of them: decoding every frame with PyAV (the speed limit),
-probe, shot detection, cutting and transcoding, and the whole (the three stages one after the other).
-Peak memory is sampled every 20 ms: the resident set of this process (probe and shot detection run
-here) and of its ffmpeg children (cutting and transcoding run there). Target: the whole within 4x of
-decode-only time.
+video has two hard cuts), then times, over all of them, one stage after the other in one process:
+decoding every frame with PyAV (the speed limit), probe, shot detection, probe and shot detection in one
+decode (`probe_and_detect_shots`; its results are checked against the separate passes), cutting and
+transcoding, motion scoring (the decode and optical flow of each clip that `score_clips` does; CLIP itself
+is left out) and sharding. The whole is the sum of the one-decode probe and the stages after it; the
+whole with separate probe and shot detection passes is given too. Wall and CPU seconds (this process and
+its finished children) are reported; CPU seconds are steadier on a shared machine. Clip settings come
+from the preset's `curation` section (paper: short side 320, 24 fps, clips of 2.6-10 s); the options
+override them. Peak memory is sampled every 20 ms: the resident set of this process and of its ffmpeg
+children (cutting and transcoding run there). Target: the whole within 4x of decode-only time.
 """
 
 import argparse
+import dataclasses
+import resource
 import tempfile
 import threading
 import time
@@ -20,10 +28,15 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pandas as pd
 import psutil
 
-from lavie_model.curation.clips import ClipConfig, clip_name, clip_size, cut_clips, detect_shots, plan_pieces
+from lavie_model.config import load_preset
+from lavie_model.curation.clips import (ClipConfig, clip_name, clip_size, cut_clips, detect_shots, plan_pieces,
+                                        probe_and_detect_shots)
 from lavie_model.curation.probe import open_input, probe
+from lavie_model.curation.scores import ScoreConfig, read_clip
+from lavie_model.curation.shards import write_shards
 
 
 def make_video(path: Path, seconds: float, width: int, height: int, fps: int, cuts: int, seed: int) -> None:
@@ -58,7 +71,8 @@ class PeakMemory(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
         self.process, self.done = psutil.Process(), threading.Event()
-        self.own = self.children = 0.0
+        self.start_rss = self.own = self.process.memory_info().rss / 2**20
+        self.children = 0.0
 
     def run(self):
         while not self.done.wait(0.02):
@@ -70,6 +84,12 @@ class PeakMemory(threading.Thread):
                 except psutil.NoSuchProcess:
                     pass
             self.children = max(self.children, children / 2**20)
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process and of its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def decode_only(path: Path) -> int:
@@ -86,11 +106,19 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--short-side", type=int, default=320, help="short side of the clips")
-    parser.add_argument("--clip-fps", type=float, default=None, help="frame rate of the clips (default: the source's)")
-    parser.add_argument("--max-seconds", type=float, default=10.0, help="longest clip")
+    parser.add_argument("--preset", default="paper", help="preset whose curation section gives the clip settings")
+    parser.add_argument("--short-side", type=int, help="short side of the clips")
+    parser.add_argument("--clip-fps", type=float, help="frame rate of the clips (0: the source's)")
+    parser.add_argument("--min-seconds", type=float, help="shortest clip")
+    parser.add_argument("--max-seconds", type=float, help="longest clip")
     args = parser.parse_args()
-    config = ClipConfig(short_side=args.short_side, fps=args.clip_fps, max_seconds=args.max_seconds)
+    overrides = {"short_side": args.short_side, "fps": args.clip_fps, "min_seconds": args.min_seconds,
+                 "max_seconds": args.max_seconds}
+    config = ClipConfig(**load_preset(args.preset)["curation"])
+    config = dataclasses.replace(config, **{name: value for name, value in overrides.items() if value is not None})
+    config = dataclasses.replace(config, fps=config.fps or None)
+    scoring = ScoreConfig()
+    print(f"clips: {config}")
 
     with tempfile.TemporaryDirectory(prefix="curation_bench_") as work:
         work = Path(work)
@@ -103,39 +131,65 @@ def main() -> None:
               f"in {time.perf_counter() - started:.1f} s")
         memory = PeakMemory()
         memory.start()
-        timings = {}
+        timings, cpu = {}, {}
 
-        def timed(name, work_on):
-            started = time.perf_counter()
-            out = [work_on(path) for path in paths]
-            timings[name] = time.perf_counter() - started
+        def timed(name, work_on, items=paths):
+            started, cpu_started = time.perf_counter(), cpu_seconds()
+            out = [work_on(item) for item in items]
+            timings[name], cpu[name] = time.perf_counter() - started, cpu_seconds() - cpu_started
             return out
 
         timed("decode only (PyAV)", decode_only)
         probed = timed("probe", probe)
-        shots = dict(zip(paths, timed("shot detection", detect_shots)))
+        shots = dict(zip(paths, timed("shot detection", lambda path: detect_shots(path, config))))
+        fused = timed("probe + shot detection, one decode", lambda path: probe_and_detect_shots(path, config=config))
+        if [result for result, _ in fused] != probed or [found for _, found in fused] != list(shots.values()):
+            raise AssertionError("probe_and_detect_shots differs from probe and detect_shots")
 
         def cut(path):
             result = probed[paths.index(path)]
             pieces, _ = plan_pieces(shots[path], config)
             names = [clip_name(result.sha256, piece) for piece in pieces]
-            return cut_clips(path, pieces, names, clip_size(result.width, result.height, config.short_side),
-                             work / "clips", config)
+            size = clip_size(result.width, result.height, config.short_side)
+            files = cut_clips(path, pieces, names, size, work / "clips", config) if pieces else []
+            rows = []
+            for file in files:  # the frame count that make_clips reads back into each clip row
+                with open_input(file) as container:
+                    frame_count = container.streams.video[0].frames
+                rows.append({"clip_id": file.stem, "path": str(file), "frame_count": frame_count,
+                             "bytes": file.stat().st_size, "caption": f"a clip of {path.name}"})
+            return rows
 
-        clips = timed("cutting and transcoding", cut)
-        timings["whole"] = timings["probe"] + timings["shot detection"] + timings["cutting and transcoding"]
+        clips = [row for rows in timed("cutting and transcoding", cut) for row in rows]
+
+        def motion(row):
+            _, row["motion"] = read_clip(row["path"], row["frame_count"], scoring.frames_per_clip, scoring.motion_size,
+                                         scoring.motion_pairs)
+
+        timed("motion scoring", motion, clips)
+        shards = timed("sharding", lambda table: write_shards(table, work / "shards", prefix="bench"),
+                       [pd.DataFrame(clips)])[0]
+        after_probe = ["cutting and transcoding", "motion scoring", "sharding"]
+        for name, first in (("whole, separate probe and shot detection", ["probe", "shot detection"]),
+                            ("whole", ["probe + shot detection, one decode"])):
+            timings[name] = sum(timings[stage] for stage in first + after_probe)
+            cpu[name] = sum(cpu[stage] for stage in first + after_probe)
         memory.done.set()
         memory.join()
 
     source_seconds = sum(result.duration for result in probed)
     decode = timings["decode only (PyAV)"]
     print(f"{source_seconds:.0f} s of source video, {sum(len(s.ranges) for s in shots.values())} shots "
-          f"({args.n + 2 * len(range(0, args.n, 3))} made), {sum(map(len, clips))} clips\n")
-    print("| stage | wall s | source s per wall s | x decode-only time |")
-    print("|---|---|---|---|")
+          f"({args.n + 2 * len(range(0, args.n, 3))} made), {len(clips)} clips "
+          f"({sum(row['frame_count'] for row in clips)} frames, {sum(row['bytes'] for row in clips) / 2**20:.1f} MB) "
+          f"in {len(shards)} shards\n")
+    print("| stage | wall s | source s per wall s | x decode-only time | CPU s | x decode-only CPU |")
+    print("|---|---|---|---|---|---|")
     for name, seconds in timings.items():
-        print(f"| {name} | {seconds:.2f} | {source_seconds / seconds:.1f} | {seconds / decode:.2f} |")
-    print(f"\npeak RSS: this process {memory.own:.0f} MB, its ffmpeg children {memory.children:.0f} MB")
+        print(f"| {name} | {seconds:.2f} | {source_seconds / seconds:.1f} | {seconds / decode:.2f} "
+              f"| {cpu[name]:.2f} | {cpu[name] / cpu['decode only (PyAV)']:.2f} |")
+    print(f"\npeak RSS: this process {memory.own:.0f} MB ({memory.start_rss:.0f} MB before the first stage, most of "
+          f"it torch and open_clip, which the scores module imports), its ffmpeg children {memory.children:.0f} MB")
     verdict = "within" if timings["whole"] <= 4 * decode else "NOT within"
     print(f"whole / decode-only = {timings['whole'] / decode:.2f}: {verdict} the 4x target")
 

@@ -27,9 +27,16 @@ def assemble(args):
 
 
 def generate(args):
+    from .curation.store import lavie_home
     from .generate import generate
 
-    generate(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, stages=args.stages,
+    model = args.model
+    if model is None:
+        model = lavie_home() / "models" / "promoted"
+        if not model.exists():
+            raise FileNotFoundError(f"no --model given and no promoted model at {model}: pass --model, or "
+                                    "materialize promoted_model (make demo does)")
+    generate(model=model, prompt=args.prompt, negative_prompt=args.negative_prompt, stages=args.stages,
              scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device,
              dtype=args.dtype, output=args.output, video=args.video)
 
@@ -126,7 +133,8 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
 
     p = commands.add_parser("generate", help="generate a video from a prompt through the cascade",
                             description="Generate a video from a text prompt with a LaVie model folder.")
-    p.add_argument("--model", required=True, help="LaVie model folder (lavie init-tiny or lavie assemble)")
+    p.add_argument("--model", help="LaVie model folder (lavie init-tiny, lavie assemble or a training run's "
+                   "model/); default: the promoted model, $LAVIE_HOME/models/promoted")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", help="what to steer away from (default: per stage, as the official code)")
     p.add_argument("--stages", default="base,interpolation,vsr", help="comma-separated stages to run, in order")

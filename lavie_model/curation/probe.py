@@ -2,11 +2,14 @@
 
 Every frame is decoded (the frame count is what decodes, not what the container claims), so a file that
 passes can be cut and transcoded. `probe` never raises on bad input: an empty, undecodable, truncated,
-audio-only, too short or too small file gives a result with `ok=False` and a `reason`.
+audio-only, too short or too small file gives a result with `ok=False` and a `reason`. Another per-frame
+pass (shot detection) can ride on probe's decode through `on_frame`, so that a file is decoded once.
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -71,10 +74,17 @@ def end_time(times: list[float], last_duration: float | None, rate: float) -> fl
     return times[-1] + last_duration
 
 
-def probe(path, config: ProbeConfig = ProbeConfig(), sha256: str | None = None) -> ProbeResult:
+# Called with (index, frame, rate) for every frame probe decodes; rate is the stream's average frame rate.
+FrameHook = Callable[[int, av.VideoFrame, Fraction], None]
+
+
+def probe(path, config: ProbeConfig = ProbeConfig(), sha256: str | None = None,
+          on_frame: FrameHook | None = None) -> ProbeResult:
     """Decode every frame of `path` and describe it; `ok=False` with a reason for unusable input.
 
     sha256: the file's digest when the caller already has it (ingestion computed it), saving a full read.
+    on_frame: called with every decoded frame, in decode order; it must not raise (an FFmpegError, OSError
+    or ValueError from it would quarantine the file as undecodable).
     """
     path = Path(path)
     if not path.is_file():
@@ -86,7 +96,7 @@ def probe(path, config: ProbeConfig = ProbeConfig(), sha256: str | None = None) 
     if result.size_bytes == 0:
         return _quarantine(result, "empty file: 0 bytes")
     try:
-        problem = _decode(path, result)
+        problem = _decode(path, result, on_frame)
     except (av.error.FFmpegError, OSError, ValueError) as error:
         problem = f"undecodable: {getattr(error, 'strerror', None) or error}"
     if problem:
@@ -103,7 +113,7 @@ def _quarantine(result: ProbeResult, reason: str) -> ProbeResult:
     return result
 
 
-def _decode(path: Path, result: ProbeResult) -> str:
+def _decode(path: Path, result: ProbeResult, on_frame: FrameHook | None) -> str:
     """Fill `result` from a full decode; the reason the file is unusable, or "" when it decodes."""
     with open_input(path) as container:
         result.has_audio = bool(container.streams.audio)
@@ -112,13 +122,16 @@ def _decode(path: Path, result: ProbeResult) -> str:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         result.codec = stream.codec_context.name
-        rate = float(stream.average_rate or 25)
+        average_rate = stream.average_rate or Fraction(25)
+        rate = float(average_rate)
         times, last_duration, rotation, coded_size = [], None, 0, None
         for index, frame in enumerate(container.decode(stream)):
             if index == 0:
                 rotation, coded_size = frame.rotation, (frame.width, frame.height)
             times.append(frame_time(frame, index, rate))
             last_duration = frame_duration(frame)
+            if on_frame is not None:
+                on_frame(index, frame, average_rate)
         listed = stream.frames
     if not times:
         return "undecodable: no video frame decodes"

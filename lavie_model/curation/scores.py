@@ -6,7 +6,8 @@
     clip_embedding  the sampled frames' normalised image embeddings averaged and normalised again (for dedup)
     aesthetic       a LAION-style head (one linear layer, or the LAION MLP) on clip_embedding; NaN without a head
     motion          mean Farneback optical-flow magnitude in pixels per frame, on grey frames whose short side
-                    is `motion_size` pixels (so clips of any resolution are comparable)
+                    is `motion_size` pixels (so clips of any resolution are comparable), over `motion_pairs`
+                    evenly spaced pairs of consecutive frames (every pair of a shorter clip)
     width, height, duration, and the labels of the models that produced the scores
 
 Nothing is downloaded: CLIP weights come from a local open_clip checkpoint, or, with `clip_weights=None`,
@@ -58,13 +59,14 @@ class ScoreConfig:
     clip_weights: str | None = None  # local open_clip checkpoint; None: the tiny random CLIP (tests, demo)
     aesthetic_weights: str | None = None  # LAION-style head (.pth or .safetensors state dict); None: no aesthetic
     motion_size: int = 64  # short side of the frames optical flow runs on
+    motion_pairs: int = 24  # pairs of consecutive frames optical flow runs on, evenly spaced over the clip
     frames_per_clip: int = 3  # frames CLIP sees, evenly spaced: first, middle, last
     batch_size: int = 48  # frames per CLIP forward pass
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.frames_per_clip < 1 or self.batch_size < 1 or self.motion_size < 8:
-            raise ValueError(f"need frames_per_clip >= 1, batch_size >= 1 and motion_size >= 8, got {self}")
+        if self.frames_per_clip < 1 or self.batch_size < 1 or self.motion_size < 8 or self.motion_pairs < 1:
+            raise ValueError(f"need frames_per_clip, batch_size, motion_pairs >= 1 and motion_size >= 8, got {self}")
 
 
 def require_file(path, what: str) -> Path:
@@ -132,20 +134,34 @@ def sample_indices(frame_count: int, count: int) -> list[int]:
     return sorted({round(float(index)) for index in np.linspace(0, frame_count - 1, count)})
 
 
-def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int) -> tuple[list, float]:
-    """The sampled frames (PIL images) and the mean optical-flow magnitude of a clip, in one decode."""
+def pair_starts(frame_count: int, pairs: int | None) -> set[int]:
+    """First frames of the pairs (i, i + 1) that motion is measured on: `pairs` evenly spaced ones, or all (None)."""
+    if frame_count < 2:
+        return set()
+    return set(range(frame_count - 1)) if pairs is None else set(sample_indices(frame_count - 1, pairs))
+
+
+def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int,
+              motion_pairs: int | None = None) -> tuple[list, float]:
+    """The sampled frames (PIL images) and the mean optical-flow magnitude of a clip, in one decode.
+
+    Every frame is decoded; only those of the measured pairs (all pairs when motion_pairs is None) are
+    converted to grey and run through optical flow.
+    """
     wanted = sample_indices(frame_count, frames_per_clip)
+    starts = pair_starts(frame_count, motion_pairs)
     images, magnitudes, previous, size = {}, [], None, None
     with open_input(Path(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
-            size = size or clip_size(frame.width, frame.height, motion_size)
-            grey = frame.to_ndarray(width=size[0], height=size[1], format="gray", threads=1)  # (h, w) uint8
-            if previous is not None:
-                flow = cv2.calcOpticalFlowFarneback(previous, grey, None, *FARNEBACK)  # (h, w, 2) pixels
-                magnitudes.append(float(np.linalg.norm(flow, axis=2).mean()))
-            previous = grey
+            if index in starts or index - 1 in starts:
+                size = size or clip_size(frame.width, frame.height, motion_size)
+                grey = frame.to_ndarray(width=size[0], height=size[1], format="gray", threads=1)  # (h, w) uint8
+                if index - 1 in starts:  # `previous` is frame index - 1
+                    flow = cv2.calcOpticalFlowFarneback(previous, grey, None, *FARNEBACK)  # (h, w, 2) pixels
+                    magnitudes.append(float(np.linalg.norm(flow, axis=2).mean()))
+                previous = grey
             if index in wanted:
                 images[index] = frame.to_image()
     missing = [index for index in wanted if index not in images]
@@ -172,7 +188,7 @@ def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig()) -> pd.
     for start in range(0, len(clips), clips_per_batch):
         group = clips.iloc[start:start + clips_per_batch]
         frames, motions = zip(*(read_clip(row.path, int(row.frame_count), config.frames_per_clip,
-                                          config.motion_size) for row in group.itertuples()))
+                                          config.motion_size, config.motion_pairs) for row in group.itertuples()))
         captioned = [has_caption(caption) for caption in group.caption]
         texts = [caption if ok else "" for caption, ok in zip(group.caption, captioned)]
         images = torch.stack([preprocess(image) for clip in frames for image in clip])  # (n, 3, s, s)

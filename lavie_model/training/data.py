@@ -66,6 +66,14 @@ def raw_samples(shard: Path) -> Iterator[dict]:
         raise ValueError(f"cannot read shard {shard}: {error}") from error
 
 
+def is_validation(key: str, percent: float) -> bool:
+    """Whether a sample belongs to the held-out validation split: a fixed function of its key, so every
+    run, rank and tool agrees (about `percent` % of keys)."""
+    import hashlib
+
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10000 < percent * 100
+
+
 def seeded(*numbers: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(n) for n in numbers]))
 
@@ -180,19 +188,20 @@ class TrainingStream(IterableDataset):
 
     Each example: {"key", "frames": (F, 3, H, W) in [-1, 1], "caption"} and, with images,
     {"images": (M, 3, H, W), "image_captions": list of M, "image_keys"}. Clips too short for the stage are
-    skipped and counted under "skipped" in the next example, so that the trainer can report them.
+    skipped and counted under "skipped" in the next example, so that the trainer can report them; clips of
+    the validation split (`validation_percent`, see is_validation) are left out for evaluation.
     """
 
     def __init__(self, videos: list[Path], stage: StageData, seed: int, rank: int = 0, world_size: int = 1,
                  images: list[Path] | None = None, shuffle_buffer: int = 100, batch_size: int = 1,
-                 skip_batches: int = 0):
+                 skip_batches: int = 0, validation_percent: float = 0.0):
         super().__init__()
         if images and not stage.image_frames:
             raise ValueError(f"image shards were given, but the {stage.stage} stage takes no images "
                              "(image_frames is 0 or the stage is not base)")
         self.videos, self.images, self.stage, self.seed = videos, images or [], stage, seed
         self.rank, self.world_size, self.buffer = rank, world_size, shuffle_buffer
-        self.batch_size, self.skip_batches = batch_size, skip_batches
+        self.batch_size, self.skip_batches, self.validation_percent = batch_size, skip_batches, validation_percent
 
     def __iter__(self):
         info = get_worker_info()
@@ -205,6 +214,8 @@ class TrainingStream(IterableDataset):
         skipped = 0
         for index in count():
             sample = next(videos)
+            if is_validation(sample["__key__"], self.validation_percent):
+                continue
             frames = None
             known = frame_count(sample)
             if known is None:  # no metadata: decode to count

@@ -190,7 +190,8 @@ def train(settings: TrainSettings, report=None) -> Path:
     data = stage_data(settings.stage, preset, parts.vae_scale)
     stream = TrainingStream(expand_shards(settings.videos), data, settings.seed, rank, world,
                             expand_shards(settings.images) if settings.images else None, training["shuffle_buffer"],
-                            batch_size, skip_batches=step * accumulation)
+                            batch_size, skip_batches=step * accumulation,
+                            validation_percent=training["validation_percent"])
     loader = iter(DataLoader(stream, batch_size=batch_size, num_workers=training["num_workers"], collate_fn=collate))
     max_noise_level = training["vsr"]["max_noise_level"]
 
