@@ -1,0 +1,181 @@
+"""Scoring a trained cascade: every stage on fixed prompts and on the held-out validation clips.
+
+    base           CLIPSIM and temporal consistency on the fixed prompts and the validation captions; FVD
+                   against the validation clips; shapes adherence (colour, direction) on prompts of the
+                   demo's shapes grammar
+    interpolation  PSNR and SSIM of the frames it fills in, from every 4th frame of validation clips
+    vsr            PSNR and SSIM of validation clips upscaled from x4 smaller copies
+
+Seeds are fixed, so the same model gives the same numbers. A gallery of prompt -> base -> interpolated ->
+super-resolved videos is written as GIFs.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import load_preset
+from ..curation.scores import ScoreConfig, load_clip
+from ..training.data import decode_video, expand_shards, is_validation, raw_samples, resize_crop
+from ..video import write_video
+from .metrics import clipsim, fvd, load_video_extractor, psnr, ssim, temporal_consistency
+from .shapes import shapes_adherence
+
+# Prompts of the shapes grammar; the last four name colour/shape/direction combinations that the demo
+# corpus's seed never renders together, so they test composition, not recall.
+PROMPTS = [
+    "a red circle moving left on a gray background",
+    "a blue square moving right on a white background",
+    "a yellow triangle moving up on a black background",
+    "a green circle moving down on a gray background",
+    "a purple square moving left on a black background",
+    "an orange triangle moving right on a white background",
+    "a red square moving up on a white background",
+    "a blue triangle moving down on a gray background",
+]
+# Metrics where higher is better; the others (FVD) are better lower.
+LOWER_IS_BETTER = ("base/fvd",)
+
+
+@dataclass
+class EvalSettings:
+    prompts: list[str] = field(default_factory=lambda: list(PROMPTS))
+    samples_per_prompt: int = 2
+    validation_clips: int = 8
+    base_steps: int = 25
+    interpolation_steps: int = 10
+    vsr_steps: int = 10
+    gallery: int = 2
+    seed: int = 0
+    clip_model: str = ScoreConfig.clip_model
+    clip_weights: str | None = None
+    i3d_path: str | None = None  # the StyleGAN-V I3D TorchScript file; without it a labelled fallback
+
+
+def validation_clips(shards, percent: float, count: int, frames: int, size: tuple[int, int]) -> list[dict]:
+    """Up to `count` held-out clips with at least `frames` frames: key, caption, (frames, 3, h, w) in [0, 1]."""
+    clips = []
+    for shard in expand_shards(shards, "video shards"):
+        for sample in raw_samples(shard):
+            if len(clips) == count:
+                return clips
+            if not is_validation(sample["__key__"], percent):
+                continue
+            video = decode_video(sample["mp4"], sample["__key__"])
+            if len(video) >= frames:
+                clips.append({"key": sample["__key__"], "caption": sample["txt"].decode().strip(),
+                              "frames": (resize_crop(video[:frames], size) + 1) / 2})
+    return clips
+
+
+def prompt_adherence_base(pipe, settings, prompts, generator):
+    """Base-stage videos for prompts, `samples_per_prompt` each: (n, f, 3, h, w) in [0, 1] and their prompts."""
+    repeated = [p for p in prompts for _ in range(settings.samples_per_prompt)]
+    videos = torch.cat([pipe(repeated[i:i + 4], num_inference_steps=settings.base_steps, generator=generator).frames
+                        for i in range(0, len(repeated), 4)])
+    return videos, repeated
+
+
+def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSettings = EvalSettings(),
+             log=print) -> dict:
+    """Score the stages a model folder holds; returns {"metrics", "extractor", "validation_keys", "gallery"}."""
+    from ..model_folder import present_components
+    from ..pipelines import LaVieBasePipeline, LaVieInterpolationPipeline, LaVieVSRPipeline
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = load_preset(preset)
+    percent = config["training"]["validation_percent"]
+    present = present_components(model)
+    metrics, gallery = {}, []
+    clip_model, preprocess, tokenizer, clip_label = load_clip(
+        ScoreConfig(clip_model=settings.clip_model, clip_weights=settings.clip_weights))
+    extractor = load_video_extractor(settings.i3d_path)
+
+    def generator():
+        return torch.Generator().manual_seed(settings.seed)
+
+    base = LaVieBasePipeline.from_pretrained(model)
+    size = (base.config.height, base.config.width)
+    keyframes = config["training"]["interpolation"]["keyframes"]
+    validation = validation_clips(videos, percent, settings.validation_clips, 4 * keyframes - 3, size)
+    log(f"{len(validation)} validation clips; CLIP {clip_label}; FVD features {extractor.name}")
+
+    log("base: fixed prompts and validation captions")
+    fixed, fixed_prompts = prompt_adherence_base(base, settings, settings.prompts, generator())
+    adherence = shapes_adherence(fixed, fixed_prompts)
+    metrics["base/shapes_colour"] = adherence["colour_accuracy"]
+    metrics["base/shapes_direction"] = adherence["direction_accuracy"]
+    metrics["base/clipsim"] = clipsim(clip_model, preprocess, tokenizer, fixed, fixed_prompts)
+    metrics["base/temporal_consistency"] = temporal_consistency(clip_model, preprocess, fixed)
+    if validation:
+        captions = [clip["caption"] for clip in validation]
+        generated = torch.cat([base(captions[i:i + 4], num_inference_steps=settings.base_steps,
+                                    generator=generator()).frames for i in range(0, len(captions), 4)])
+        real = torch.stack([clip["frames"][:generated.shape[1]] for clip in validation])
+        metrics["base/clipsim_validation"] = clipsim(clip_model, preprocess, tokenizer, generated, captions)
+        if len(validation) >= 2:  # a covariance needs two videos per set
+            metrics["base/fvd"] = fvd(extractor, real, generated)["value"]
+    del base
+
+    if "unet_interpolation" in present and validation:
+        log("interpolation: validation clips from every 4th frame")
+        pipe = LaVieInterpolationPipeline.from_pretrained(model)
+        truth = torch.stack([clip["frames"] for clip in validation])  # (n, 4K-3, 3, h, w)
+        filled = torch.cat([pipe(truth[i:i + 2, ::4], [c["caption"] for c in validation[i:i + 2]],
+                                 num_inference_steps=settings.interpolation_steps, generator=generator()).frames
+                            for i in range(0, len(truth), 2)])
+        metrics["interpolation/psnr"] = psnr(filled, truth)
+        metrics["interpolation/ssim"] = ssim(filled, truth)
+        del pipe
+
+    if "unet_vsr" in present and validation:
+        log("vsr: validation clips from x4 smaller copies")
+        pipe = LaVieVSRPipeline.from_pretrained(model)
+        vsr_size = tuple(config["training"]["vsr"]["size"])
+        frames = config["training"]["vsr"]["num_frames"]
+        truth = torch.stack([(resize_crop((c["frames"][:frames] * 255).round().to(torch.uint8), vsr_size) + 1) / 2
+                             for c in validation])  # (n, f, 3, H, W)
+        small = F.interpolate(truth.flatten(0, 1), scale_factor=0.25, mode="bicubic", antialias=True)
+        small = small.clamp(0, 1).unflatten(0, truth.shape[:2])
+        upscaled = torch.cat([pipe(small[i:i + 2], [c["caption"] for c in validation[i:i + 2]],
+                                   num_inference_steps=settings.vsr_steps, generator=generator()).frames
+                              for i in range(0, len(small), 2)])
+        metrics["vsr/psnr"] = psnr(upscaled, truth)
+        metrics["vsr/ssim"] = ssim(upscaled, truth)
+        metrics["vsr/psnr_bicubic"] = psnr(F.interpolate(small.flatten(0, 1), scale_factor=4, mode="bicubic")
+                                           .clamp(0, 1).unflatten(0, truth.shape[:2]), truth)
+        del pipe
+
+    log("gallery")
+    interpolate = LaVieInterpolationPipeline.from_pretrained(model) if "unet_interpolation" in present else None
+    upscale = LaVieVSRPipeline.from_pretrained(model) if "unet_vsr" in present else None
+    for index, prompt in enumerate(settings.prompts[:settings.gallery]):
+        video = fixed[index * settings.samples_per_prompt][None]  # (1, f, 3, h, w)
+        row = {"prompt": prompt, "base": write_video(video[0], out_dir / f"gallery{index}_base.gif", 8)}
+        for stage, pipe, steps in (("interpolation", interpolate, settings.interpolation_steps),
+                                   ("vsr", upscale, settings.vsr_steps)):
+            if pipe is not None:
+                video = pipe(video, prompt, num_inference_steps=steps, generator=generator()).frames
+                row[stage] = write_video(video[0], out_dir / f"gallery{index}_{stage}.gif", 32)
+        gallery.append(row)
+    metrics = {name: (None if isinstance(v, float) and math.isnan(v) else float(v)) for name, v in metrics.items()}
+    return {"metrics": metrics, "extractor": extractor.name, "clip": clip_label,
+            "validation_keys": [clip["key"] for clip in validation], "adherence": adherence["per_sample"],
+            "gallery": gallery}
+
+
+def regressions(candidate: dict, reference: dict, tolerance: float) -> list[str]:
+    """The metrics where the candidate is worse than the reference by more than `tolerance` (relative)."""
+    worse = []
+    for name, value in reference.items():
+        new = candidate.get(name)
+        if value is None or new is None:
+            continue
+        margin = tolerance * max(abs(value), 1e-8)
+        if (new > value + margin) if name in LOWER_IS_BETTER else (new < value - margin):
+            worse.append(f"{name}: {new:.4g} against {value:.4g}")
+    return worse

@@ -1,0 +1,127 @@
+"""Evaluation assets (group `evaluation`): the trained cascade scored, then promoted if it does not regress.
+
+`evaluation` scores the folder `vsr_model` exported (all three stages) with lavie_model.evaluation and shows
+a metrics table, the change against its previous materialization and a gallery. Its blocking check
+`no_regression` compares the metrics with those of the promoted model; `promoted_model` runs only when it
+passes and points LAVIE_HOME/models/promoted, what `lavie generate` uses by default, at the candidate.
+"""
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from lavie_model.curation import store
+from lavie_model.evaluation.evaluate import EvalSettings, evaluate, regressions
+
+from .curation import markdown_table, picture
+from .training import previous_model, vsr_model
+
+
+class EvaluationSettings(dg.ConfigurableResource):
+    preset: str = "tiny"
+    lavie_home: str | None = None
+    samples_per_prompt: int = 2
+    validation_clips: int = 8
+    base_steps: int = 25
+    interpolation_steps: int = 10
+    vsr_steps: int = 10
+    gallery: int = 2  # prompts shown through the whole cascade
+    clip_model: str = EvalSettings.clip_model
+    clip_weights: str | None = None
+    i3d_path: str | None = None
+    tolerance: float = 0.05  # relative regression a candidate may show against the promoted model
+
+    def home(self) -> Path:
+        return Path(self.lavie_home).absolute() if self.lavie_home else store.lavie_home()
+
+    def eval_settings(self) -> EvalSettings:
+        return EvalSettings(samples_per_prompt=self.samples_per_prompt, validation_clips=self.validation_clips,
+                            base_steps=self.base_steps, interpolation_steps=self.interpolation_steps,
+                            vsr_steps=self.vsr_steps, gallery=self.gallery, clip_model=self.clip_model, clip_weights=self.clip_weights,
+                            i3d_path=self.i3d_path)
+
+
+def latest_metrics(instance, asset: str) -> dict | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or "metrics_json" not in event.asset_materialization.metadata:
+        return None
+    return event.asset_materialization.metadata["metrics_json"].value
+
+
+def gif(path) -> str:
+    return picture(Path(path).read_bytes(), "gif", Path(path).stem)
+
+
+@dg.asset(deps=[vsr_model], group_name="evaluation", kinds={"pytorch"},
+          check_specs=[dg.AssetCheckSpec("no_regression", asset="evaluation", blocking=True,
+                                         description="No metric worse than the promoted model's beyond tolerance.")])
+def evaluation(context: dg.AssetExecutionContext, evaluation_settings: EvaluationSettings) -> dg.MaterializeResult:
+    """Every stage of the trained cascade scored on fixed prompts and held-out validation clips."""
+    home = evaluation_settings.home()
+    model = previous_model(context, "vsr_model")
+    out_dir = home / "evaluation" / context.run_id
+    result = evaluate(model, str(home / "shards" / "videos"), out_dir, evaluation_settings.preset,
+                      evaluation_settings.eval_settings(), log=context.log.info)
+    metrics = result["metrics"]
+    (out_dir / "metrics.json").write_text(json.dumps(result | {"model": str(model)}, indent=2, default=str) + "\n")
+
+    previous = latest_metrics(context.instance, "evaluation") or {}
+    table = pd.DataFrame([{"metric": name, "value": None if v is None else round(v, 4),
+                           "previous": None if previous.get(name) is None else round(previous[name], 4),
+                           "change": None if v is None or previous.get(name) is None else round(v - previous[name], 4)}
+                          for name, v in metrics.items()])
+    promoted = latest_metrics(context.instance, "promoted_model")
+    worse = regressions(metrics, promoted, evaluation_settings.tolerance) if promoted else []
+    gallery = "\n\n".join(
+        f"**{row['prompt']}**\n\n" + " -> ".join(gif(row[stage]) for stage in ("base", "interpolation", "vsr")
+                                               if stage in row)
+        for row in result["gallery"])
+    return dg.MaterializeResult(
+        metadata={
+            "model_folder": dg.MetadataValue.path(str(model)),
+            "metrics": markdown_table(table),
+            "metrics_json": dg.MetadataValue.json(metrics),
+            "fvd_features": result["extractor"],
+            "clip": result["clip"],
+            "validation_keys": dg.MetadataValue.json(result["validation_keys"]),
+            "gallery": dg.MetadataValue.md(gallery or "no gallery"),
+            "report": dg.MetadataValue.path(str(out_dir / "metrics.json")),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name="no_regression", passed=not worse,
+            metadata={"regressions": dg.MetadataValue.json(worse),
+                      "against": "the promoted model" if promoted else "nothing promoted yet"})],
+    )
+
+
+def promote(candidate: Path, home: Path) -> Path:
+    """Point LAVIE_HOME/models/promoted at `candidate` (a symbolic link swapped atomically)."""
+    link = home / "models" / "promoted"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    partial = link.with_name(".promoted.partial")
+    if partial.is_symlink() or partial.exists():
+        partial.unlink()
+    partial.symlink_to(Path(candidate).absolute(), target_is_directory=True)
+    os.replace(partial, link)
+    return link
+
+
+@dg.asset(deps=[evaluation], group_name="evaluation", kinds={"pytorch"})
+def promoted_model(context: dg.AssetExecutionContext, evaluation_settings: EvaluationSettings) -> dg.MaterializeResult:
+    """The model `lavie generate` uses by default: the last candidate that passed `no_regression`."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
+    metadata = event.asset_materialization.metadata
+    candidate = Path(metadata["model_folder"].value)
+    link = promote(candidate, evaluation_settings.home())
+    return dg.MaterializeResult(metadata={
+        "model_folder": dg.MetadataValue.path(str(candidate)), "link": dg.MetadataValue.path(str(link)),
+        "metrics_json": dg.MetadataValue.json(metadata["metrics_json"].value),
+        "settings": dg.MetadataValue.json(asdict(evaluation_settings.eval_settings())),
+    })
+
+
+EVALUATION_ASSETS = [evaluation, promoted_model]

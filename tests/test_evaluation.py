@@ -1,0 +1,90 @@
+"""Evaluation of a cascade and the promotion gate, in a real Dagster instance, with a tiny model folder."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from lavie_model.cli import main
+from lavie_model.curation.shards import write_shards
+from lavie_model.evaluation.evaluate import EvalSettings, evaluate, regressions
+from lavie_model.training.data import is_validation
+from lavie_model.video import write_video
+from pipelines.evaluation import EvaluationSettings, evaluation, promoted_model
+from tests.test_training import COLOURS, moving_square
+
+FAST = dict(samples_per_prompt=1, validation_clips=2, base_steps=2, interpolation_steps=2, vsr_steps=2, gallery=1)
+
+
+def shards_with_validation(root: Path) -> Path:
+    """A shard holding training clips and clip04 and clip06, which fall in the 5% validation split by their keys."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (name, colour) in zip(range(3, 7), [*COLOURS.items()] * 2):
+        path = write_video(moving_square(colour, 1), root / f"clip{i}.mp4", fps=8)
+        rows.append({"clip_id": f"clip{i:02d}", "path": str(path), "frame_count": 16,
+                     "caption": f"a {name} square moving right on a gray background"})
+    write_shards(pd.DataFrame(rows), root / "shards" / "videos" / "b1", "b1")
+    assert [r["clip_id"] for r in rows if is_validation(r["clip_id"], 5)] == ["clip04", "clip06"]
+    return root
+
+
+def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, tmp_path):
+    home = shards_with_validation(tmp_path / "home")
+    settings = EvalSettings(prompts=["a red circle moving left on a gray background", "a dog"], **FAST)
+    result = evaluate(tiny_folder, str(home / "shards" / "videos"), tmp_path / "eval", "tiny", settings)
+    metrics = result["metrics"]
+    assert result["validation_keys"] == ["clip04", "clip06"]
+    assert 0 <= metrics["base/shapes_colour"] <= 1 and 0 <= metrics["base/shapes_direction"] <= 1
+    assert -1 <= metrics["base/clipsim"] <= 1 and -1 <= metrics["base/temporal_consistency"] <= 1
+    assert metrics["base/fvd"] >= 0 and "NOT I3D" in result["extractor"]
+    assert metrics["interpolation/psnr"] > 0 and -1 <= metrics["interpolation/ssim"] <= 1
+    assert metrics["vsr/psnr"] > 0 and metrics["vsr/psnr_bicubic"] > metrics["vsr/psnr"]  # untrained: worse
+    assert [s["expected_colour"] for s in result["adherence"]] == ["red", None]  # "a dog" is outside the grammar
+    row = result["gallery"][0]
+    assert all(Path(row[stage]).is_file() for stage in ("base", "interpolation", "vsr"))
+    again = evaluate(tiny_folder, str(home / "shards" / "videos"), tmp_path / "eval2", "tiny", settings)
+    assert again["metrics"] == metrics  # fixed seeds
+
+
+def test_regressions_respect_direction_and_tolerance():
+    reference = {"base/clipsim": 0.30, "base/fvd": 100.0, "vsr/psnr": None}
+    assert regressions({"base/clipsim": 0.29, "base/fvd": 104.0}, reference, 0.05) == []
+    worse = regressions({"base/clipsim": 0.20, "base/fvd": 130.0}, reference, 0.05)
+    assert [w.split(":")[0] for w in worse] == ["base/clipsim", "base/fvd"]
+
+
+def test_a_regressing_candidate_is_not_promoted_and_generate_uses_the_promoted_model(tiny_folder, tmp_path,
+                                                                                      monkeypatch):
+    home = shards_with_validation(tmp_path / "home")
+    settings = EvaluationSettings(lavie_home=str(home), **FAST)
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "vsr_model", metadata={"model_folder": dg.MetadataValue.path(str(tiny_folder))}))
+        result = dg.materialize([evaluation, promoted_model], instance=instance,
+                                resources={"evaluation_settings": settings})
+        assert result.success
+        link = home / "models" / "promoted"
+        assert link.resolve() == tiny_folder.resolve()
+        metadata = result.asset_materializations_for_node("evaluation")[0].metadata
+        assert "base/clipsim" in metadata["metrics"].value and "<img" not in metadata["gallery"].value
+        assert metadata["gallery"].value.count("data:image/gif;base64,") == 3
+
+        # a promoted model far better than any candidate: the blocking check fails, nothing is promoted
+        better = {name: (0.0 if name == "base/fvd" else 1e6) for name in metadata["metrics_json"].value}
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "promoted_model", metadata={"metrics_json": dg.MetadataValue.json(better)}))
+        before = instance.get_latest_materialization_event(dg.AssetKey("promoted_model")).run_id
+        result = dg.materialize([evaluation, promoted_model], instance=instance, raise_on_error=False,
+                                resources={"evaluation_settings": settings})
+        checks = result.get_asset_check_evaluations()
+        assert [c.passed for c in checks] == [False]
+        assert instance.get_latest_materialization_event(dg.AssetKey("promoted_model")).run_id == before
+
+    monkeypatch.setenv("LAVIE_HOME", str(home))
+    output = tmp_path / "sample.gif"
+    assert main(["generate", "--prompt", "a red circle", "--stages", "base", "--steps", "1",
+                 "--output", str(output)]) == 0
+    assert output.is_file()
+    assert json.loads((tiny_folder / "model_index.json").read_text())["num_frames"] == 8
