@@ -15,6 +15,7 @@ from lavie_model.curation.probe import sha256_of
 from lavie_model.generate import generate
 
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, image_batches, video_batches
+from .evaluation import EVALUATION_ASSETS, EvaluationSettings
 from .training import TRAINING_ASSETS, TrainingSettings
 
 ASSETS = {"videos": (VIDEO_ASSETS, video_batches), "images": (IMAGE_ASSETS, image_batches)}
@@ -23,6 +24,7 @@ DEMO_STEPS = {"base": 80, "interpolation": 30, "vsr": 60}
 VAE_STEPS = 150
 PROMPT = "a red circle moving left on a gray background"
 SAMPLE_STEPS = 25  # denoising steps per stage for the sample
+DEMO_EVALUATION = dict(samples_per_prompt=1, validation_clips=4, base_steps=20, interpolation_steps=8, vsr_steps=8)
 
 
 def batches_of(folder, kind, home) -> list[str]:
@@ -49,17 +51,19 @@ def main() -> None:
             dg.materialize(assets, partition_key=key, instance=instance, resources={"settings": settings})
             report(kind, home / "curation" / key)
     model = train(instance, home)
+    metrics = evaluate(instance)
     sample = home / "demo-sample.mp4"
-    print(f"generating {PROMPT!r} through the trained cascade")
-    generate(model=model, prompt=PROMPT, output=sample, steps=SAMPLE_STEPS)
+    print(f"generating {PROMPT!r} through the promoted cascade")
+    generate(model=home / "models" / "promoted", prompt=PROMPT, output=sample, steps=SAMPLE_STEPS)
     print(f"\ndone in {time.time() - start:.0f} s. Where to look:")
     print(f"  shards:   {home / 'shards'}")
     print(f"  tables:   {home / 'curation'} (Parquet, one folder per batch)")
     print(f"  training: {home / 'training'} (per stage and run: metrics.jsonl, checkpoints/, model/)")
     print(f"  model:    {model} (the trained cascade; .venv/bin/lavie generate --model {model} --prompt ...)")
     print(f"  sample:   {sample}")
+    print(f"  metrics:  {metrics}")
     print("  lineage:  .venv/bin/lavie lineage KEY   (KEY: any sample key listed in a shard's .json manifest)")
-    print("  the UI:   DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml  (127.0.0.1:3000)")
+    print("  the UI:   make ui   (127.0.0.1:3000: asset graph, materializations with loss curves, metrics, gallery)")
 
 
 def train(instance, home):
@@ -74,6 +78,20 @@ def train(instance, home):
             print(f"  {event.asset_key.path[-1]}: {metadata['steps'].value} steps, final loss "
                   f"{metadata['final_loss'].value:.4f}, run {metadata['run_dir'].value}")
     return metadata["model_folder"].value
+
+
+def evaluate(instance):
+    """Score the trained cascade and promote it (the gate passes when nothing is promoted yet, or no metric
+    regressed); returns the path of the metrics report."""
+    print("evaluating the trained cascade")
+    result = dg.materialize(EVALUATION_ASSETS, instance=instance, raise_on_error=False,
+                            resources={"evaluation_settings": EvaluationSettings(**DEMO_EVALUATION)})
+    metadata = result.asset_materializations_for_node("evaluation")[0].metadata
+    for name, value in metadata["metrics_json"].value.items():
+        print(f"  {name:32} {'n/a' if value is None else f'{value:.4f}'}")
+    checks = result.get_asset_check_evaluations()
+    print("  promoted" if all(c.passed for c in checks) else "  not promoted: a metric regressed (see the check)")
+    return metadata["report"].value
 
 
 def report(kind: str, folder) -> None:
