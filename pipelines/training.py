@@ -81,7 +81,9 @@ class TrainingSettings(dg.ConfigurableResource):
 
 def trained_shards(home: Path, stage: str):
     videos = current_shards(home / "shards" / "videos")
-    images = current_shards(home / "shards" / "images") if stage == "base" else current_shards(home / "none")
+    images = current_shards(home / "shards" / "images")
+    if stage != "base":  # only the base stage trains on images
+        images = images.iloc[:0]
     if videos.empty:
         raise dg.Failure(f"no video shards under {home / 'shards' / 'videos'}: curate a batch first")
     return videos, images

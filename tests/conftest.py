@@ -51,3 +51,25 @@ def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny"
     assert main(["init-tiny", "--output", str(folder)]) == 0
     return folder
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory):
+    """Video and image shards of a small demo corpus, curated by the real curation assets (tiny preset)."""
+    import dagster as dg
+
+    from lavie_model.curation import store
+    from lavie_model.curation.demo_corpus import build_demo_corpus
+    from pipelines.curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings
+
+    corpus = build_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", n_shapes=16, n_stills=4)
+    home = tmp_path_factory.mktemp("demo_home")
+    instance = dg.DagsterInstance.ephemeral()
+    settings = CurationSettings(lavie_home=str(home), preset="tiny")
+    for kind, assets, partitions in (("videos", VIDEO_ASSETS, "video_batches"), ("images", IMAGE_ASSETS,
+                                                                                 "image_batches")):
+        batch = store.ingest([(corpus.videos if kind == "videos" else corpus.images)[0].parent], kind=kind, home=home)
+        instance.add_dynamic_partitions(partitions, [batch.key])
+        assert dg.materialize(assets, partition_key=batch.key, instance=instance,
+                              resources={"settings": settings}).success
+    return {"videos": str(home / "shards" / "videos"), "images": str(home / "shards" / "images")}

@@ -98,29 +98,37 @@ def fixed_batch_loss(model_folder, stage, shards, unet) -> float:
 
 
 @pytest.mark.parametrize("stage", ["base", "interpolation", "vsr"])
-def test_each_stage_trains_and_its_loss_falls(stage, tiny_folder, shards, tmp_path):
+def test_each_stage_trains_on_the_demo_shards_and_its_loss_falls(stage, tiny_folder, demo_shards, tmp_path):
     run = tmp_path / "run"
     extra = ["--set", "learning_rate=0.001", "--set", "warmup_steps=1", "--set", "ema_decay=0.5",
              "--set", "text_drop=0"]
     if stage == "base":
-        extra += ["--images", shards["images"], "--set", "image_frames=2"]
-    run_lavie(train_args(stage, tiny_folder, shards["videos"], run, 8, *extra))
+        extra += ["--images", demo_shards["images"], "--set", "image_frames=2"]
+    run_lavie(train_args(stage, tiny_folder, demo_shards["videos"], run, 8, *extra))
 
     log = metrics(run)
     assert [r["step"] for r in log] == list(range(1, 9))
-    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in log)
-    assert sum(r["skipped_clips"] for r in log) >= 1  # the 4-frame clip is counted, not silently dropped
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["skipped_clips"] >= 0 for r in log)
     exported = run / "model"
     name = f"unet_{stage}"
     index = json.loads((exported / "model_index.json").read_text())
     assert index["training"][stage]["steps"] == 8
     before = load_unet(tiny_folder, stage).eval()
     after = type(before).from_pretrained(exported / name).eval()
-    assert fixed_batch_loss(tiny_folder, stage, shards, after) < fixed_batch_loss(tiny_folder, stage, shards, before)
+    loss_before = fixed_batch_loss(tiny_folder, stage, demo_shards, before)
+    assert fixed_batch_loss(tiny_folder, stage, demo_shards, after) < loss_before
     if stage == "vsr":  # the upscaler's 2D weights stay frozen
         start, end = unet_weights(tiny_folder, name), unet_weights(exported, name)
         assert all(torch.equal(start[k], end[k]) for k in start if not is_temporal(k))
         assert any(not torch.equal(start[k], end[k]) for k in start if is_temporal(k))
+
+
+def test_clips_too_short_for_a_stage_are_skipped_and_counted(shards):
+    data = StageData("base", num_frames=8, frame_stride=1, size=(64, 64))
+    examples = [example for example, _ in zip(TrainingStream(expand_shards(shards["videos"]), data, seed=0,
+                                                             shuffle_buffer=1), range(12))]
+    assert "short" not in {e["key"] for e in examples}
+    assert sum(e["skipped"] for e in examples) >= 1  # the 4-frame clip, seen at least once in 12 examples
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_folder, shards, tmp_path):

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 STAGES = ("base", "interpolation", "vsr")
+MAX_SKIPPED = 10_000  # clips too short in a row before the data is declared unusable
 
 
 def expand_shards(spec, what: str = "shards") -> list[Path]:
@@ -223,6 +224,9 @@ class TrainingStream(IterableDataset):
                 known = len(frames)
             if known < self.stage.span:
                 skipped += 1
+                if skipped == MAX_SKIPPED:
+                    raise ValueError(f"{skipped} clips in a row are shorter than the {self.stage.span} frames the "
+                                     f"{self.stage.stage} stage needs: curate longer clips or train on fewer frames")
                 continue
             image_samples = [next(images) for _ in range(self.stage.image_frames)] if images else []
             if skip:
