@@ -11,7 +11,6 @@ trainer and the presets, so a change to either marks them stale. `retrain_schedu
 
 import hashlib
 import json
-import socket
 import sys
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 
 from lavie_model.curation import store
 from lavie_model.training.report import current_shards, fingerprint, loss_curve_png, read_metrics
+from lavie_model.training.trainer import free_port
 
 from .curation import image_shards, markdown_table, picture, video_shards
 
@@ -56,11 +56,8 @@ class TrainingSettings(dg.ConfigurableResource):
         return Path(self.lavie_home).absolute() if self.lavie_home else store.lavie_home()
 
     def launcher(self) -> list[str]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(self.ranks),
-                   "--master_port", str(port)]
+                   "--master_port", str(free_port())]
         if self.hostfile:
             command += ["--hostfile", self.hostfile, "--num_nodes", str(self.nodes)]
         return command

@@ -76,10 +76,8 @@ def single_rank_environment() -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
 
 
 def deepspeed_config(settings: TrainSettings, training: dict, cuda: bool) -> dict:
@@ -99,10 +97,23 @@ def deepspeed_config(settings: TrainSettings, training: dict, cuda: bool) -> dic
 
 
 def shard_list(spec) -> list[dict]:
+    """Name, path and SHA-256 of each shard: from the manifest curation wrote beside it, else hashed here."""
     from ..curation.probe import sha256_of
     from .data import expand_shards
 
-    return [{"name": p.name, "path": str(p), "sha256": sha256_of(p)} for p in expand_shards(spec)]
+    shards = []
+    for path in expand_shards(spec):
+        manifest = path.with_suffix(".json")
+        sha256 = json.loads(manifest.read_text()).get("sha256") if manifest.is_file() else None
+        shards.append({"name": path.name, "path": str(path), "sha256": sha256 or sha256_of(path)})
+    return shards
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 for a rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def memory_mb(device) -> float:
