@@ -10,10 +10,8 @@
     report.py       score histograms (PNG) and clip previews (GIF) for metadata and reports
     lineage.py      from a shard sample back to its source file, time range, batch, runs and scores
     demo_corpus.py  the embedded corpus of real and procedural captioned videos and images
-                    (run as `python -m lavie_model.curation.demo_corpus OUT_DIR`, so not imported here)
+                    (run as `python -m lavie_model.curation.demo_corpus OUT_DIR`)
+
+Nothing is imported here, so that training and sampling, which read shard manifests and the data root,
+do not need the curation tools (ffmpeg, PySceneDetect, OpenCV).
 """
-
-from .clips import ClipConfig, ClipRow, ClipsResult, DropRow, make_clips
-from .probe import ProbeConfig, ProbeResult, probe
-
-__all__ = ["ClipConfig", "ClipRow", "ClipsResult", "DropRow", "ProbeConfig", "ProbeResult", "make_clips", "probe"]

@@ -174,7 +174,9 @@ def train(settings: TrainSettings, report=None) -> Path:
     optimizer = torch.optim.AdamW(trainable, lr=training["learning_rate"], weight_decay=training["weight_decay"])
     warmup = max(1, training["warmup_steps"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])  # fp32 weights
+    # fp32 copies on the training device (on a GPU: 4 bytes per trainable parameter beside DeepSpeed's states)
+    ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])
+    ema.to(device)
     engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
 
     def master_weights():
@@ -189,6 +191,7 @@ def train(settings: TrainSettings, report=None) -> Path:
     step = 0
     if settings.resume:
         step = checkpoint.load(engine, ema, folder, rank) or 0
+        ema.to(device)  # the loaded shadow weights are on the CPU
         if rank == 0:
             checkpoint.prune(folder, training["keep_checkpoints"])
     if rank == 0:  # lines logged after the checkpoint (all of them on a fresh start) go
