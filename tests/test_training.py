@@ -21,6 +21,7 @@ from lavie_model.models import UNet3DConditionModel
 from lavie_model.models.unet_3d_vsr import is_temporal
 from lavie_model.training.data import StageData, TrainingStream, collate, consumer_stream, expand_shards, raw_samples
 from lavie_model.training.stages import load_parts, load_unet, sample_generators, stage_data, training_loss
+from lavie_model.training.trainer import override
 from lavie_model.video import write_video
 
 LAVIE = [sys.executable, "-m", "lavie_model.cli"]
@@ -254,6 +255,8 @@ def test_joint_batches_give_images_their_own_captions_and_no_temporal_attention(
     ({"--images": "nowhere/images.tar"}, "no image shards found at nowhere/images.tar"),
     ({"--stage": "upscale"}, "unknown stage 'upscale'"),
     ({"--set": "batch_sise=2"}, "unknown training settings: batch_sise"),
+    ({"--set": "learning_rate=fast"}, "training setting learning_rate: expected a number, got 'fast'"),
+    ({"--set": "batch_size=2.5"}, "training setting batch_size: expected a whole number, got 2.5"),
 ])
 def test_bad_configuration_fails_before_training_and_names_the_problem(change, message, tiny_folder, shards,
                                                                        tmp_path, capsys):
@@ -263,6 +266,16 @@ def test_bad_configuration_fails_before_training_and_names_the_problem(change, m
     assert main(args) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_set_values_take_the_type_of_the_preset_setting():
+    training = load_preset("tiny")["training"]
+    values = {"learning_rate": "5e-4", "batch_size": 4.0, "text_drop": 0, "vsr": {"num_frames": 4}}
+    typed = {name: override(name, value, training[name]) for name, value in values.items()}
+    assert typed == {"learning_rate": 5e-4, "batch_size": 4, "text_drop": 0.0, "vsr": training["vsr"] | {"num_frames": 4}}
+    assert type(typed["batch_size"]) is int and type(typed["text_drop"]) is float
+    with pytest.raises(ValueError, match="training setting vsr: expected dict"):
+        override("vsr", 3, training["vsr"])
 
 
 def test_images_for_a_stage_that_takes_none_are_refused(tiny_folder, shards, tmp_path, capsys):

@@ -38,6 +38,30 @@ class TrainSettings:
     gradient_checkpointing: bool = False
 
 
+def override(name: str, value, default):
+    """`value` for the training setting `name`, of the preset's type: "5e-4" (a string to YAML) is a number,
+    and a section (`vsr={num_frames: 4}`) is merged over the preset's."""
+    number = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if number and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"training setting {name}: expected a number, got {value!r}") from None
+    if number and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(default, int) and not isinstance(default, bool):
+            if value != int(value):
+                raise ValueError(f"training setting {name}: expected a whole number, got {value!r}")
+            return int(value)
+        return float(value)
+    if type(value) is not type(default):
+        raise ValueError(f"training setting {name}: expected {type(default).__name__} like the preset's "
+                         f"{default!r}, got {value!r}")
+    if isinstance(default, dict):  # a section: the entries given replace the preset's, the rest stay
+        return default | {key: override(f"{name}.{key}", item, default[key]) if key in default else item
+                          for key, item in value.items()}
+    return value
+
+
 def check(settings: TrainSettings) -> dict:
     """Everything that can be checked before training starts; returns the preset with overrides applied."""
     from ..config import load_preset
@@ -52,7 +76,8 @@ def check(settings: TrainSettings) -> dict:
     unknown = sorted(set(settings.overrides) - set(preset["training"]))
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-    preset["training"] |= settings.overrides
+    preset["training"] |= {name: override(name, value, preset["training"][name])
+                           for name, value in settings.overrides.items()}
     check_folder(settings.model, settings.stage)
     expand_shards(settings.videos, "video shards")
     if settings.images:
