@@ -1,6 +1,7 @@
 """Generation cost per cascade stage: seconds per denoising step and peak memory.
 
-    python benchmarks/generate.py [--presets tiny,benchmarks/mid_preset.yaml] [--threads 2] [--device cpu]
+    python benchmarks/generate.py [--presets tiny,benchmarks/mid_preset.yaml] [--stages base,interpolation,vsr]
+        [--threads 2] [--device cpu]
 
 For each preset a randomly initialised model folder is built (`init_random`), then every stage runs
 in a fresh process with 1 and with 3 denoising steps; the difference over 2 is the cost of one step
@@ -60,9 +61,13 @@ def measure(*args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,benchmarks/mid_preset.yaml")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to time")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    stages = args.stages.split(",")
+    if not set(stages) <= set(STAGES):
+        parser.error(f"--stages: choose among {', '.join(STAGES)}")
 
     from lavie_model.model_folder import init_random
 
@@ -72,7 +77,7 @@ def main():
         for preset in args.presets.split(","):
             folder = init_random(Path(root) / Path(preset).stem, preset)
             name = Path(preset).stem
-            for stage in STAGES:
+            for stage in stages:
                 one = measure(folder, stage, 1, args.threads, args.device)
                 three = measure(folder, stage, 3, args.threads, args.device)
                 chunks = -(-one["shape"][1] // 8) if stage == "vsr" else 1  # VSR denoises each chunk

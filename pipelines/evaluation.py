@@ -6,7 +6,6 @@ a metrics table, the change against its previous materialization and a gallery. 
 passes and points LAVIE_HOME/models/promoted, what `lavie generate` uses by default, at the candidate.
 """
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -67,7 +66,6 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     result = evaluate(model, str(home / "shards" / "videos"), out_dir, evaluation_settings.preset,
                       evaluation_settings.eval_settings(), log=context.log.info)
     metrics = result["metrics"]
-    (out_dir / "metrics.json").write_text(json.dumps(result | {"model": str(model)}, indent=2, default=str) + "\n")
 
     previous = latest_metrics(context.instance, "evaluation") or {}
     table = pd.DataFrame([{"metric": name, "value": None if v is None else round(v, 4),

@@ -14,6 +14,7 @@ from test_curation_core import BAD_INPUTS, BLUE, GREEN, ODD_NAMES, decoded, soli
 
 from lavie_model.curation import store
 from lavie_model.curation.demo_corpus import build_demo_corpus
+from lavie_model.report import funnel
 from pipelines.cli import main as lavie
 from pipelines.curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, filtered_clips, video_shards
 from pipelines.definitions import defs
@@ -61,6 +62,10 @@ def test_every_input_is_accounted_for(corpus, curated):
     assert 0 < kept and int(t["shards"]["samples"].sum()) == kept
     dropped = t["filtered"][~t["filtered"]["keep"]]
     assert (dropped["reason"].str.len() > 0).all()
+    counts = funnel(curated["home"] / "curation" / curated["batch"].key)  # as `make demo` and its report show it
+    assert (counts["ingested"], counts["decodable"], counts["clips"], counts["kept"], counts["in_shards"]) == (
+        len(t["raw"]), len(t["probe"]), len(t["clips"]), kept, kept)
+    assert counts["quarantined"] == [(corpus.corrupt.name, t["quarantine"]["reason"].iloc[0])]
 
 
 def test_checks_pass_and_metadata_is_recorded(curated):

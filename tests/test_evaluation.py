@@ -9,6 +9,7 @@ import pandas as pd
 from lavie_model.cli import main
 from lavie_model.curation.shards import write_shards
 from lavie_model.evaluation.evaluate import EvalSettings, evaluate, regressions
+from lavie_model.report import write_report
 from lavie_model.training.data import is_validation
 from lavie_model.video import write_video
 from pipelines.evaluation import EvaluationSettings, evaluation, promoted_model
@@ -46,6 +47,15 @@ def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, 
     assert all(Path(row[stage]).is_file() for stage in ("base", "interpolation", "vsr"))
     again = evaluate(tiny_folder, str(home / "shards" / "videos"), tmp_path / "eval2", "tiny", settings)
     assert again["metrics"] == metrics  # fixed seeds
+
+    report = write_report(tmp_path / "report", model=tiny_folder, evaluation=tmp_path / "eval",
+                          commands={"the UI": "make ui"})
+    page = report.read_text()
+    assert f"| base/fvd | {metrics['base/fvd']:.4g} |" in page and "NOT I3D" in page
+    assert "| a red circle moving left on a gray background |" in page and "a dog |" not in page
+    for stage in ("base", "interpolation", "vsr"):
+        assert f"(files/gallery0_{stage}.gif)" in page and (report.parent / "files" / f"gallery0_{stage}.gif").is_file()
+    assert "- the UI: `make ui`" in page
 
 
 def test_regressions_respect_direction_and_tolerance():

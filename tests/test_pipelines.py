@@ -31,7 +31,7 @@ def test_the_folder_holds_every_component(tiny_folder):
 
 def test_base_stage_alone_is_deterministic(base):
     frames = base("a red circle moving left", generator=seeded(), **FAST).frames
-    assert frames.shape == (1, 8, 3, 64, 64) and 0 <= frames.min() and frames.max() <= 1
+    assert frames.shape == (1, 8, 3, 32, 32) and 0 <= frames.min() and frames.max() <= 1
     again = base("a red circle moving left", generator=seeded(), **FAST).frames
     other = base("a red circle moving left", generator=seeded(1), **FAST).frames
     assert torch.equal(frames, again)
@@ -57,9 +57,9 @@ def test_conditioning_copies_each_base_latent_over_its_slot():
 
 def test_interpolation_stage_alone(tiny_folder):
     pipe = LaVieInterpolationPipeline.from_pretrained(tiny_folder)
-    video = torch.rand(8, 3, 64, 64)
+    video = torch.rand(8, 3, 32, 32)
     frames = pipe(video, "a red circle moving left", generator=seeded(), **FAST).frames
-    assert frames.shape == (1, 29, 3, 64, 64)
+    assert frames.shape == (1, 29, 3, 32, 32)
     assert torch.equal(frames, pipe(video, "a red circle moving left", generator=seeded(), **FAST).frames)
     with pytest.raises(ValueError, match=r"\(batch, frames, 3, height, width\)"):
         pipe(torch.rand(8, 64, 64), "x")
@@ -79,7 +79,7 @@ def test_the_full_cascade(tiny_folder):
     options = {stage: {"num_inference_steps": 1} for stage in ("base", "interpolation", "vsr")}
     options["base"]["num_frames"] = 3
     frames = pipe("a red circle moving left", generator=seeded(), stage_options=options).frames
-    assert frames.shape == (1, 9, 3, 256, 256)  # 3 -> 4 x 3 - 3 = 9 frames, 64 -> 256 pixels
+    assert frames.shape == (1, 9, 3, 128, 128)  # 3 -> 4 x 3 - 3 = 9 frames, 32 -> 128 pixels
     assert pipe.fps == 32
 
 
@@ -89,11 +89,11 @@ def test_cli_generates_a_decodable_video(tiny_folder, tmp_path, capsys):
                  "--stages", "base,interpolation", "--steps", "2", "--seed", "3", "--output", str(output)])
     assert code == 0, capsys.readouterr().err
     frames, fps = read_video(output)
-    assert frames.shape == (29, 3, 64, 64) and fps == 32
+    assert frames.shape == (29, 3, 32, 32) and fps == 32
     gif = tmp_path / "base.gif"
     assert main(["generate", "--model", str(tiny_folder), "--prompt", "a red circle moving left",
                  "--stages", "base", "--steps", "2", "--seed", "3", "--output", str(gif)]) == 0
-    assert read_video(gif)[0].shape == (8, 3, 64, 64)
+    assert read_video(gif)[0].shape == (8, 3, 32, 32)
     again = tmp_path / "again.gif"
     main(["generate", "--model", str(tiny_folder), "--prompt", "a red circle moving left",
           "--stages", "base", "--steps", "2", "--seed", "3", "--output", str(again)])
@@ -106,7 +106,7 @@ def test_cli_runs_the_whole_cascade(tiny_folder, tmp_path, capsys):
                  "--output", str(output)])
     assert code == 0, capsys.readouterr().err
     frames, fps = read_video(output)
-    assert frames.shape == (29, 3, 256, 256) and fps == 32  # 8 -> 29 frames, 64 -> 256 pixels
+    assert frames.shape == (29, 3, 128, 128) and fps == 32  # 8 -> 29 frames, 32 -> 128 pixels
 
 
 def test_cli_super_resolves_a_given_video(tiny_folder, tmp_path, capsys):

@@ -83,7 +83,7 @@ def test_the_tiny_preset_runs_a_training_step():
     preset = load_preset("tiny")
     model = build_base_unet(preset).train()
     frames, (height, width) = preset["data"]["num_frames"], preset["data"]["latent_size"]
-    assert frames == 8 and (height, width) == (32, 32)
+    assert frames == 8 and (height, width) == (16, 16)
     for block in model.down_blocks:
         for transformer in getattr(block, "attentions", []):
             for layer in transformer.transformer_blocks:

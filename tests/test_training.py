@@ -105,15 +105,15 @@ def test_each_stage_trains_on_the_demo_shards_and_its_loss_falls(stage, tiny_fol
              "--set", "text_drop=0"]
     if stage == "base":
         extra += ["--images", demo_shards["images"], "--set", "image_frames=2"]
-    run_lavie(train_args(stage, tiny_folder, demo_shards["videos"], run, 8, *extra))
+    run_lavie(train_args(stage, tiny_folder, demo_shards["videos"], run, 6, *extra))
 
     log = metrics(run)
-    assert [r["step"] for r in log] == list(range(1, 9))
+    assert [r["step"] for r in log] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["skipped_clips"] >= 0 for r in log)
     exported = run / "model"
     name = f"unet_{stage}"
     index = json.loads((exported / "model_index.json").read_text())
-    assert index["training"][stage]["steps"] == 8
+    assert index["training"][stage]["steps"] == 6
     before = load_unet(tiny_folder, stage).eval()
     after = type(before).from_pretrained(exported / name).eval()
     loss_before = fixed_batch_loss(tiny_folder, stage, demo_shards, before)
@@ -303,3 +303,17 @@ def test_inflated_interpolation_unet_starts_from_the_base_weights(tiny_folder):
     assert not weights["conv_in.weight"][:, 4:].any()
     assert torch.equal(weights["mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"],
                        base.state_dict()["mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"])
+
+
+def test_lavie_train_vae_trains_both_autoencoders(tiny_folder, shards, tmp_path):
+    out = tmp_path / "vaes"
+    assert main(["train-vae", "--model", str(tiny_folder), "--videos", shards["videos"], "--images", shards["images"],
+                 "--output", str(out), "--steps", "2", "--batch-size", "2"]) == 0
+    trained = json.loads((out / "model_index.json").read_text())["training"]
+    for component in ("vae", "vsr_vae"):
+        config = json.loads((out / component / "config.json").read_text())
+        assert trained[component]["steps"] == 2 and config["scaling_factor"] == trained[component]["scaling_factor"] > 0
+        history = json.loads((out / component / "training_history.json").read_text())["history"]
+        assert [row["step"] for row in history] == [1, 2] and all(np.isfinite(row["mse"]) for row in history)
+        assert not torch.equal(unet_weights(out, component)["encoder.conv_in.weight"],
+                               unet_weights(tiny_folder, component)["encoder.conv_in.weight"])

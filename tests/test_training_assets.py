@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from lavie_model.curation.shards import write_image_shards, write_shards
+from lavie_model.report import write_report
 from lavie_model.training.report import current_shards, fingerprint
 from pipelines.training import (
     TRAINING_ASSETS, TrainingSettings, autoencoders, base_model, code_version, retrain_request, vsr_model,
@@ -65,6 +66,12 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
         assert set(index["training"]) == {"vae", "vsr_vae", "base", "interpolation", "vsr"}
         run = json.loads((Path(base["run_dir"].value) / "run.json").read_text())
         assert [s["sha256"] for s in run["videos"]] == videos["sha256"].tolist()
+        runs = {stage: Path(events[f"{stage}_model"].materialization.metadata["run_dir"].value)
+                for stage in ("base", "interpolation", "vsr")}
+        page = write_report(tmp_path / "report", runs=runs, model=final).read_text()
+        assert "| vae | 2 |" in page and "| vsr_vae | 2 |" in page  # the autoencoders' steps
+        assert "| base | 2 |" in page and "| interpolation | 1 |" in page and "| vsr | 1 |" in page
+        assert all((tmp_path / "report" / "files" / f"loss_{stage}.png").is_file() for stage in runs)
 
         # the schedule skips while the shards are those trained on, and asks for a run once new ones land
         assert isinstance(retrain_request(instance, home), dg.SkipReason)

@@ -10,6 +10,7 @@ Seeds are fixed, so the same model gives the same numbers. A gallery of prompt -
 super-resolved videos is written as GIFs.
 """
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,8 @@ def prompt_adherence_base(pipe, settings, prompts, generator):
 
 def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSettings = EvalSettings(),
              log=print) -> dict:
-    """Score the stages a model folder holds; returns {"metrics", "extractor", "validation_keys", "gallery"}."""
+    """Score the stages a model folder holds; returns {"model", "metrics", "extractor", "clip", "validation_keys",
+    "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside the gallery GIFs."""
     from ..model_folder import present_components
     from ..pipelines import LaVieBasePipeline, LaVieInterpolationPipeline, LaVieVSRPipeline
 
@@ -163,9 +165,11 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
                 row[stage] = write_video(video[0], out_dir / f"gallery{index}_{stage}.gif", 32)
         gallery.append(row)
     metrics = {name: (None if isinstance(v, float) and math.isnan(v) else float(v)) for name, v in metrics.items()}
-    return {"metrics": metrics, "extractor": extractor.name, "clip": clip_label,
-            "validation_keys": [clip["key"] for clip in validation], "adherence": adherence["per_sample"],
-            "gallery": gallery}
+    result = {"model": str(model), "metrics": metrics, "extractor": extractor.name, "clip": clip_label,
+              "validation_keys": [clip["key"] for clip in validation], "adherence": adherence["per_sample"],
+              "gallery": gallery}
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
 
 
 def regressions(candidate: dict, reference: dict, tolerance: float) -> list[str]:

@@ -88,5 +88,6 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
     info = {"stage": component, "steps": steps, "final_mse": history[-1]["mse"],
             "scaling_factor": vae.config.scaling_factor}
     output = replace_component(model, output, component, vae, info)
-    (Path(output) / f"{component}_training.json").write_text(json.dumps({"info": info, "history": history}) + "\n")
+    history_file = Path(output) / component / "training_history.json"  # kept when later stages copy the folder
+    history_file.write_text(json.dumps({"info": info, "history": history}) + "\n")
     return output

@@ -1,0 +1,28 @@
+"""Each benchmark script runs end to end at its smallest size and prints its table (the figures themselves
+are measured by hand and reported, never asserted)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_training import clean_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALLEST = {
+    "unet_step": (["--presets", "tiny", "--repeats", "1"], "forward+backward"),
+    "generate": (["--presets", "tiny", "--stages", "base"], "s/step"),
+    "curation": (["--n", "1", "--seconds", "3", "--preset", "tiny"], "decode only"),
+    "train_step": (["--steps", "1", "--loader-samples", "4"], "deepspeed / plain"),
+}
+
+
+@pytest.mark.parametrize("name", SMALLEST)
+def test_each_benchmark_runs_at_its_smallest_size(name, tmp_path):
+    args, expected = SMALLEST[name]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert expected in done.stdout, done.stdout[-2000:]

@@ -1,0 +1,101 @@
+"""The README's commands: each parses with the real command-line interface, and each is run somewhere.
+
+Every command line in the README's bash blocks must appear in RUN_BY with the test (or `make demo`) that
+runs it; `lavie` lines are parsed with the real `lavie` parser (options and choices must exist), Make
+targets must exist in the Makefile, and benchmark options in the script.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lavie_model.cli import build_parser
+from pipelines.cli import add_data_commands
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# command -> where it runs (file::test, or make demo); the key is the program and its first word
+RUN_BY = {
+    "make demo": "make demo",  # measured for each release: about 15 minutes
+    "make test": ".ci/run",
+    "make ui": "tests/test_ui.py::test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation",
+    "lavie init-tiny": "tests/conftest.py::tiny_folder",
+    "lavie generate": "tests/test_pipelines.py::test_cli_runs_the_whole_cascade",
+    "lavie assemble": "tests/test_assemble.py::test_assemble_and_generate",
+    "lavie ingest": "tests/test_curation_assets.py::test_lavie_ingest_registers_a_partition",
+    "lavie lineage": "tests/test_curation_assets.py::test_lavie_lineage_traces_a_sample_to_its_source",
+    "lavie train": "tests/test_training.py::test_each_stage_trains_on_the_demo_shards_and_its_loss_falls",
+    "lavie train-vae": "tests/test_training.py::test_lavie_train_vae_trains_both_autoencoders",
+    "lavie convert-checkpoint": "tests/test_project.py::test_the_lavie_console_script_converts_a_checkpoint",
+    "deepspeed": "tests/test_training.py::test_two_ranks_see_different_samples_and_keep_identical_weights",
+    "python -m lavie_model.curation.demo_corpus": "tests/test_curation_core.py::test_demo_corpus_command_line",
+    "dagster asset materialize": "tests/test_curation_assets.py::test_two_batches_curate_at_once_under_the_multiprocess_executor",
+    "dagster dev": "tests/test_ui.py::test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation",
+    "dagster definitions validate": "tests/test_project.py::test_the_code_location_validates",
+    "export": None,  # environment only
+    **{f"python benchmarks/{name}.py": "tests/test_benchmarks.py::test_each_benchmark_runs_at_its_smallest_size"
+       for name in ("unet_step", "generate", "curation", "train_step")},
+}
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's bash blocks, continuation lines joined, comments removed."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line:
+                lines.append(line)
+    return lines
+
+
+def words(line: str) -> list[str]:
+    """The line's words without environment assignments and with programs named plainly (no .venv/bin/)."""
+    out = [w.removeprefix(".venv/bin/") for w in shlex.split(line)]
+    while out and re.fullmatch(r"[A-Z_]+=\S*", out[0]):
+        out = out[1:]
+    return out
+
+
+def key(line: str) -> str:
+    w = words(line)
+    if w[0] == "python":
+        return " ".join(w[:3] if w[1] == "-m" else w[:2])
+    if w[0] == "dagster":
+        return " ".join(w[:3] if w[1] in ("asset", "definitions") else w[:2])
+    return " ".join(w[:2]) if w[0] in ("lavie", "make") else w[0]
+
+
+def concrete(args: list[str]) -> list[str]:
+    """Placeholders made concrete: `[optional]` groups dropped, `a|b|c` choices as their first."""
+    out, depth = [], 0
+    for arg in args:
+        depth += arg.count("[")
+        if depth == 0:
+            out.append(arg.split("|")[0] if "|" in arg and not arg.startswith("-") else arg)
+        depth -= arg.count("]")
+    return out
+
+
+@pytest.mark.parametrize("line", readme_commands())
+def test_every_readme_command_is_valid_and_run_somewhere(line):
+    name = key(line)
+    assert name in RUN_BY, f"README command {line!r}: add it to RUN_BY with the test that runs it"
+    where = RUN_BY[name]
+    if where and "::" in where:
+        path, test = where.split("::")
+        assert f"def {test}(" in (ROOT / path).read_text(), f"{where} does not exist"
+    w = words(line)
+    lavie_args = w[1:] if w[0] == "lavie" else w[w.index("lavie_model.cli") + 1:] if "lavie_model.cli" in w else None
+    if lavie_args is not None and "..." not in lavie_args:  # "..." abbreviates arguments shown on another line
+        parser = build_parser(add_data_commands)
+        parser.exit_on_error = False
+        parser.parse_args(concrete(lavie_args))  # exits on an unknown option, a bad choice or a missing argument
+    elif w[0] == "make":
+        assert re.search(rf"^{w[1]}:", (ROOT / "Makefile").read_text(), re.M)
+    elif w[0] == "python" and w[1].startswith("benchmarks/"):
+        script = (ROOT / w[1]).read_text()
+        for option in (a.strip("[]") for a in w[2:] if a.strip("[]").startswith("--")):
+            assert f'"{option}"' in script, f"{w[1]} has no option {option}"
