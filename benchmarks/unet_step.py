@@ -1,6 +1,7 @@
 """Base UNet step cost: forward, forward+backward and peak memory, with and without checkpointing.
 
-    python benchmarks/unet_step.py [--official PATH/TO/LaVie] [--threads 2] [--repeats 3] [--device cpu]
+    python benchmarks/unet_step.py [--official PATH/TO/LaVie] [--models ours,diffusers-2d] [--threads 2] [--repeats 3]
+        [--device cpu]
 
 Configs: the `tiny` preset and the mid-size config of issue 2 (block_out_channels 64/128/256/256,
 2 heads, cross_attention_dim 64, batch 2, 8 frames, 32x32 latents). Beside ours it times the plain
@@ -154,9 +155,13 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", default="ours,diffusers-2d",
+                        help="comma-separated: ours, diffusers-2d (the official model joins with --official)")
     args = parser.parse_args()
 
-    impls = ["ours", "diffusers-2d"] + (["official"] if args.official else [])
+    impls = args.models.split(",") + (["official"] if args.official else [])
+    if not set(impls) <= {"ours", "diffusers-2d", "official"}:
+        parser.error("--models: choose among ours, diffusers-2d")
     print(f"batch {BATCH}, {args.threads} threads, {args.device}, median of {args.repeats}")
     print(f"{'config':6} {'model':13} {'ckpt':4} {'forward s':>9} {'fwd+bwd s':>9} {'peak MB':>8}")
     results = {}

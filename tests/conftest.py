@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -5,6 +7,10 @@ from diffusers import UNet2DConditionModel
 from lavie_model import UNet3DConditionModel
 
 TEXT_DIM = 32
+
+# Under pytest-xdist (`make test` runs 2 workers), each worker takes its share of the cores: no oversubscription.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def tiny_unet2d(seed: int = 0) -> UNet2DConditionModel:

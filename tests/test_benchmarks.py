@@ -12,7 +12,7 @@ from tests.test_training import clean_env
 ROOT = Path(__file__).resolve().parent.parent
 
 SMALLEST = {
-    "unet_step": (["--presets", "tiny", "--repeats", "1"], "forward+backward"),
+    "unet_step": (["--presets", "tiny", "--repeats", "1", "--models", "ours"], "fwd+bwd s"),
     "generate": (["--presets", "tiny", "--stages", "base"], "s/step"),
     "curation": (["--n", "1", "--seconds", "3", "--preset", "tiny"], "decode only"),
     "train_step": (["--steps", "1", "--loader-samples", "4"], "deepspeed / plain"),
