@@ -27,12 +27,12 @@ def assemble(args):
 
 
 def generate(args):
-    from .curation.store import lavie_home
+    from .curation.store import promoted_path
     from .generate import generate
 
     model = args.model
     if model is None:
-        model = lavie_home() / "models" / "promoted"
+        model = promoted_path()
         if not model.exists():
             raise FileNotFoundError(f"no --model given and no promoted model at {model}: pass --model, or "
                                     "materialize promoted_model (make demo does)")

@@ -55,7 +55,7 @@ class CurationSettings(dg.ConfigurableResource):
                            aesthetic_weights=self.aesthetic_weights)
 
     def home(self) -> Path:
-        return Path(self.lavie_home).absolute() if self.lavie_home else store.lavie_home()
+        return store.lavie_home(self.lavie_home)
 
     def batch_dir(self, key: str) -> Path:
         folder = self.home() / "curation" / key

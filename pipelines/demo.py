@@ -61,7 +61,7 @@ def main() -> None:
     evaluation = evaluate(instance)
     sample = home / "demo-sample.gif"
     print(f"generating {PROMPT!r} through the promoted cascade")
-    generate(model=home / "models" / "promoted", prompt=PROMPT, output=sample, steps=SAMPLE_STEPS)
+    generate(model=store.promoted_path(home), prompt=PROMPT, output=sample, steps=SAMPLE_STEPS)
     commands = {"open the Dagster UI (asset graph, lineage, materializations)": "make ui",
                 "generate with the promoted model": f".venv/bin/lavie generate --prompt '{PROMPT}' --output out.gif",
                 "trace a shard sample to its source": ".venv/bin/lavie lineage KEY"}
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"  shards:   {home / 'shards'}")
     print(f"  tables:   {home / 'curation'} (Parquet, one folder per batch)")
     print(f"  training: {home / 'training'} (per stage and run: metrics.jsonl, checkpoints/, model/)")
-    print(f"  model:    {model} (the trained cascade, promoted: {home / 'models' / 'promoted'})")
+    print(f"  model:    {model} (the trained cascade, promoted: {store.promoted_path(home)})")
     print(f"  sample:   {sample}")
     print("  lineage:  .venv/bin/lavie lineage KEY   (KEY: any sample key listed in a shard's .json manifest)")
     print("  the UI:   make ui   (127.0.0.1:3000: asset graph, materializations with loss curves, metrics, gallery)")

@@ -35,7 +35,7 @@ class EvaluationSettings(dg.ConfigurableResource):
     tolerance: float = 0.05  # relative regression a candidate may show against the promoted model
 
     def home(self) -> Path:
-        return Path(self.lavie_home).absolute() if self.lavie_home else store.lavie_home()
+        return store.lavie_home(self.lavie_home)
 
     def eval_settings(self) -> EvalSettings:
         return EvalSettings(samples_per_prompt=self.samples_per_prompt, validation_clips=self.validation_clips,
@@ -98,7 +98,7 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
 
 def promote(candidate: Path, home: Path) -> Path:
     """Point LAVIE_HOME/models/promoted at `candidate` (a symbolic link swapped atomically)."""
-    link = home / "models" / "promoted"
+    link = store.promoted_path(home)
     link.parent.mkdir(parents=True, exist_ok=True)
     partial = link.with_name(".promoted.partial")
     if partial.is_symlink() or partial.exists():

@@ -53,7 +53,7 @@ class TrainingSettings(dg.ConfigurableResource):
     vae_steps: int = 600  # tiny preset: steps to train each small autoencoder (0: keep the folder's)
 
     def home(self) -> Path:
-        return Path(self.lavie_home).absolute() if self.lavie_home else store.lavie_home()
+        return store.lavie_home(self.lavie_home)
 
     def launcher(self) -> list[str]:
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(self.ranks),

@@ -26,9 +26,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 KINDS = {"videos": VIDEO_SUFFIXES, "images": IMAGE_SUFFIXES}
 
 
-def lavie_home() -> Path:
-    """The data root: $LAVIE_HOME, else ./data."""
-    return Path(os.environ.get("LAVIE_HOME", "data")).absolute()
+def lavie_home(override: str | None = None) -> Path:
+    """The data root: `override` when given (a resource's setting), else $LAVIE_HOME, else ./data."""
+    return Path(override or os.environ.get("LAVIE_HOME", "data")).absolute()
+
+
+def promoted_path(home: Path | None = None) -> Path:
+    """LAVIE_HOME/models/promoted: the link to the promoted model folder, `lavie generate`'s default."""
+    return (home or lavie_home()) / "models" / "promoted"
 
 
 @dataclass
