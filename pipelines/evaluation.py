@@ -7,7 +7,7 @@ passes and points LAVIE_HOME/models/promoted, what `lavie generate` uses by defa
 """
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import dagster as dg
@@ -38,10 +38,8 @@ class EvaluationSettings(dg.ConfigurableResource):
         return store.lavie_home(self.lavie_home)
 
     def eval_settings(self) -> EvalSettings:
-        return EvalSettings(samples_per_prompt=self.samples_per_prompt, validation_clips=self.validation_clips,
-                            base_steps=self.base_steps, interpolation_steps=self.interpolation_steps,
-                            vsr_steps=self.vsr_steps, gallery=self.gallery, clip_model=self.clip_model, clip_weights=self.clip_weights,
-                            i3d_path=self.i3d_path)
+        """The lavie_model settings of the same names (the prompts and seed stay EvalSettings' own)."""
+        return EvalSettings(**{f.name: getattr(self, f.name) for f in fields(EvalSettings) if hasattr(self, f.name)})
 
 
 def latest_metrics(instance, asset: str) -> dict | None:

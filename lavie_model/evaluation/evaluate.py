@@ -122,39 +122,36 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
         if len(validation) >= 2:  # a covariance needs two videos per set
             metrics["base/fvd"] = fvd(extractor, real, generated)["value"]
     del base
+    # each later stage is loaded once, for its metrics and the gallery
+    interpolate = LaVieInterpolationPipeline.from_pretrained(model) if "unet_interpolation" in present else None
+    upscale = LaVieVSRPipeline.from_pretrained(model) if "unet_vsr" in present else None
 
-    if "unet_interpolation" in present and validation:
+    if interpolate is not None and validation:
         log("interpolation: validation clips from every 4th frame")
-        pipe = LaVieInterpolationPipeline.from_pretrained(model)
         truth = torch.stack([clip["frames"] for clip in validation])  # (n, 4K-3, 3, h, w)
-        filled = torch.cat([pipe(truth[i:i + 2, ::4], [c["caption"] for c in validation[i:i + 2]],
-                                 num_inference_steps=settings.interpolation_steps, generator=generator()).frames
+        filled = torch.cat([interpolate(truth[i:i + 2, ::4], [c["caption"] for c in validation[i:i + 2]],
+                                        num_inference_steps=settings.interpolation_steps, generator=generator()).frames
                             for i in range(0, len(truth), 2)])
         metrics["interpolation/psnr"] = psnr(filled, truth)
         metrics["interpolation/ssim"] = ssim(filled, truth)
-        del pipe
 
-    if "unet_vsr" in present and validation:
+    if upscale is not None and validation:
         log("vsr: validation clips from x4 smaller copies")
-        pipe = LaVieVSRPipeline.from_pretrained(model)
         vsr_size = tuple(config["training"]["vsr"]["size"])
         frames = config["training"]["vsr"]["num_frames"]
         truth = torch.stack([(resize_crop((c["frames"][:frames] * 255).round().to(torch.uint8), vsr_size) + 1) / 2
                              for c in validation])  # (n, f, 3, H, W)
         small = F.interpolate(truth.flatten(0, 1), scale_factor=0.25, mode="bicubic", antialias=True)
         small = small.clamp(0, 1).unflatten(0, truth.shape[:2])
-        upscaled = torch.cat([pipe(small[i:i + 2], [c["caption"] for c in validation[i:i + 2]],
-                                   num_inference_steps=settings.vsr_steps, generator=generator()).frames
+        upscaled = torch.cat([upscale(small[i:i + 2], [c["caption"] for c in validation[i:i + 2]],
+                                      num_inference_steps=settings.vsr_steps, generator=generator()).frames
                               for i in range(0, len(small), 2)])
         metrics["vsr/psnr"] = psnr(upscaled, truth)
         metrics["vsr/ssim"] = ssim(upscaled, truth)
         metrics["vsr/psnr_bicubic"] = psnr(F.interpolate(small.flatten(0, 1), scale_factor=4, mode="bicubic")
                                            .clamp(0, 1).unflatten(0, truth.shape[:2]), truth)
-        del pipe
 
     log("gallery")
-    interpolate = LaVieInterpolationPipeline.from_pretrained(model) if "unet_interpolation" in present else None
-    upscale = LaVieVSRPipeline.from_pretrained(model) if "unet_vsr" in present else None
     for index, prompt in enumerate(settings.prompts[:settings.gallery]):
         video = fixed[index * settings.samples_per_prompt][None]  # (1, f, 3, h, w)
         row = {"prompt": prompt, "base": write_video(video[0], out_dir / f"gallery{index}_base.gif", 8)}

@@ -48,7 +48,7 @@ def override(name: str, value, default):
         except ValueError:
             raise ValueError(f"training setting {name}: expected a number, got {value!r}") from None
     if number and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(default, int):  # `number` has ruled out bool
             if value != int(value):
                 raise ValueError(f"training setting {name}: expected a whole number, got {value!r}")
             return int(value)
