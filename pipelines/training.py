@@ -51,6 +51,8 @@ class TrainingSettings(dg.ConfigurableResource):
     overrides: list[str] = []  # `--set NAME=VALUE` entries for every stage
     gradient_checkpointing: bool = False
     vae_steps: int = 600  # tiny preset: steps to train each small autoencoder (0: keep the folder's)
+    # tiny preset: least fraction of held-out shape clips whose colour the trained `vae` must reproduce
+    vae_min_colour: float = 0.8
 
     def home(self) -> Path:
         return store.lavie_home(self.lavie_home)
@@ -139,16 +141,26 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
 TRAINING = {"group_name": "training", "pool": "gpu", "code_version": code_version(), "kinds": {"pytorch"}}
 
 
-@dg.asset(deps=[video_shards, image_shards], **TRAINING)
+COLOUR_CHECK = "colours_survive_reconstruction"
+
+
+@dg.asset(deps=[video_shards, image_shards], **TRAINING,
+          check_specs=[dg.AssetCheckSpec(COLOUR_CHECK, asset="autoencoders", blocking=True,
+                                         description="held-out shape clips keep their colour through the vae")])
 def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) -> dg.MaterializeResult:
     """The model folder the UNets start from. The tiny preset has no pretrained VAE, so its two small
-    autoencoders (`vae`, `vsr_vae`) are trained here first; pretrained ones (`paper`) are used as they are."""
+    autoencoders (`vae`, `vsr_vae`) are trained here first; pretrained ones (`paper`) are used as they are.
+    The blocking check: a base UNet cannot draw colours its decoder loses, so the trained `vae` must give
+    held-out clips of the demo's shapes grammar back in their colour (`vae_min_colour`; passes with nothing
+    to measure when the data has no such clips)."""
     from lavie_model.training.vae import train_vae
 
     start = training.start_folder()
     if training.preset != "tiny" or training.vae_steps == 0:
-        return dg.MaterializeResult(metadata={"model_folder": dg.MetadataValue.path(str(start)),
-                                              "trained": False})
+        return dg.MaterializeResult(
+            metadata={"model_folder": dg.MetadataValue.path(str(start)), "trained": False},
+            check_results=[dg.AssetCheckResult(check_name=COLOUR_CHECK, passed=True,
+                                               metadata={"measured": "no: autoencoders not trained here"})])
     home = training.home()
     videos, images = trained_shards(home, "base")
     output = home / "models" / f"autoencoders-{context.run_id}"
@@ -157,12 +169,20 @@ def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) 
         model = train_vae(model, ",".join(videos["path"]), output, component, images=",".join(images["path"]) or None,
                           steps=training.vae_steps, preset=training.preset, log=context.log.info)
     index = json.loads((output / "model_index.json").read_text())["training"]
-    return dg.MaterializeResult(metadata={
-        "model_folder": dg.MetadataValue.path(str(output)), "trained": True, "started_from": str(start),
-        "shard_fingerprint": fingerprint(videos, images),
-        **{f"{name}_mse": index[name]["final_mse"] for name in ("vae", "vsr_vae")},
-        **{f"{name}_scaling_factor": index[name]["scaling_factor"] for name in ("vae", "vsr_vae")},
-    })
+    fidelity = index["vae"]["fidelity"]
+    colour = fidelity["colour_accuracy"]
+    return dg.MaterializeResult(
+        metadata={
+            "model_folder": dg.MetadataValue.path(str(output)), "trained": True, "started_from": str(start),
+            "shard_fingerprint": fingerprint(videos, images),
+            **{f"{name}_mse": index[name]["final_mse"] for name in ("vae", "vsr_vae")},
+            **{f"{name}_scaling_factor": index[name]["scaling_factor"] for name in ("vae", "vsr_vae")},
+            **{f"{name}_heldout_psnr": index[name]["fidelity"]["psnr"] for name in ("vae", "vsr_vae")},
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name=COLOUR_CHECK, passed=colour is None or colour >= training.vae_min_colour,
+            metadata={"shape_clips": fidelity["n"], "colour_accuracy": colour, "required": training.vae_min_colour,
+                      "heldout_psnr": fidelity["psnr"]})])
 
 
 @dg.asset(deps=[autoencoders, video_shards, image_shards], **TRAINING)

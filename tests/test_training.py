@@ -315,5 +315,19 @@ def test_lavie_train_vae_trains_both_autoencoders(tiny_folder, shards, tmp_path)
         assert trained[component]["steps"] == 2 and config["scaling_factor"] == trained[component]["scaling_factor"] > 0
         history = json.loads((out / component / "training_history.json").read_text())["history"]
         assert [row["step"] for row in history] == [1, 2] and all(np.isfinite(row["mse"]) for row in history)
+        fidelity = trained[component]["fidelity"]  # measured on the held-out clips
+        assert fidelity["clips"] >= 0 and (fidelity["psnr"] is None or fidelity["psnr"] > 0)
         assert not torch.equal(unet_weights(out, component)["encoder.conv_in.weight"],
                                unet_weights(tiny_folder, component)["encoder.conv_in.weight"])
+
+
+def test_vae_loss_weighs_a_colour_error_above_the_same_error_on_gray():
+    from lavie_model.training.vae import reconstruction_loss
+
+    target = torch.zeros(1, 3, 2, 2)  # mid-gray in [-1, 1]
+    target[0, :, 0, 0] = torch.tensor([0.8, -0.8, -0.8])  # one red pixel
+    off_colour, off_gray = target.clone(), target.clone()
+    off_colour[0, :, 0, 0] += 0.5
+    off_gray[0, :, 1, 1] += 0.5
+    assert reconstruction_loss(off_colour, target) > 4 * reconstruction_loss(off_gray, target) > 0
+    assert reconstruction_loss(target, target) == 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import torch
 
 from lavie_model.curation.shards import write_image_shards, write_shards
 from lavie_model.report import write_report
@@ -51,6 +52,9 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
         assert set(events) == {"autoencoders", "base_model", "interpolation_model", "vsr_model"}
         autoencoders = events["autoencoders"].materialization.metadata
         assert autoencoders["trained"].value and autoencoders["vae_scaling_factor"].value > 0
+        check = result.get_asset_check_evaluations()[0]  # no clip of the shapes grammar: nothing to measure
+        assert check.check_name == "colours_survive_reconstruction" and check.passed
+        assert check.metadata["shape_clips"].value == 0
         base = events["base_model"].materialization.metadata
         assert base["steps"].value == 2 and base["final_loss"].value > 0
         assert "videos-b1-000000.tar" in base["shards"].value and "images-b1-000000.tar" in base["shards"].value
@@ -96,3 +100,30 @@ def test_training_fails_clearly_without_shards(tmp_path, tiny_folder):
     failure = result.get_step_failure_events()[0].event_specific_data.error
     assert "no video shards under" in str(failure.message)
     assert os.path.isdir(tmp_path)
+
+
+def test_an_autoencoder_that_loses_the_shape_colours_blocks_the_unets(tmp_path, tiny_folder):
+    """Held-out clips of the shapes grammar go through the freshly trained vae; one training step leaves it
+    far from their colours, so the blocking check fails and base_model is not trained on it."""
+    from lavie_model.curation.demo_corpus import Scene, render
+    from lavie_model.training.data import is_validation
+
+    home = tmp_path / "home"
+    (home / "clips").mkdir(parents=True)
+    held_out = [f"v{i}" for i in range(400) if is_validation(f"v{i}", 5)][:3]
+    rows = []
+    for key, colour in zip(held_out + ["t0", "t1"], ["red", "blue", "yellow", "green", "purple"]):
+        scene = Scene("circle", colour, "gray", "right", radius=0.2, offset=0.5)
+        frames = torch.from_numpy(render(scene, 16)).permute(0, 3, 1, 2).float() / 255  # (16, 3, 128, 128)
+        path = write_video(frames, home / "clips" / f"{key}.mp4", fps=8)
+        rows.append({"clip_id": key, "path": str(path), "frame_count": 16, "caption": scene.caption()})
+    write_shards(pd.DataFrame(rows), home / "shards" / "videos" / "videos-b1", "videos-b1")
+    settings = TrainingSettings(lavie_home=str(home), initial_model=str(tiny_folder), vae_steps=1)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([autoencoders, base_model], instance=instance, raise_on_error=False,
+                                resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
+        check = {c.check_name: c for c in result.get_asset_check_evaluations()}["colours_survive_reconstruction"]
+        assert not check.passed and check.metadata["shape_clips"].value == 3
+        assert check.metadata["colour_accuracy"].value < settings.vae_min_colour
+        materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+        assert materialized == {"autoencoders"}  # base_model did not run on it
