@@ -25,6 +25,7 @@ from lavie_model.curation.probe import ProbeConfig, ProbeResult, probe
 from lavie_model.curation.report import histogram_png, preview_gif
 from lavie_model.curation.scores import ScoreConfig, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
+from lavie_model.report import table
 
 video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
@@ -84,11 +85,8 @@ def funnel(**counts) -> dg.MetadataValue:
 
 
 def markdown_table(frame: pd.DataFrame) -> dg.MetadataValue:
-    if frame.empty:
-        return dg.MetadataValue.md("none")
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
-    return dg.MetadataValue.md("\n".join(lines))
+    """A data frame as markdown metadata, its cells formatted as in the run report."""
+    return dg.MetadataValue.md(table(frame.to_dict("records")))
 
 
 def reasons_table(frame: pd.DataFrame, column: str = "reason") -> dg.MetadataValue:

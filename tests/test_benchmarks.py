@@ -1,6 +1,7 @@
 """Each benchmark script runs end to end at its smallest size and prints its table (the figures themselves
 are measured by hand and reported, never asserted)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,18 @@ def test_each_benchmark_runs_at_its_smallest_size(name, tmp_path):
                           env=clean_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert expected in done.stdout, done.stdout[-2000:]
+
+
+def test_shapes_learning_curve_runs_at_its_smallest_size(tiny_folder, demo_shards, tmp_path):
+    out = tmp_path / "curve.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "shapes_learning.py"), "--model", str(tiny_folder),
+         "--videos", demo_shards["videos"], "--images", demo_shards["images"], "--steps", "2", "--evals", "1",
+         "--batch-size", "1", "--samples-per-prompt", "1", "--sampling-steps", "1", "--guidance", "7.5",
+         "--set", "image_frames=1", "--grid", str(tmp_path / "grid.png"), "--json", str(out)],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| step | samples seen |" in done.stdout
+    results = json.loads(out.read_text())["results"]
+    assert [row["step"] for row in results] == [1, 2] and all(0 <= row["colour"] <= 1 for row in results)
+    assert (tmp_path / "grid.png").stat().st_size > 0

@@ -37,6 +37,7 @@ RUN_BY = {
     "export": None,  # environment only
     **{f"python benchmarks/{name}.py": "tests/test_benchmarks.py::test_each_benchmark_runs_at_its_smallest_size"
        for name in ("unet_step", "generate", "curation", "train_step")},
+    "python benchmarks/shapes_learning.py": "tests/test_benchmarks.py::test_shapes_learning_curve_runs_at_its_smallest_size",
 }
 
 

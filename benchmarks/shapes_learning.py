@@ -1,0 +1,149 @@
+"""Learning curve of the base stage on the demo's shapes corpus: prompt adherence against training steps.
+
+    python benchmarks/shapes_learning.py [--model FOLDER] [--videos SHARDS] [--images SHARDS]
+        [--steps 600] [--evals 150,300,600] [--batch-size 8] [--set NAME=VALUE ...]
+        [--guidance 4,7.5] [--samples-per-prompt 4] [--sampling-steps 25] [--device cpu] [--grid PNG]
+        [--json FILE]
+
+Trains the base UNet of a model folder (by default the demo's: the newest `LAVIE_HOME/models/autoencoders-*`,
+whose `vae` is trained) on the shards with the trainer's own loss, data stream and EMA, in one process
+without DeepSpeed, and at each step count of `--evals` samples the fixed prompts of the evaluation
+(`lavie_model/evaluation/evaluate.py`) from the EMA weights and scores them with `shapes_adherence`.
+It answers how many steps a recipe needs before the samples follow their prompts, which the demo itself
+(one evaluation, after all its steps) cannot; on a GPU (`--device cuda`) a long curve takes minutes.
+Preset settings change with `--set` as in `lavie train` (`--set learning_rate=1e-3 image_frames=4`).
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def newest_autoencoders(home: Path) -> Path:
+    folders = sorted((home / "models").glob("autoencoders-*"), key=lambda p: p.stat().st_mtime)
+    if not folders:
+        raise SystemExit(f"no trained autoencoders under {home / 'models'}: run `make demo` or pass --model")
+    return folders[-1]
+
+
+def adherence_grid(videos, per_prompt: int, path: Path) -> None:
+    """A PNG: one row per prompt, its samples side by side, each as its first, middle and last frame."""
+    import torch
+    from PIL import Image
+
+    f = videos.shape[1]
+    tiles = [torch.cat([v[k] for k in (0, f // 2, f - 1)], dim=2) for v in videos.clamp(0, 1)]  # (3, h, 3w)
+    rows = [torch.cat(tiles[i:i + per_prompt], dim=2) for i in range(0, len(tiles), per_prompt)]
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).byte().numpy()  # (H, W, 3)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def main() -> None:
+    from lavie_model.curation import store
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="model folder with a trained vae (default: the demo's autoencoders)")
+    parser.add_argument("--videos", help="video shards (default: LAVIE_HOME/shards/videos)")
+    parser.add_argument("--images", help="image shards (default: LAVIE_HOME/shards/images; 'none' for none)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--evals", default="150,300,600", help="step counts at which to measure adherence")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="preset training settings")
+    parser.add_argument("--guidance", default="4,7.5", help="guidance scales to sample with")
+    parser.add_argument("--samples-per-prompt", type=int, default=4)
+    parser.add_argument("--sampling-steps", type=int, default=25)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="data loader processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", help="PNG of the samples at the last evaluation (last guidance scale)")
+    parser.add_argument("--json", help="write the measurements here")
+    args = parser.parse_args()
+
+    import torch
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader
+
+    from lavie_model.config import load_preset
+    from lavie_model.evaluation.evaluate import PROMPTS
+    from lavie_model.evaluation.shapes import shapes_adherence
+    from lavie_model.pipelines import LaVieBasePipeline
+    from lavie_model.training.data import TrainingStream, collate, expand_shards
+    from lavie_model.training.stages import load_parts, load_unet, sample_generators, stage_data, training_loss
+    from lavie_model.training.trainer import override
+
+    home = store.lavie_home(None)
+    model = Path(args.model) if args.model else newest_autoencoders(home)
+    videos = expand_shards(args.videos or str(home / "shards" / "videos"), "video shards")
+    images = None if args.images == "none" else expand_shards(args.images or str(home / "shards" / "images"),
+                                                               "image shards")
+    preset = load_preset(args.preset)
+    training = preset["training"]
+    for item in args.set + [f"batch_size={args.batch_size}"]:
+        name, _, value = item.partition("=")
+        if name not in training:
+            raise SystemExit(f"unknown setting {name!r}; one of {', '.join(training)}")
+        training[name] = override(name, value, training[name])
+    evals = sorted({int(n) for n in args.evals.split(",")} | {args.steps})
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+
+    parts = load_parts(model, "base").to(device, torch.float32)
+    unet = load_unet(model, "base").train().to(device)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=training["learning_rate"],
+                                  weight_decay=training["weight_decay"])
+    warmup = max(1, training["warmup_steps"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    ema = EMAModel([p.detach().clone() for p in unet.parameters()], decay=training["ema_decay"])
+    data = stage_data("base", preset, parts.vae_scale)
+    stream = TrainingStream(videos, data, args.seed, images=images if data.image_frames else None,
+                            shuffle_buffer=training["shuffle_buffer"], batch_size=args.batch_size,
+                            validation_percent=training["validation_percent"])
+    loader = iter(DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate))
+
+    pipe = LaVieBasePipeline.from_pretrained(model).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    sampled = load_unet(model, "base").eval().requires_grad_(False).to(device)
+    pipe.unet_base = sampled
+    prompts = [p for p in PROMPTS for _ in range(args.samples_per_prompt)]
+    print(f"model {model}; {len(videos)} video shards; batch {args.batch_size}; "
+          f"learning rate {training['learning_rate']}; {len(prompts)} samples per evaluation")
+    print("| step | samples seen | guidance | colour | direction | loss (last 10) | s |")
+    print("|---|---|---|---|---|---|---|")
+    results, losses, started = [], [], time.perf_counter()
+    for step in range(1, args.steps + 1):
+        batch = next(loader)
+        generators = sample_generators(args.seed, 0, (step - 1) * args.batch_size, len(batch["key"]))
+        loss = training_loss(unet, parts, batch, generators)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), training["max_grad_norm"])
+        optimizer.step()
+        schedule.step()
+        ema.step(unet.parameters())
+        losses.append(loss.item())
+        if step not in evals:
+            continue
+        ema.copy_to(sampled.parameters())
+        for guidance in (float(g) for g in args.guidance.split(",")):
+            generator = torch.Generator().manual_seed(args.seed)
+            videos_out = torch.cat([pipe(prompts[i:i + 16], num_inference_steps=args.sampling_steps,
+                                         guidance_scale=guidance, generator=generator).frames.float().cpu()
+                                    for i in range(0, len(prompts), 16)])  # (n, f, 3, h, w)
+            adherence = shapes_adherence(videos_out, prompts)
+            row = {"step": step, "samples": step * args.batch_size, "guidance": guidance,
+                   "colour": adherence["colour_accuracy"], "direction": adherence["direction_accuracy"],
+                   "loss": sum(losses[-10:]) / len(losses[-10:]), "seconds": time.perf_counter() - started}
+            results.append(row)
+            print(f"| {step} | {row['samples']} | {guidance:g} | {row['colour']:.1%} | {row['direction']:.1%} | "
+                  f"{row['loss']:.4f} | {row['seconds']:.0f} |", flush=True)
+        if args.grid and step == evals[-1]:
+            adherence_grid(videos_out, args.samples_per_prompt, Path(args.grid))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(model), "settings": vars(args), "training": training,
+                                               "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
