@@ -10,7 +10,9 @@ decoding every frame with PyAV (the speed limit), probe, shot detection, probe a
 decode (`probe_and_detect_shots`; its results are checked against the separate passes), cutting and
 transcoding, motion scoring (the decode and optical flow of each clip that `score_clips` does; CLIP itself
 is left out) and sharding. The whole is the sum of the one-decode probe and the stages after it; the
-whole with separate probe and shot detection passes is given too. Wall and CPU seconds (this process and
+whole with separate probe and shot detection passes is given too. Beside them, the floor of any curation
+that writes H.264 clips: one ffmpeg transcode of each whole source to the clip size and frame rate with the
+clip encoder's settings, and with x264's fastest preset (`ultrafast`), no cuts. Wall and CPU seconds (this process and
 its finished children) are reported; CPU seconds are steadier on a shared machine. Clip settings come
 from the preset's `curation` section (paper: short side 320, 24 fps, clips of 2.6-10 s); the options
 override them. Peak memory is sampled every 20 ms: the resident set of this process and of its ffmpeg
@@ -20,6 +22,7 @@ children (cutting and transcoding run there). Target: the whole within 4x of dec
 import argparse
 import dataclasses
 import resource
+import subprocess
 import tempfile
 import threading
 import time
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import av
 import cv2
+import imageio_ffmpeg
 import numpy as np
 import pandas as pd
 import psutil
@@ -99,6 +103,16 @@ def decode_only(path: Path) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
+def transcode_whole(path: Path, size: tuple[int, int], config: ClipConfig, out: Path) -> None:
+    """One ffmpeg run: all of `path` re-encoded at `size` and the clip frame rate, as cut_clips encodes."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", str(path),
+               "-vf", (f"fps={config.fps}," if config.fps else "") + f"scale={size[0]}:{size[1]}", "-an",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(config.crf), "-preset", config.preset]
+    if config.x264_params:
+        command += ["-x264-params", config.x264_params]
+    subprocess.run(command + [str(out)], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=40, help="number of synthetic videos")
@@ -161,6 +175,12 @@ def main() -> None:
             return rows
 
         clips = [row for rows in timed("cutting and transcoding", cut) for row in rows]
+        for name, encoder in (("floor: one transcode per source, clip encoder", config),
+                              ("floor: one transcode per source, ultrafast", dataclasses.replace(
+                                  config, preset="ultrafast", x264_params=""))):
+            timed(name, lambda path: transcode_whole(path, clip_size(probed[paths.index(path)].width,
+                                                                     probed[paths.index(path)].height,
+                                                                     config.short_side), encoder, work / "whole.mp4"))
 
         def motion(row):
             _, row["motion"] = read_clip(row["path"], row["frame_count"], scoring.frames_per_clip, scoring.motion_size,
@@ -192,6 +212,9 @@ def main() -> None:
           f"it torch and open_clip, which the scores module imports), its ffmpeg children {memory.children:.0f} MB")
     verdict = "within" if timings["whole"] <= 4 * decode else "NOT within"
     print(f"whole / decode-only = {timings['whole'] / decode:.2f}: {verdict} the 4x target")
+    floor = [timings[name] / decode for name in timings if name.startswith("floor")]
+    print(f"one transcode per source alone / decode-only = {floor[0]:.2f} with the clip encoder, "
+          f"{floor[1]:.2f} with ultrafast")
 
 
 if __name__ == "__main__":
