@@ -89,7 +89,9 @@ def write_report(out_dir, batches=(), runs: dict | None = None, model=None, eval
     if model is not None:
         trained = json.loads((Path(model) / "model_index.json").read_text()).get("training", {})
         autoencoders = [{"component": name, "steps": info.get("steps"), "final reconstruction MSE":
-                         info.get("final_mse"), "latent scaling factor": info.get("scaling_factor")}
+                         info.get("final_mse"), "latent scaling factor": info.get("scaling_factor"),
+                         "held-out PSNR (dB)": info.get("fidelity", {}).get("psnr"),
+                         "held-out shape colours kept": info.get("fidelity", {}).get("colour_accuracy")}
                         for name, info in trained.items() if name in ("vae", "vsr_vae")]
         if autoencoders:
             page += ["## Autoencoders", "", table(autoencoders), ""]

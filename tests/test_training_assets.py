@@ -74,6 +74,7 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
                 for stage in ("base", "interpolation", "vsr")}
         page = write_report(tmp_path / "report", runs=runs, model=final).read_text()
         assert "| vae | 2 |" in page and "| vsr_vae | 2 |" in page  # the autoencoders' steps
+        assert "held-out shape colours kept" in page
         assert "| base | 2 |" in page and "| interpolation | 1 |" in page and "| vsr | 1 |" in page
         assert all((tmp_path / "report" / "files" / f"loss_{stage}.png").is_file() for stage in runs)
 
