@@ -65,36 +65,27 @@ def main() -> None:
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
 
-    from lavie_model.config import load_preset
     from lavie_model.evaluation.evaluate import PROMPTS
     from lavie_model.evaluation.shapes import shapes_adherence
     from lavie_model.pipelines import LaVieBasePipeline
     from lavie_model.training.data import TrainingStream, collate, expand_shards
     from lavie_model.training.stages import load_parts, load_unet, sample_generators, stage_data, training_loss
-    from lavie_model.training.trainer import override
+    from lavie_model.training.trainer import optimizer_and_schedule, parse_set, preset_with_overrides
 
     home = store.lavie_home(None)
     model = Path(args.model) if args.model else newest_autoencoders(home)
     videos = expand_shards(args.videos or str(home / "shards" / "videos"), "video shards")
     images = None if args.images == "none" else expand_shards(args.images or str(home / "shards" / "images"),
                                                                "image shards")
-    preset = load_preset(args.preset)
+    preset = preset_with_overrides(args.preset, parse_set(args.set) | {"batch_size": args.batch_size})
     training = preset["training"]
-    for item in args.set + [f"batch_size={args.batch_size}"]:
-        name, _, value = item.partition("=")
-        if name not in training:
-            raise SystemExit(f"unknown setting {name!r}; one of {', '.join(training)}")
-        training[name] = override(name, value, training[name])
     evals = sorted({int(n) for n in args.evals.split(",")} | {args.steps})
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
 
     parts = load_parts(model, "base").to(device, torch.float32)
     unet = load_unet(model, "base").train().to(device)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=training["learning_rate"],
-                                  weight_decay=training["weight_decay"])
-    warmup = max(1, training["warmup_steps"])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    optimizer, schedule = optimizer_and_schedule(unet.parameters(), training)
     ema = EMAModel([p.detach().clone() for p in unet.parameters()], decay=training["ema_decay"])
     data = stage_data("base", preset, parts.vae_scale)
     stream = TrainingStream(videos, data, args.seed, images=images if data.image_frames else None,
@@ -102,10 +93,8 @@ def main() -> None:
                             validation_percent=training["validation_percent"])
     loader = iter(DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate))
 
-    pipe = LaVieBasePipeline.from_pretrained(model).to(device)
+    pipe = LaVieBasePipeline.from_pretrained(model).to(device)  # its UNet samples with the EMA weights
     pipe.set_progress_bar_config(disable=True)
-    sampled = load_unet(model, "base").eval().requires_grad_(False).to(device)
-    pipe.unet_base = sampled
     prompts = [p for p in PROMPTS for _ in range(args.samples_per_prompt)]
     print(f"model {model}; {len(videos)} video shards; batch {args.batch_size}; "
           f"learning rate {training['learning_rate']}; {len(prompts)} samples per evaluation")
@@ -125,7 +114,7 @@ def main() -> None:
         losses.append(loss.item())
         if step not in evals:
             continue
-        ema.copy_to(sampled.parameters())
+        ema.copy_to(pipe.unet_base.parameters())
         for guidance in (float(g) for g in args.guidance.split(",")):
             generator = torch.Generator().manual_seed(args.seed)
             videos_out = torch.cat([pipe(prompts[i:i + 16], num_inference_steps=args.sampling_steps,

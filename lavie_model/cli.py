@@ -43,20 +43,12 @@ def generate(args):
 
 def train_settings(args):
     """The TrainSettings of parsed `lavie train` arguments."""
-    import yaml
+    from .training.trainer import TrainSettings, parse_set
 
-    from .training.trainer import TrainSettings
-
-    overrides = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes name=value, got {item!r}")
-        overrides[name.strip()] = yaml.safe_load(value)
     return TrainSettings(
         stage=args.stage, model=args.model, videos=args.videos, output=args.output, preset=args.preset,
         images=args.images, max_steps=args.max_steps, resume=args.resume, deepspeed_config=args.deepspeed_config,
-        overrides=overrides, seed=args.seed, train_2d=args.train_2d, gradient_checkpointing=args.gradient_checkpointing)
+        overrides=parse_set(args.set), seed=args.seed, train_2d=args.train_2d, gradient_checkpointing=args.gradient_checkpointing)
 
 
 def train(args):

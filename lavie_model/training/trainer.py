@@ -62,22 +62,50 @@ def override(name: str, value, default):
     return value
 
 
+def parse_set(items: list[str]) -> dict:
+    """`--set NAME=VALUE` entries as {name: value}, each value read as YAML (`vsr={num_frames: 4}`)."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes name=value, got {item!r}")
+        overrides[name.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def preset_with_overrides(name: str, overrides: dict) -> dict:
+    """The preset `name` with `overrides` applied to its `training` section, each of the preset's type."""
+    from ..config import load_preset
+
+    preset = load_preset(name)
+    if "training" not in preset:
+        raise ValueError(f"preset {name!r} has no `training` section")
+    unknown = sorted(set(overrides) - set(preset["training"]))
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+    preset["training"] |= {key: override(key, value, preset["training"][key]) for key, value in overrides.items()}
+    return preset
+
+
+def optimizer_and_schedule(parameters, training: dict):
+    """AdamW and its linear warm-up schedule, from the preset's `training` section."""
+    import torch
+
+    optimizer = torch.optim.AdamW(parameters, lr=training["learning_rate"], weight_decay=training["weight_decay"])
+    warmup = max(1, training["warmup_steps"])
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+
 def check(settings: TrainSettings) -> dict:
     """Everything that can be checked before training starts; returns the preset with overrides applied."""
-    from ..config import load_preset
     from .data import expand_shards
     from .stages import check_folder
 
     if settings.stage not in STAGES:
         raise ValueError(f"unknown stage {settings.stage!r}; choose one of {', '.join(STAGES)}")
-    preset = load_preset(settings.preset)
-    if "training" not in preset:
-        raise ValueError(f"preset {settings.preset!r} has no `training` section")
-    unknown = sorted(set(settings.overrides) - set(preset["training"]))
-    if unknown:
-        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-    preset["training"] |= {name: override(name, value, preset["training"][name])
-                           for name, value in settings.overrides.items()}
+    preset = preset_with_overrides(settings.preset, settings.overrides)
     check_folder(settings.model, settings.stage)
     expand_shards(settings.videos, "video shards")
     if settings.images:
@@ -196,9 +224,7 @@ def train(settings: TrainSettings, report=None) -> Path:
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=training["learning_rate"], weight_decay=training["weight_decay"])
-    warmup = max(1, training["warmup_steps"])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    optimizer, schedule = optimizer_and_schedule(trainable, training)
     # fp32 copies on the training device (on a GPU: 4 bytes per trainable parameter beside DeepSpeed's states)
     ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])
     ema.to(device)
