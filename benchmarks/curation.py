@@ -160,12 +160,13 @@ def main() -> None:
         if [result for result, _ in fused] != probed or [found for _, found in fused] != list(shots.values()):
             raise AssertionError("probe_and_detect_shots differs from probe and detect_shots")
 
+        sizes = {path: clip_size(result.width, result.height, config.short_side) for path, result in zip(paths, probed)}
+
         def cut(path):
             result = probed[paths.index(path)]
             pieces, _ = plan_pieces(shots[path], config)
             names = [clip_name(result.sha256, piece) for piece in pieces]
-            size = clip_size(result.width, result.height, config.short_side)
-            files = cut_clips(path, pieces, names, size, work / "clips", config) if pieces else []
+            files = cut_clips(path, pieces, names, sizes[path], work / "clips", config) if pieces else []
             rows = []
             for file in files:  # the frame count that make_clips reads back into each clip row
                 with open_input(file) as container:
@@ -178,9 +179,7 @@ def main() -> None:
         for name, encoder in (("floor: one transcode per source, clip encoder", config),
                               ("floor: one transcode per source, ultrafast", dataclasses.replace(
                                   config, preset="ultrafast", x264_params=""))):
-            timed(name, lambda path: transcode_whole(path, clip_size(probed[paths.index(path)].width,
-                                                                     probed[paths.index(path)].height,
-                                                                     config.short_side), encoder, work / "whole.mp4"))
+            timed(name, lambda path: transcode_whole(path, sizes[path], encoder, work / "whole.mp4"))
 
         def motion(row):
             _, row["motion"] = read_clip(row["path"], row["frame_count"], scoring.frames_per_clip, scoring.motion_size,
