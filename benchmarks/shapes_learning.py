@@ -2,8 +2,8 @@
 
     python benchmarks/shapes_learning.py [--model FOLDER] [--videos SHARDS] [--images SHARDS]
         [--steps 600] [--evals 150,300,600] [--batch-size 8] [--set NAME=VALUE ...]
-        [--guidance 4,7.5] [--samples-per-prompt 4] [--sampling-steps 25] [--device cpu] [--grid PNG]
-        [--json FILE]
+        [--guidance 4,7.5] [--samples-per-prompt 4] [--sampling-steps 25] [--preset tiny] [--device cpu]
+        [--grid PNG] [--json FILE]
 
 Trains the base UNet of a model folder (by default the demo's: the newest `LAVIE_HOME/models/autoencoders-*`,
 whose `vae` is trained) on the shards with the trainer's own loss, data stream and EMA, in one process
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--model", help="model folder with a trained vae (default: the demo's autoencoders)")
     parser.add_argument("--videos", help="video shards (default: LAVIE_HOME/shards/videos)")
     parser.add_argument("--images", help="image shards (default: LAVIE_HOME/shards/images; 'none' for none)")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default="tiny", help="tiny or a preset YAML file; --model must be built for it")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--evals", default="150,300,600", help="step counts at which to measure adherence")
     parser.add_argument("--batch-size", type=int, default=8)
