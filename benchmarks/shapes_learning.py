@@ -1,30 +1,27 @@
 """Learning curve of the base stage on the demo's shapes corpus: prompt adherence against training steps.
 
-    python benchmarks/shapes_learning.py [--model FOLDER] [--videos SHARDS] [--images SHARDS]
-        [--steps 600] [--evals 150,300,600] [--batch-size 8] [--set NAME=VALUE ...]
+    python benchmarks/shapes_learning.py [--sd FOLDER | --model FOLDER] [--videos SHARDS] [--images SHARDS]
+        [--steps 600] [--evals 0,150,300,600] [--batch-size 8] [--set NAME=VALUE ...]
         [--guidance 4,7.5] [--samples-per-prompt 4] [--sampling-steps 25] [--preset tiny] [--device cpu]
         [--grid PNG] [--json FILE]
 
-Trains the base UNet of a model folder (by default the demo's: the newest `LAVIE_HOME/models/autoencoders-*`,
-whose `vae` is trained) on the shards with the trainer's own loss, data stream and EMA, in one process
-without DeepSpeed, and at each step count of `--evals` samples the fixed prompts of the evaluation
-(`lavie_model/evaluation/evaluate.py`) from the EMA weights and scores them with `shapes_adherence`.
-It answers how many steps a recipe needs before the samples follow their prompts, which the demo itself
-(one evaluation, after all its steps) cannot; on a GPU (`--device cuda`) a long curve takes minutes.
-Preset settings change with `--set` as in `lavie train` (`--set learning_rate=1e-3 image_frames=4`).
+Fine-tunes the base UNet as the demo does, from the text-to-image model inflated to video (by default the
+stand-in shipped in lavie_model/pretrained/tiny; `--sd` another Stable Diffusion-layout folder, `--model` a
+cascade folder whose base UNet to continue), on the shards with the trainer's own loss, data stream,
+optimizer and EMA, in one process without DeepSpeed. At each step count of `--evals` (0: before any step,
+the image model's own colour adherence) it samples the fixed prompts of the evaluation
+(`lavie_model/evaluation/evaluate.py`, none of them a combination the demo corpus shows) from the EMA
+weights and scores them with `shapes_adherence`. It answers how many steps a recipe needs before the samples
+follow their prompts, which the demo itself (one evaluation, after all its steps) cannot; on a GPU
+(`--device cuda`) a long curve takes minutes. Preset settings change with `--set` as in `lavie train`
+(`--set learning_rate=1e-3 lr_2d_scale=0.1 frame_stride=3`).
 """
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
-
-
-def newest_autoencoders(home: Path) -> Path:
-    folders = sorted((home / "models").glob("autoencoders-*"), key=lambda p: p.stat().st_mtime)
-    if not folders:
-        raise SystemExit(f"no trained autoencoders under {home / 'models'}: run `make demo` or pass --model")
-    return folders[-1]
 
 
 def adherence_grid(videos, per_prompt: int, path: Path) -> None:
@@ -43,12 +40,13 @@ def main() -> None:
     from lavie_model.curation import store
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="model folder with a trained vae (default: the demo's autoencoders)")
+    parser.add_argument("--sd", help="Stable Diffusion-layout folder to inflate (default: the shipped stand-in)")
+    parser.add_argument("--model", help="a cascade model folder whose base UNet to continue instead")
     parser.add_argument("--videos", help="video shards (default: LAVIE_HOME/shards/videos)")
     parser.add_argument("--images", help="image shards (default: LAVIE_HOME/shards/images; 'none' for none)")
     parser.add_argument("--preset", default="tiny", help="tiny or a preset YAML file; --model must be built for it")
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--evals", default="150,300,600", help="step counts at which to measure adherence")
+    parser.add_argument("--evals", default="0,150,300,600", help="step counts at which to measure adherence")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="preset training settings")
     parser.add_argument("--guidance", default="4,7.5", help="guidance scales to sample with")
@@ -67,25 +65,33 @@ def main() -> None:
 
     from lavie_model.evaluation.evaluate import PROMPTS
     from lavie_model.evaluation.shapes import shapes_adherence
+    from lavie_model.model_folder import assemble
     from lavie_model.pipelines import LaVieBasePipeline
+    from lavie_model.stand_ins import shipped
     from lavie_model.training.data import TrainingStream, collate, expand_shards
     from lavie_model.training.stages import load_parts, load_unet, sample_generators, stage_data, training_loss
     from lavie_model.training.trainer import optimizer_and_schedule, parse_set, preset_with_overrides
 
     home = store.lavie_home(None)
-    model = Path(args.model) if args.model else newest_autoencoders(home)
+    if args.model:
+        model = Path(args.model)
+    else:
+        model = assemble(Path(tempfile.mkdtemp()) / "cascade", args.sd or shipped(args.preset)["sd"],
+                         inflate_missing=True, preset=args.preset)
     videos = expand_shards(args.videos or str(home / "shards" / "videos"), "video shards")
     images = None if args.images == "none" else expand_shards(args.images or str(home / "shards" / "images"),
                                                                "image shards")
     preset = preset_with_overrides(args.preset, parse_set(args.set) | {"batch_size": args.batch_size})
     training = preset["training"]
     evals = sorted({int(n) for n in args.evals.split(",")} | {args.steps})
+    if min(evals) < 0:
+        raise SystemExit("--evals takes step counts from 0")
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
 
     parts = load_parts(model, "base").to(device, torch.float32)
     unet = load_unet(model, "base").train().to(device)
-    optimizer, schedule = optimizer_and_schedule(unet.parameters(), training)
+    optimizer, schedule = optimizer_and_schedule(unet, training)
     ema = EMAModel([p.detach().clone() for p in unet.parameters()], decay=training["ema_decay"])
     data = stage_data("base", preset, parts.vae_scale)
     stream = TrainingStream(videos, data, args.seed, images=images if data.image_frames else None,
@@ -101,17 +107,18 @@ def main() -> None:
     print("| step | samples seen | guidance | colour | direction | loss (last 10) | s |")
     print("|---|---|---|---|---|---|---|")
     results, losses, started = [], [], time.perf_counter()
-    for step in range(1, args.steps + 1):
-        batch = next(loader)
-        generators = sample_generators(args.seed, 0, (step - 1) * args.batch_size, len(batch["key"]))
-        loss = training_loss(unet, parts, batch, generators)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), training["max_grad_norm"])
-        optimizer.step()
-        schedule.step()
-        ema.step(unet.parameters())
-        losses.append(loss.item())
+    for step in range(0, args.steps + 1):
+        if step:
+            batch = next(loader)
+            generators = sample_generators(args.seed, 0, (step - 1) * args.batch_size, len(batch["key"]))
+            loss = training_loss(unet, parts, batch, generators, snr_gamma=training["snr_gamma"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), training["max_grad_norm"])
+            optimizer.step()
+            schedule.step()
+            ema.step(unet.parameters())
+            losses.append(loss.item())
         if step not in evals:
             continue
         ema.copy_to(pipe.unet_base.parameters())
@@ -123,7 +130,7 @@ def main() -> None:
             adherence = shapes_adherence(videos_out, prompts)
             row = {"step": step, "samples": step * args.batch_size, "guidance": guidance,
                    "colour": adherence["colour_accuracy"], "direction": adherence["direction_accuracy"],
-                   "loss": sum(losses[-10:]) / len(losses[-10:]), "seconds": time.perf_counter() - started}
+                   "loss": sum(losses[-10:]) / max(1, len(losses[-10:])), "seconds": time.perf_counter() - started}
             results.append(row)
             print(f"| {step} | {row['samples']} | {guidance:g} | {row['colour']:.1%} | {row['direction']:.1%} | "
                   f"{row['loss']:.4f} | {row['seconds']:.0f} |", flush=True)

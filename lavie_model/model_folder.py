@@ -6,6 +6,9 @@
     vsr_tokenizer/ vsr_text_encoder/ vsr_vae/ vsr_scheduler/ vsr_low_res_scheduler/
                                                      the x4 upscaler's own components, for the VSR stage
 
+The cascade starts from a Stable Diffusion folder and an x4 upscaler folder (diffusers' own layouts, whose 2D
+`unet/` the stages inflate): the real ones at paper scale, the tiny world's pretrained stand-ins otherwise
+(`init_stand_ins` builds them untrained; lavie_model/pretrained/ holds the trained ones).
 Components are loaded with the classes named here, never with classes named by the folder.
 """
 
@@ -20,10 +23,13 @@ def component_class(name: str):
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from diffusers import UNet2DConditionModel
+
     from .models import UNet3DConditionModel
 
     classes = {
         "tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel, "vae": AutoencoderKL, "scheduler": DDPMScheduler,
+        "unet": UNet2DConditionModel, "low_res_scheduler": DDPMScheduler,
         "unet_base": UNet3DConditionModel, "unet_interpolation": UNet3DConditionModel,
         "vsr_tokenizer": CLIPTokenizer, "vsr_text_encoder": CLIPTextModel, "vsr_vae": AutoencoderKL,
         "vsr_scheduler": DDIMScheduler, "vsr_low_res_scheduler": DDPMScheduler,
@@ -56,7 +62,10 @@ def present_components(path) -> list[str]:
 
 
 def load_components(path, names, stage: str, torch_dtype=None):
-    """The named components of a model folder, plus its generation settings; missing parts are named."""
+    """The named components of a model folder, plus its generation settings; missing parts are named.
+    Weights load in `torch_dtype`, fp32 by default whatever the files hold (the stand-ins ship in fp16)."""
+    import torch
+
     index = read_index(path)
     present = present_components(path)
     missing = [name for name in names if name not in present]
@@ -70,13 +79,14 @@ def load_components(path, names, stage: str, torch_dtype=None):
         if name.endswith("tokenizer") or name.endswith("scheduler"):
             components[name] = cls.from_pretrained(folder)
         else:
-            components[name] = cls.from_pretrained(folder, torch_dtype=torch_dtype).eval()
+            components[name] = cls.from_pretrained(folder, torch_dtype=torch_dtype or torch.float32).eval()
     settings = {key: index[key] for key in ("num_frames", "height", "width", "fps", "sampling") if key in index}
     return components, settings
 
 
-def write_model_folder(output, components: dict, settings: dict) -> Path:
-    """Save components into a new model folder with its model_index.json; nothing is left half-written.
+def write_model_folder(output, components: dict, settings: dict, pipeline: str = "LaVieCascadePipeline") -> Path:
+    """Save components into a new model folder with its model_index.json (naming `pipeline`, the class that
+    loads the folder); nothing is left half-written.
 
     A component may be given as a function that builds it, so that large ones are built, saved and freed
     one at a time.
@@ -93,14 +103,13 @@ def write_model_folder(output, components: dict, settings: dict) -> Path:
     except OSError as error:
         raise OSError(f"cannot write to {output.parent}: {error.strerror}") from error
     try:
-        index = {"_class_name": "LaVieCascadePipeline"}
+        index = {"_class_name": pipeline}
         for name, component in components.items():
             if callable(component) and not hasattr(component, "save_pretrained"):
                 component = component()
             component.save_pretrained(staging / name)
+            index[name] = [type(component).__module__.split(".")[0], type(component).__name__]
             del component
-            cls = component_class(name)
-            index[name] = [cls.__module__.split(".")[0], cls.__name__]
         (staging / "model_index.json").write_text(json.dumps(index | settings, indent=2) + "\n")
         if output.exists():
             output.rmdir()
@@ -170,12 +179,67 @@ def init_random(output, preset: str = "tiny", seed: int = 0) -> Path:
     return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": preset["name"]})
 
 
-def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None, inflate_missing=False) -> Path:
-    """A paper-scale model folder from Stable Diffusion 1.x and x4 upscaler folders plus released checkpoints.
+def init_stand_ins(output, preset: str = "tiny", seed: int = 0) -> dict[str, Path]:
+    """Untrained stand-ins for Stable Diffusion and the x4 upscaler, as `make pretrain` starts from them:
+    OUTPUT/stable-diffusion and OUTPUT/x4-upscaler, each in diffusers' own layout (diffusers'
+    StableDiffusionPipeline and StableDiffusionUpscalePipeline load them), random UNets and autoencoders of
+    the preset's sizes, one frozen random CLIP text encoder for both. Returns {"sd": path, "upscaler": path}."""
+    import tempfile
+
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .config import load_preset
+    from .text import write_clip_tokenizer
+
+    name, preset = preset, load_preset(preset)
+    model = preset["model"]
+    missing = [key for key in ("text_encoder", "vae", "vsr") if key not in model]
+    if missing:
+        raise ValueError(f"preset {name!r} does not define model.{', model.'.join(missing)}: it starts from "
+                         "pretrained Stable Diffusion and x4 upscaler folders")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"output {output} already exists and is not an empty folder")
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        write_clip_tokenizer(folder)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    unet_2d, vsr = model["unet_2d"], model["vsr"]
+    if unet_2d["cross_attention_dim"] != vsr["unet_2d"]["cross_attention_dim"]:
+        raise ValueError("the stand-ins share one text encoder: model.unet_2d and model.vsr.unet_2d need the same "
+                         "cross_attention_dim")
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id,
+                                                **dict(model["text_encoder"], hidden_size=unet_2d["cross_attention_dim"])))
+    with torch.no_grad():  # it stays frozen and ships in fp16: make it exactly representable there
+        for parameter in text_encoder.parameters():
+            parameter.copy_(parameter.half().float())
+    version = {"_diffusers_version": diffusers.__version__}
+    sd = write_model_folder(output / "stable-diffusion", {
+        "tokenizer": tokenizer, "text_encoder": text_encoder, "vae": AutoencoderKL(**model["vae"]),
+        "unet": UNet2DConditionModel(**unet_2d), "scheduler": DDPMScheduler(**preset["scheduler"]),
+    }, version | {"safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
+                  "requires_safety_checker": False}, pipeline="StableDiffusionPipeline")
+    upscaler = write_model_folder(output / "x4-upscaler", {
+        "tokenizer": tokenizer, "text_encoder": text_encoder, "vae": AutoencoderKL(**vsr["vae"]),
+        "unet": UNet2DConditionModel(**vsr["unet_2d"]), "scheduler": DDIMScheduler(**vsr["scheduler"]),
+        "low_res_scheduler": DDPMScheduler(**vsr["low_res_scheduler"]),
+    }, version | {"max_noise_level": 350}, pipeline="StableDiffusionUpscalePipeline")
+    return {"sd": sd, "upscaler": upscaler}
+
+
+def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None, inflate_missing=False,
+             preset: str = "paper") -> Path:
+    """A model folder from Stable Diffusion 1.x and x4 upscaler folders (or the tiny world's stand-ins, with
+    `preset="tiny"`) plus released checkpoints; frame counts, sizes and sampling defaults are the preset's.
 
     A stage with no checkpoint is left out, or with `inflate_missing` inflated afresh from the 2D UNet
     (untrained temporal layers: a starting point for training, not a model to sample from).
     """
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -183,13 +247,13 @@ def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None,
     from .convert import convert_base, convert_interpolation, convert_vsr, load_checkpoint
     from .models import UNet3DConditionModel, UNet3DVSRModel
 
-    preset = load_preset("paper")
+    preset_name, preset = preset, load_preset(preset)
     across = preset["model"]["group_norm_across_frames"]
     sd = _diffusers_folder(sd, ("tokenizer", "text_encoder", "vae", "unet"), "Stable Diffusion")
     sd_unet_config = json.loads((sd / "unet" / "config.json").read_text())
     components = {
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(sd / "tokenizer"),
-        "text_encoder": lambda: CLIPTextModel.from_pretrained(sd / "text_encoder"),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(sd / "text_encoder", torch_dtype=torch.float32),
         "vae": lambda: AutoencoderKL.from_pretrained(sd / "vae"),
         "scheduler": lambda: DDPMScheduler(**preset["scheduler"]),
     }
@@ -211,7 +275,7 @@ def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None,
         up_unet_config = json.loads((up / "unet" / "config.json").read_text())
         components |= {
             "vsr_tokenizer": lambda: CLIPTokenizer.from_pretrained(up / "tokenizer"),
-            "vsr_text_encoder": lambda: CLIPTextModel.from_pretrained(up / "text_encoder"),
+            "vsr_text_encoder": lambda: CLIPTextModel.from_pretrained(up / "text_encoder", torch_dtype=torch.float32),
             "vsr_vae": lambda: AutoencoderKL.from_pretrained(up / "vae"),
             # LaVie samples the upscaler with linear betas (the official VSR code overrides them so).
             "vsr_scheduler": lambda: DDIMScheduler.from_pretrained(up / "scheduler", beta_schedule="linear"),
@@ -225,7 +289,7 @@ def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None,
     elif vsr:
         raise ValueError("the VSR checkpoint needs the x4 upscaler folder (--upscaler) it was inflated from")
     scale = 2 ** (len(json.loads((sd / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
-    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": "paper"})
+    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": preset_name})
 
 
 def _diffusers_folder(path, parts, what) -> Path:

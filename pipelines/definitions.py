@@ -4,6 +4,7 @@ import dagster as dg
 
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, curate_images, curate_videos
 from .evaluation import EVALUATION_ASSETS, EvaluationSettings
+from .pretraining import PRETRAINING_ASSETS
 from .sensors import inbox_sensor
 from .training import TRAINING_ASSETS, TrainingSettings, new_shards_sensor, retrain_schedule, train_cascade
 
@@ -17,7 +18,7 @@ executor = dg.multiprocess_executor.configured({
 })
 
 defs = dg.Definitions(
-    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
+    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
     jobs=[curate_videos, curate_images, train_cascade],
     schedules=[retrain_schedule],
     sensors=[inbox_sensor, new_shards_sensor],

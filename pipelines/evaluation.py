@@ -1,9 +1,12 @@
-"""Evaluation assets (group `evaluation`): the trained cascade scored, then promoted if it does not regress.
+"""Evaluation assets (group `evaluation`): the trained cascade scored, then promoted if every stage beats its
+baseline and nothing regressed.
 
 `evaluation` scores the folder `vsr_model` exported (all three stages) with lavie_model.evaluation and shows
-a metrics table, the change against its previous materialization and a gallery. Its blocking check
-`no_regression` compares the metrics with those of the promoted model; `promoted_model` runs only when it
-passes and points LAVIE_HOME/models/promoted, what `lavie generate` uses by default, at the candidate.
+a metrics table (each metric beside its baseline, and the change against its previous materialization) and a
+gallery. Two blocking checks: `beats_baselines` (interpolation above the blend of its keyframes, super-resolution
+above bicubic, the base stage's colour adherence not below the text-to-image model's) and `no_regression`
+(against the promoted model's metrics). `promoted_model` runs only when both pass and points
+LAVIE_HOME/models/promoted, what `lavie generate` uses by default, at the candidate.
 """
 
 import os
@@ -14,7 +17,7 @@ import dagster as dg
 import pandas as pd
 
 from lavie_model.curation import store
-from lavie_model.evaluation.evaluate import EvalSettings, evaluate, regressions
+from lavie_model.evaluation.evaluate import BASELINES, EvalSettings, below_baselines, evaluate, regressions
 
 from .curation import markdown_table, picture
 from .training import previous_model, vsr_model
@@ -53,8 +56,23 @@ def gif(path) -> str:
     return picture(Path(path).read_bytes(), "gif", Path(path).stem)
 
 
+def baseline_cell(metrics: dict, name: str) -> str | None:
+    """`value (baseline name)` of the baseline a metric must beat, for the metrics table."""
+    baseline = BASELINES.get(name, (None,))[0]
+    if metrics.get(baseline) is None:
+        return None
+    return f"{metrics[baseline]:.4g} ({baseline.split('/')[1]})"
+
+
+def latest_folder(instance, asset: str) -> Path | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return Path(event.asset_materialization.metadata["model_folder"].value) if event else None
+
+
 @dg.asset(deps=[vsr_model], group_name="evaluation", kinds={"pytorch"},
-          check_specs=[dg.AssetCheckSpec("no_regression", asset="evaluation", blocking=True,
+          check_specs=[dg.AssetCheckSpec("beats_baselines", asset="evaluation", blocking=True,
+                                         description="Every stage beats its trivial baseline."),
+                       dg.AssetCheckSpec("no_regression", asset="evaluation", blocking=True,
                                          description="No metric worse than the promoted model's beyond tolerance.")])
 def evaluation(context: dg.AssetExecutionContext, evaluation_settings: EvaluationSettings) -> dg.MaterializeResult:
     """Every stage of the trained cascade scored on fixed prompts and held-out validation clips."""
@@ -62,16 +80,19 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     model = previous_model(context, "vsr_model")
     out_dir = home / "evaluation" / context.run_id
     result = evaluate(model, str(home / "shards" / "videos"), out_dir, evaluation_settings.preset,
-                      evaluation_settings.eval_settings(), log=context.log.info)
+                      evaluation_settings.eval_settings(), log=context.log.info,
+                      t2i=latest_folder(context.instance, "t2i_model"))
     metrics = result["metrics"]
 
     previous = latest_metrics(context.instance, "evaluation") or {}
     table = pd.DataFrame([{"metric": name, "value": None if v is None else round(v, 4),
+                           "baseline": baseline_cell(metrics, name),
                            "previous": None if previous.get(name) is None else round(previous[name], 4),
                            "change": None if v is None or previous.get(name) is None else round(v - previous[name], 4)}
                           for name, v in metrics.items()])
     promoted = latest_metrics(context.instance, "promoted_model")
     worse = regressions(metrics, promoted, evaluation_settings.tolerance) if promoted else []
+    short = below_baselines(metrics)
     gallery = "\n\n".join(
         f"**{row['prompt']}**\n\n" + " -> ".join(gif(row[stage]) for stage in ("base", "interpolation", "vsr")
                                                if stage in row)
@@ -87,10 +108,13 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
             "gallery": dg.MetadataValue.md(gallery or "no gallery"),
             "report": dg.MetadataValue.path(str(out_dir / "metrics.json")),
         },
-        check_results=[dg.AssetCheckResult(
-            check_name="no_regression", passed=not worse,
-            metadata={"regressions": dg.MetadataValue.json(worse),
-                      "against": "the promoted model" if promoted else "nothing promoted yet"})],
+        check_results=[
+            dg.AssetCheckResult(check_name="beats_baselines", passed=not short, metadata={
+                "below_baseline": dg.MetadataValue.json(short),
+                "pairs": dg.MetadataValue.json({name: baseline for name, (baseline, _) in BASELINES.items()})}),
+            dg.AssetCheckResult(check_name="no_regression", passed=not worse, metadata={
+                "regressions": dg.MetadataValue.json(worse),
+                "against": "the promoted model" if promoted else "nothing promoted yet"})],
     )
 
 

@@ -1,16 +1,16 @@
-"""Training assets (group `training`): autoencoders -> base_model -> interpolation_model -> vsr_model, on all
-curated shards.
+"""Training assets (group `training`): base_model -> interpolation_model -> vsr_model, on all curated shards,
+downstream of the pretrained models they start from (pipelines/pretraining.py: t2i_model, upscaler_model).
 
 Each asset launches `lavie train` under the deepspeed launcher through Dagster Pipes, streams its progress
 into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics and a loss
-curve. Each stage starts from the folder the previous one exported, so the last holds the whole trained
-cascade. They share the `gpu` pool (one at a time, dagster_home/dagster.yaml). Their code version hashes the
+curve. The base stage starts from a folder assembled as `lavie assemble --inflate-missing` would from the
+text-to-image and upscaler models (base UNet inflated from the 2D one, temporal layers new); each later stage
+starts from the folder the previous one exported, so the last holds the whole trained cascade. They share the `gpu` pool (one at a time, dagster_home/dagster.yaml). Their code version hashes the
 trainer and the presets, so a change to either marks them stale. `retrain_schedule` (weekly) and
 `new_shards_sensor` (off by default) retrain when the shards differ from those the models were trained on.
 """
 
 import hashlib
-import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -19,7 +19,14 @@ import dagster as dg
 import pandas as pd
 
 from lavie_model.curation import store
-from lavie_model.training.report import current_shards, fingerprint, loss_curve_png, read_metrics
+from lavie_model.training.report import (
+    current_shards,
+    curves_png,
+    fingerprint,
+    loss_curve_png,
+    probe_curve,
+    read_metrics,
+)
 from lavie_model.training.trainer import free_port
 
 from .curation import image_shards, markdown_table, picture, video_shards
@@ -42,16 +49,20 @@ class TrainingSettings(dg.ConfigurableResource):
 
     preset: str = "tiny"
     lavie_home: str | None = None
-    initial_model: str | None = None  # folder the base stage starts from; tiny: built by init-tiny when missing
+    # The 2D models the cascade starts from: Stable Diffusion 1.4 and x4 upscaler folders (paper: required;
+    # tiny: the shipped stand-ins, lavie_model/pretrained/tiny, when not given).
+    sd: str | None = None
+    upscaler: str | None = None
+    pretrain: bool = False  # tiny: train the stand-ins from random weights here (make pretrain) instead
+    initial_model: str | None = None  # folder the base stage starts from instead of one assembled from them
     ranks: int = 1  # processes (GPUs) per node
     nodes: int = 1
     hostfile: str | None = None  # DeepSpeed hostfile for several nodes
     deepspeed_config: str | None = None
-    max_steps: dict[str, int] = {}  # per stage; the preset's when absent
-    overrides: list[str] = []  # `--set NAME=VALUE` entries for every stage
+    max_steps: dict[str, int] = {}  # per stage (and t2i, upscaler, autoencoders); the preset's when absent
+    overrides: list[str] = []  # `--set NAME=VALUE` entries for every cascade stage
     gradient_checkpointing: bool = False
-    vae_steps: int = 600  # tiny preset: steps to train each small autoencoder (0: keep the folder's)
-    # tiny preset: least fraction of held-out shape clips whose colour the trained `vae` must reproduce
+    # least fraction of held-out shape clips whose colour the text-to-image model's `vae` must reproduce
     vae_min_colour: float = 0.8
 
     def home(self) -> Path:
@@ -64,24 +75,25 @@ class TrainingSettings(dg.ConfigurableResource):
             command += ["--hostfile", self.hostfile, "--num_nodes", str(self.nodes)]
         return command
 
-    def start_folder(self) -> Path:
-        if self.initial_model:
-            return Path(self.initial_model)
-        if self.preset != "tiny":
-            raise dg.Failure(f"set TrainingSettings.initial_model for the {self.preset} preset: a folder built "
-                             "by `lavie assemble --inflate-missing` from Stable Diffusion and the x4 upscaler")
-        folder = self.home() / "models" / "tiny-init"
-        if not folder.is_dir():
-            from lavie_model.model_folder import init_random
+    def pretrained(self) -> dict[str, Path]:
+        """{"sd": folder, "upscaler": folder}: the 2D models given, or the preset's shipped stand-ins."""
+        if self.sd or self.upscaler:
+            if not (self.sd and self.upscaler):
+                raise dg.Failure("set both TrainingSettings.sd and TrainingSettings.upscaler, or neither")
+            return {"sd": Path(self.sd), "upscaler": Path(self.upscaler)}
+        from lavie_model.stand_ins import shipped
 
-            init_random(folder, "tiny")
-        return folder
+        try:
+            return shipped(self.preset)
+        except FileNotFoundError as error:
+            raise dg.Failure(f"{error}; or set TrainingSettings.sd and .upscaler (Stable Diffusion 1.4 and x4 "
+                             "upscaler folders in diffusers layout)") from error
 
 
 def trained_shards(home: Path, stage: str):
     videos = current_shards(home / "shards" / "videos")
     images = current_shards(home / "shards" / "images")
-    if stage != "base":  # only the base stage trains on images
+    if stage not in ("base", "t2i", "upscaler"):  # the video stages after base train on clips only
         images = images.iloc[:0]
     if videos.empty:
         raise dg.Failure(f"no video shards under {home / 'shards' / 'videos'}: curate a batch first")
@@ -122,6 +134,10 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
     metrics = read_metrics(run_dir)
     shards = pd.concat([videos.assign(kind="video"), images.assign(kind="image")], ignore_index=True)
     last = metrics.iloc[-1]
+    curve = probe_curve(metrics)
+    probes = {"held_out_curve": markdown_table(pd.DataFrame(curve)),
+              "held_out_plot": dg.MetadataValue.md(picture(curves_png({stage: curve}), "png", "held-out scores")),
+              **{f"held_out_{name}": value for name, value in curve[-1].items() if name != "step"}} if curve else {}
     return dg.MaterializeResult(metadata={
         **(reported.metadata or {}),
         "model_folder": dg.MetadataValue.path(str(run_dir / "model")),
@@ -135,61 +151,33 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         "metrics": markdown_table(metrics.tail(10).round(6)),
         "peak_memory_mb": float(metrics["memory_mb"].max()),
         "skipped_clips": int(metrics["skipped_clips"].sum()),
+        **probes,
     })
 
 
 TRAINING = {"group_name": "training", "pool": "gpu", "code_version": code_version(), "kinds": {"pytorch"}}
 
 
-COLOUR_CHECK = "colours_survive_reconstruction"
+def initial_cascade(context, settings: TrainingSettings) -> Path:
+    """The folder the base stage starts from: TrainingSettings.initial_model, or one assembled from the latest
+    t2i_model and upscaler_model (every stage's UNet inflated from their 2D UNets, temporal layers new)."""
+    if settings.initial_model:
+        return Path(settings.initial_model)
+    from lavie_model.model_folder import assemble
+
+    output = settings.home() / "models" / f"cascade-init-{context.run_id}"
+    if not output.is_dir():
+        assemble(output, previous_model(context, "t2i_model"), previous_model(context, "upscaler_model"),
+                 inflate_missing=True, preset=settings.preset)
+    return output
 
 
-@dg.asset(deps=[video_shards, image_shards], **TRAINING,
-          check_specs=[dg.AssetCheckSpec(COLOUR_CHECK, asset="autoencoders", blocking=True,
-                                         description="held-out shape clips keep their colour through the vae")])
-def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) -> dg.MaterializeResult:
-    """The model folder the UNets start from. The tiny preset has no pretrained VAE, so its two small
-    autoencoders (`vae`, `vsr_vae`) are trained here first; pretrained ones (`paper`) are used as they are.
-    The blocking check: a base UNet cannot draw colours its decoder loses, so the trained `vae` must give
-    held-out clips of the demo's shapes grammar back in their colour (`vae_min_colour`; passes with nothing
-    to measure when the data has no such clips)."""
-    from lavie_model.training.vae import train_vae
-
-    start = training.start_folder()
-    if training.preset != "tiny" or training.vae_steps == 0:
-        return dg.MaterializeResult(
-            metadata={"model_folder": dg.MetadataValue.path(str(start)), "trained": False},
-            check_results=[dg.AssetCheckResult(check_name=COLOUR_CHECK, passed=True,
-                                               metadata={"measured": "no: autoencoders not trained here"})])
-    home = training.home()
-    videos, images = trained_shards(home, "base")
-    output = home / "models" / f"autoencoders-{context.run_id}"
-    model = start
-    for component in ("vae", "vsr_vae"):
-        model = train_vae(model, ",".join(videos["path"]), output, component, images=",".join(images["path"]) or None,
-                          steps=training.vae_steps, preset=training.preset, log=context.log.info)
-    index = json.loads((output / "model_index.json").read_text())["training"]
-    fidelity = index["vae"]["fidelity"]
-    colour = fidelity["colour_accuracy"]
-    return dg.MaterializeResult(
-        metadata={
-            "model_folder": dg.MetadataValue.path(str(output)), "trained": True, "started_from": str(start),
-            "shard_fingerprint": fingerprint(videos, images),
-            **{f"{name}_mse": index[name]["final_mse"] for name in ("vae", "vsr_vae")},
-            **{f"{name}_scaling_factor": index[name]["scaling_factor"] for name in ("vae", "vsr_vae")},
-            **{f"{name}_heldout_psnr": index[name]["fidelity"]["psnr"] for name in ("vae", "vsr_vae")},
-        },
-        check_results=[dg.AssetCheckResult(
-            check_name=COLOUR_CHECK, passed=colour is None or colour >= training.vae_min_colour,
-            metadata={"shape_clips": fidelity["n"], "colour_accuracy": colour, "required": training.vae_min_colour,
-                      "heldout_psnr": fidelity["psnr"]})])
-
-
-@dg.asset(deps=[autoencoders, video_shards, image_shards], **TRAINING)
+@dg.asset(deps=["t2i_model", "upscaler_model", video_shards, image_shards], **TRAINING)
 def base_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    """The base text-to-video UNet, jointly fine-tuned on video clips and images."""
-    return train_stage(context, training, pipes, "base", previous_model(context, "autoencoders"))
+    """The base text-to-video UNet: the text-to-image UNet inflated (temporal layers new), jointly fine-tuned on
+    video clips and images."""
+    return train_stage(context, training, pipes, "base", initial_cascade(context, training))
 
 
 @dg.asset(deps=[base_model, video_shards], **TRAINING)
@@ -206,7 +194,7 @@ def vsr_model(context: dg.AssetExecutionContext, training: TrainingSettings,
     return train_stage(context, training, pipes, "vsr", previous_model(context, "interpolation_model"))
 
 
-TRAINING_ASSETS = [autoencoders, base_model, interpolation_model, vsr_model]
+TRAINING_ASSETS = [base_model, interpolation_model, vsr_model]
 # training, then evaluation and promotion (pipelines/evaluation.py), downstream of the models
 train_cascade = dg.define_asset_job("train_cascade", selection=dg.AssetSelection.assets(*TRAINING_ASSETS).downstream())
 

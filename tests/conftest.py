@@ -60,6 +60,14 @@ def tiny_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def stand_ins(tmp_path_factory):
+    """Untrained stand-ins for Stable Diffusion and the x4 upscaler, as `make pretrain` starts from them."""
+    from lavie_model.model_folder import init_stand_ins
+
+    return init_stand_ins(tmp_path_factory.mktemp("stand-ins") / "init")
+
+
+@pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory):
     """Video and image shards of a small demo corpus, curated by the real curation assets (tiny preset)."""
     import dagster as dg

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
 from lavie_model.cli import main
@@ -113,7 +114,7 @@ def test_each_stage_trains_on_the_demo_shards_and_its_loss_falls(stage, tiny_fol
     exported = run / "model"
     name = f"unet_{stage}"
     index = json.loads((exported / "model_index.json").read_text())
-    assert index["training"][stage]["steps"] == 6
+    assert index["_training"][stage]["steps"] == 6
     before = load_unet(tiny_folder, stage).eval()
     after = type(before).from_pretrained(exported / name).eval()
     loss_before = fixed_batch_loss(tiny_folder, stage, demo_shards, before)
@@ -122,6 +123,61 @@ def test_each_stage_trains_on_the_demo_shards_and_its_loss_falls(stage, tiny_fol
         start, end = unet_weights(tiny_folder, name), unet_weights(exported, name)
         assert all(torch.equal(start[k], end[k]) for k in start if not is_temporal(k))
         assert any(not torch.equal(start[k], end[k]) for k in start if is_temporal(k))
+
+
+@pytest.mark.parametrize("stage", ["t2i", "upscaler"])
+def test_each_stand_in_pretrains_on_stills_and_is_probed_on_held_out_ones(stage, stand_ins, demo_shards, tmp_path):
+    """`lavie train --stage t2i|upscaler`: the 2D stand-in of a Stable Diffusion-layout folder trains on frames of
+    the clips, images and rendered stills, each with its own caption and timestep; every `evaluate_every` steps
+    its EMA weights are scored on the held-out prompts (t2i) or stills (upscaler)."""
+    folder = stand_ins["sd" if stage == "t2i" else "upscaler"]
+    run = tmp_path / "run"
+    run_lavie(train_args(stage, folder, demo_shards["videos"], run, 4, "--images", demo_shards["images"],
+                         "--set", "batch_size=2", "--set", "evaluate_every=2", "--set", "warmup_steps=1"))
+    log = metrics(run)
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    probes = [r["probe"] for r in log if "probe" in r]
+    assert len(probes) == 2  # steps 2 and 4
+    if stage == "t2i":
+        assert all(0 <= p["colour"] <= 1 and 0 <= p["background"] <= 1 and p["n"] == 48 for p in probes)
+    else:
+        assert all(p["psnr"] > 0 and p["psnr_bicubic"] > 20 and p["n"] == 24 for p in probes)
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["training"]["rendered_frames"] == 2  # the preset's pretraining section, under --set
+    keys = [key for line in (run / "samples-rank0.jsonl").read_text().splitlines() for key in json.loads(line)["keys"]]
+    assert len(keys) == 8
+    before = UNet2DConditionModel.from_pretrained(folder / "unet")
+    after = UNet2DConditionModel.from_pretrained(run / "model" / "unet")
+    assert json.loads((run / "model" / "model_index.json").read_text())["_training"][stage]["steps"] == 4
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    assert StableDiffusionPipeline.from_pretrained(run / "model", safety_checker=None) if stage == "t2i" else True
+
+
+def test_stills_batches_give_every_still_its_own_caption_and_leave_out_held_out_combinations(stand_ins, tmp_path):
+    """A t2i example: one frame of a clip, M images and R rendered stills; captions of held-out combinations
+    (scenes.HELD_OUT) never reach the stand-ins, from the clips, the images or the renderer."""
+    from lavie_model.training.scenes import is_held_out
+
+    root = tmp_path / "data"
+    rows = []
+    for i, caption in enumerate(["a red circle moving left on a gray background",  # held out: red circle gray
+                                 "a red circle moving left on a white background"]):
+        path = write_video(moving_square(COLOURS["red"], 1), root / f"c{i}.mp4", fps=8)
+        rows.append({"clip_id": f"c{i}", "path": str(path), "frame_count": 16, "caption": caption})
+    write_shards(pd.DataFrame(rows), root / "videos", "videos")
+    data = StageData("t2i", 1, 1, (32, 32), image_frames=0, rendered_frames=3, held_out=True)
+    examples = [e for e, _ in zip(TrainingStream(expand_shards(root / "videos"), data, seed=0, shuffle_buffer=1),
+                                  range(6))]
+    assert {e["key"] for e in examples} == {"c1"}
+    assert all(e["frames"].shape == (1, 3, 32, 32) and e["images"].shape == (3, 3, 32, 32) for e in examples)
+    captions = [c for e in examples for c in e["image_captions"]]
+    assert len(set(captions)) > 3 and not any(is_held_out(c) for c in captions)
+    assert examples[0]["image_keys"][0].startswith("rendered/0/0/")
+    parts = load_parts(stand_ins["sd"], "t2i")
+    unet = load_unet(stand_ins["sd"], "t2i")
+    batch = collate(examples[:2])
+    loss = training_loss(unet, parts, batch, sample_generators(0, 0, 0, 2), snr_gamma=5.0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
 
 
 def test_clips_too_short_for_a_stage_are_skipped_and_counted(shards):
@@ -281,7 +337,7 @@ def test_set_values_take_the_type_of_the_preset_setting():
 def test_images_for_a_stage_that_takes_none_are_refused(tiny_folder, shards, tmp_path, capsys):
     args = train_args("vsr", tiny_folder, shards["videos"], tmp_path / "run", 1, "--images", shards["images"])
     assert main(args) == 1
-    assert "only the base stage trains on images" in capsys.readouterr().err
+    assert "only the base stage and the stand-ins train on images" in capsys.readouterr().err
 
 
 def test_model_folder_without_the_stage_unet_is_named(tiny_folder, shards, tmp_path, capsys):
@@ -309,7 +365,7 @@ def test_lavie_train_vae_trains_both_autoencoders(tiny_folder, shards, tmp_path)
     out = tmp_path / "vaes"
     assert main(["train-vae", "--model", str(tiny_folder), "--videos", shards["videos"], "--images", shards["images"],
                  "--output", str(out), "--steps", "2", "--batch-size", "2"]) == 0
-    trained = json.loads((out / "model_index.json").read_text())["training"]
+    trained = json.loads((out / "model_index.json").read_text())["_training"]
     for component in ("vae", "vsr_vae"):
         config = json.loads((out / component / "config.json").read_text())
         assert trained[component]["steps"] == 2 and config["scaling_factor"] == trained[component]["scaling_factor"] > 0

@@ -67,7 +67,7 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
         vsr = events["vsr_model"].materialization.metadata
         final = Path(vsr["model_folder"].value)
         index = json.loads((final / "model_index.json").read_text())
-        assert set(index["training"]) == {"vae", "vsr_vae", "base", "interpolation", "vsr"}
+        assert set(index["_training"]) == {"vae", "vsr_vae", "base", "interpolation", "vsr"}
         run = json.loads((Path(base["run_dir"].value) / "run.json").read_text())
         assert [s["sha256"] for s in run["videos"]] == videos["sha256"].tolist()
         runs = {stage: Path(events[f"{stage}_model"].materialization.metadata["run_dir"].value)

@@ -1,10 +1,14 @@
-"""Scoring a trained cascade: every stage on fixed prompts and on the held-out validation clips.
+"""Scoring a trained cascade: every stage on fixed prompts and on the held-out validation clips, beside the
+trivial baseline it must beat.
 
     base           CLIPSIM and temporal consistency on the fixed prompts and the validation captions; FVD
                    against the validation clips; shapes adherence (colour, direction) on prompts of the
-                   demo's shapes grammar
-    interpolation  PSNR and SSIM of the frames it fills in, from every 4th frame of validation clips
-    vsr            PSNR and SSIM of validation clips upscaled from x4 smaller copies
+                   demo's shapes grammar, beside the text-to-image model's colour on the same prompts
+                   (base/t2i_colour: does video fine-tuning keep what the image model knew?)
+    interpolation  PSNR and SSIM of the frames it fills in, from every 4th frame of validation clips, beside
+                   the linear blend of the two neighbouring keyframes (interpolation/psnr_blend)
+    vsr            PSNR and SSIM of validation clips upscaled from x4 smaller copies, beside bicubic upscaling
+                   (vsr/psnr_bicubic)
 
 Seeds are fixed, so the same model gives the same numbers. A gallery of prompt -> base -> interpolated ->
 super-resolved videos is written as GIFs.
@@ -23,22 +27,29 @@ from ..curation.scores import ScoreConfig, load_clip
 from ..training.data import decode_video, expand_shards, is_validation, raw_samples, resize_crop
 from ..video import write_video
 from .metrics import clipsim, fvd, load_video_extractor, psnr, ssim, temporal_consistency
-from .shapes import shapes_adherence
+from .shapes import parse_prompt, shapes_adherence
 
-# Prompts of the shapes grammar; the last four name colour/shape/direction combinations that the demo
-# corpus's seed never renders together, so they test composition, not recall.
+# Prompts of the shapes grammar, each colour, direction and shape at least twice. None names a combination of
+# colour, shape, direction and background that the demo corpus's training clips show, so they test
+# composition, not recall (the metrics with `_unseen` count the prompts absent from the shards at hand).
 PROMPTS = [
     "a red circle moving left on a gray background",
     "a blue square moving right on a white background",
     "a yellow triangle moving up on a black background",
     "a green circle moving down on a gray background",
-    "a purple square moving left on a black background",
+    "a purple square moving left on a white background",
     "an orange triangle moving right on a white background",
     "a red square moving up on a white background",
-    "a blue triangle moving down on a gray background",
+    "a blue triangle moving down on a black background",
 ]
 # Metrics where higher is better; the others (FVD) are better lower.
 LOWER_IS_BETTER = ("base/fvd",)
+# Each stage's metric, the baseline it must beat, and by how much it may fall short: PSNR not at all; colour
+# adherence is counted on a few samples, so a loss of up to COLOUR_MARGIN (3 of 16 samples) is sampling noise.
+COLOUR_MARGIN = 0.2
+BASELINES = {"base/shapes_colour": ("base/t2i_colour", COLOUR_MARGIN),
+             "interpolation/psnr": ("interpolation/psnr_blend", 0.0),
+             "vsr/psnr": ("vsr/psnr_bicubic", 0.0)}
 
 
 @dataclass
@@ -72,6 +83,20 @@ def validation_clips(shards, percent: float, count: int, frames: int, size: tupl
     return clips
 
 
+def trained_combinations(shards, percent: float) -> set[tuple]:
+    """(colour, shape, direction, background) of every training clip of the shapes grammar in the shards (the
+    validation split left out)."""
+    from ..curation.demo_corpus import parse_caption
+
+    combinations = set()
+    for shard in expand_shards(shards, "video shards"):
+        for sample in raw_samples(shard):
+            parsed = None if is_validation(sample["__key__"], percent) else parse_caption(sample["txt"].decode())
+            if parsed is not None:
+                combinations.add(parsed)
+    return combinations
+
+
 def prompt_adherence_base(pipe, settings, prompts, generator):
     """Base-stage videos for prompts, `samples_per_prompt` each: (n, f, 3, h, w) in [0, 1] and their prompts."""
     repeated = [p for p in prompts for _ in range(settings.samples_per_prompt)]
@@ -80,10 +105,33 @@ def prompt_adherence_base(pipe, settings, prompts, generator):
     return videos, repeated
 
 
+def blend_keyframes(keyframes: torch.Tensor) -> torch.Tensor:
+    """(b, K, 3, h, w) keyframes -> (b, 4K - 3, 3, h, w): each in-between frame the linear blend of its two
+    neighbouring keyframes (the interpolation stage's trivial baseline)."""
+    weights = torch.arange(4, dtype=keyframes.dtype) / 4  # (4,): 0, 1/4, 1/2, 3/4 of the way to the next
+    left, right = keyframes[:, :-1, None], keyframes[:, 1:, None]  # (b, K-1, 1, 3, h, w)
+    w = weights[None, None, :, None, None, None]
+    between = (1 - w) * left + w * right  # (b, K-1, 4, 3, h, w)
+    return torch.cat([between.flatten(1, 2), keyframes[:, -1:]], dim=1)
+
+
+def t2i_colour(t2i, prompts: list[str], size: tuple[int, int], settings: "EvalSettings") -> float:
+    """Colour adherence of the text-to-image model's stills for the prompts, as many samples as the base stage."""
+    from ..model_folder import load_components
+    from .stand_ins import t2i_images, t2i_pipeline
+
+    parts = load_components(t2i, ["tokenizer", "text_encoder", "vae", "unet", "scheduler"], "t2i")[0]
+    pipe = t2i_pipeline(parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"], parts["scheduler"])
+    repeated = [p for p in prompts for _ in range(settings.samples_per_prompt)]
+    images = t2i_images(pipe, repeated, size, settings.base_steps, seed=settings.seed)
+    return shapes_adherence(images[:, None], repeated)["colour_accuracy"]
+
+
 def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSettings = EvalSettings(),
-             log=print) -> dict:
-    """Score the stages a model folder holds; returns {"model", "metrics", "extractor", "clip", "validation_keys",
-    "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside the gallery GIFs."""
+             log=print, t2i=None) -> dict:
+    """Score the stages a model folder holds, each beside its baseline (`t2i`: the folder of the text-to-image
+    model the base stage started from, for base/t2i_colour); returns {"model", "metrics", "extractor", "clip",
+    "validation_keys", "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside the gallery GIFs."""
     from ..model_folder import present_components
     from ..pipelines import LaVieBasePipeline, LaVieInterpolationPipeline, LaVieVSRPipeline
 
@@ -110,7 +158,15 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
     fixed, fixed_prompts = prompt_adherence_base(base, settings, settings.prompts, generator())
     adherence = shapes_adherence(fixed, fixed_prompts)
     metrics["base/shapes_colour"] = adherence["colour_accuracy"]
+    if t2i is not None and adherence["n"]:
+        metrics["base/t2i_colour"] = t2i_colour(t2i, settings.prompts, size, settings)
     metrics["base/shapes_direction"] = adherence["direction_accuracy"]
+    seen = trained_combinations(videos, percent)
+    unseen = [sample for sample in adherence["per_sample"] if sample["expected_colour"] is not None
+              and parse_prompt(sample["prompt"]) not in seen]
+    for name in ("colour", "direction"):
+        hits = [sample[f"{name}_ok"] for sample in unseen]
+        metrics[f"base/shapes_{name}_unseen"] = sum(hits) / len(hits) if hits else math.nan
     metrics["base/clipsim"] = clipsim(clip_model, preprocess, tokenizer, fixed, fixed_prompts)
     metrics["base/temporal_consistency"] = temporal_consistency(clip_model, preprocess, fixed)
     if validation:
@@ -132,8 +188,10 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
         filled = torch.cat([interpolate(truth[i:i + 2, ::4], [c["caption"] for c in validation[i:i + 2]],
                                         num_inference_steps=settings.interpolation_steps, generator=generator()).frames
                             for i in range(0, len(truth), 2)])
-        metrics["interpolation/psnr"] = psnr(filled, truth)
-        metrics["interpolation/ssim"] = ssim(filled, truth)
+        between = torch.arange(truth.shape[1]) % 4 != 0  # the frames filled in; the keyframes were given
+        metrics["interpolation/psnr"] = psnr(filled[:, between], truth[:, between])
+        metrics["interpolation/ssim"] = ssim(filled[:, between], truth[:, between])
+        metrics["interpolation/psnr_blend"] = psnr(blend_keyframes(truth[:, ::4])[:, between], truth[:, between])
 
     if upscale is not None and validation:
         log("vsr: validation clips from x4 smaller copies")
@@ -167,6 +225,17 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
               "gallery": gallery}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def below_baselines(metrics: dict) -> list[str]:
+    """The stages whose metric falls short of its baseline by more than the margin allowed (see BASELINES)."""
+    short = []
+    for name, (baseline, margin) in BASELINES.items():
+        value, reference = metrics.get(name), metrics.get(baseline)
+        if value is not None and reference is not None and value < reference - margin:
+            short.append(f"{name}: {value:.4g} below its baseline {baseline} {reference:.4g}"
+                         + (f" (margin {margin:g})" if margin else ""))
+    return short
 
 
 def regressions(candidate: dict, reference: dict, tolerance: float) -> list[str]:

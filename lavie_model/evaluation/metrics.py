@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lavie_model.curation.scores import require_file
 
 PSNR_MIN_MSE = 1e-10  # identical frames score 10 * log10(1 / 1e-10) = 100 dB instead of infinity
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
@@ -172,6 +171,8 @@ class I3DExtractor:
     """
 
     def __init__(self, path, device: str = "cpu"):
+        from lavie_model.curation.scores import require_file
+
         path = require_file(path, "I3D TorchScript file (i3d_torchscript.pt of StyleGAN-V)")
         self.model = torch.jit.load(str(path), map_location=device).eval()
         self.device = device

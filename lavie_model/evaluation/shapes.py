@@ -12,19 +12,21 @@ The shape's colour is the mean of its most saturated pixels, so that edges blend
 
     track(video)          per-frame centroid and foreground area, and the shape's mean colour
     named_colour(rgb)     the nearest corpus colour
+    named_background(frame)  gray / white / black by brightness, checkered / striped / noisy by texture
     direction(centroids)  left / right / up / down from the net displacement, None when it hardly moves
     parse_prompt(text)    (colour, shape, direction, background) of a caption of the corpus grammar, else None
     shapes_adherence      colour and direction accuracy over the prompts of that grammar
 """
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from lavie_model.curation.demo_corpus import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
+from lavie_model.curation.demo_corpus import BACKGROUNDS, COLOURS, parse_caption
+
+parse_prompt = parse_caption  # the grammar lives with the corpus that writes it
 
 CHROMA_THRESHOLD = 0.15  # the least saturated corpus colour (green) has chroma 100 / 255 = 0.39
 MIN_AREA = 0.004  # fraction of the frame: the smallest corpus shape (a triangle) covers about 2%
@@ -32,10 +34,10 @@ MAX_AREA = 0.3  # more than this is not one shape (colour noise, a coloured scen
 CORE = 0.75  # the shape's colour is averaged over pixels with at least this fraction of the frame's top chroma
 MIN_SHIFT = 0.1  # net displacement (fraction of the frame side) below which the shape counts as still; corpus: 0.5
 
-PROMPT = re.compile(
-    rf"an? ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) (?:moving ({'|'.join(DIRECTIONS)})|standing still) "
-    rf"on an? ({'|'.join(BACKGROUNDS)}) background\.?"
-)
+
+# Backgrounds: plain ones by their grey level; textures by their grey-level autocorrelation (the shape masked).
+PLAIN_STD = 0.03  # grey-level std below which a background is plain (the textures: 0.08 to 0.14 at 32 px)
+PLAIN_LEVELS = {name: BACKGROUNDS[name] / 255 for name in ("gray", "white", "black")}
 
 
 @dataclass
@@ -81,6 +83,43 @@ def named_colour(rgb: tuple[float, float, float] | None) -> str | None:
     return min(COLOURS, key=lambda name: sum((c / 255 - x) ** 2 for c, x in zip(COLOURS[name], rgb)))
 
 
+def shifted_correlation(grey: torch.Tensor, dy: int, dx: int) -> float:
+    """Pearson correlation of an (h, w) image with itself shifted by (dy, dx) pixels (the overlap only)."""
+    h, w = grey.shape
+    a = grey[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+    b = grey[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).mean() / (a.std(unbiased=False) * b.std(unbiased=False)).clamp_min(1e-8))
+
+
+def named_background(frame: torch.Tensor, chroma_threshold: float = CHROMA_THRESHOLD) -> str:
+    """The corpus background of a (3, h, w) frame in [0, 1]: plain ones (gray, white, black) by the grey level
+    around the shape, textures by their structure at the corpus's scales: the checkerboard (squares of 1/8 of
+    the side) anticorrelates with itself shifted by one square, the diagonal stripes correlate along their
+    direction and not across it, and block noise does neither."""
+    if frame.ndim != 3 or frame.shape[0] != 3:
+        raise ValueError(f"expected a frame of shape (3, h, w), got {tuple(frame.shape)}")
+    frame = frame.detach().float().cpu().clamp(0, 1)
+    h, w = frame.shape[1:]
+    border = torch.cat([frame[:, 0], frame[:, -1], frame[:, 1:-1, 0], frame[:, 1:-1, -1]], dim=-1)  # (3, n)
+    difference = frame - border.median(dim=-1).values[:, None, None]  # (3, h, w)
+    shape = (difference.amax(dim=0) - difference.amin(dim=0)) > chroma_threshold  # (h, w)
+    shape = F.max_pool2d(shape[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0  # and its blended edge
+    grey = frame.mean(dim=0)  # (h, w)
+    around = grey[~shape] if (~shape).any() else grey.flatten()
+    if around.std(unbiased=False) < PLAIN_STD:
+        level = float(around.mean())
+        return min(PLAIN_LEVELS, key=lambda name: abs(PLAIN_LEVELS[name] - level))
+    grey = torch.where(shape, around.median(), grey)  # the shape painted over with the background's middle
+    square, step = max(1, round(h / 8)), max(1, round(h / 32))
+    along, across = shifted_correlation(grey, step, -step), shifted_correlation(grey, step, step)
+    if along - across > 0.5:
+        return "striped"
+    if (shifted_correlation(grey, square, 0) + shifted_correlation(grey, 0, square)) / 2 < -0.4:
+        return "checkered"
+    return "noisy"
+
+
 def direction(centroids: torch.Tensor, min_shift: float = MIN_SHIFT) -> str | None:
     """left / right / up / down: the main axis of the displacement from the first to the last found centroid.
 
@@ -95,13 +134,6 @@ def direction(centroids: torch.Tensor, min_shift: float = MIN_SHIFT) -> str | No
     if abs(dx) >= abs(dy):
         return "right" if dx > 0 else "left"
     return "down" if dy > 0 else "up"  # image rows grow downwards
-
-
-def parse_prompt(text: str) -> tuple[str, str, str | None, str] | None:
-    """(colour, shape, direction, background) of "a red circle moving left on a gray background"; direction
-    None for "... standing still ..."; None for any text outside this grammar (two-shot captions included)."""
-    match = PROMPT.fullmatch(text.strip().lower())
-    return match.groups() if match else None
 
 
 def shapes_adherence(videos, prompts: list[str]) -> dict:

@@ -25,7 +25,9 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-STAGES = ("base", "interpolation", "vsr")
+from .scenes import is_held_out, random_still
+
+STAGES = ("t2i", "upscaler", "base", "interpolation", "vsr")
 MAX_SKIPPED = 10_000  # clips too short in a row before the data is declared unusable
 
 
@@ -118,8 +120,10 @@ class StageData:
     num_frames: int          # frames per training video
     frame_stride: int        # spacing of those frames in the curated clip
     size: tuple[int, int]    # (height, width) in pixels
-    image_frames: int = 0    # images appended per video sample (base stage)
+    image_frames: int = 0    # images appended per video sample (base stage, stand-ins)
     text_drop: float = 0.0
+    rendered_frames: int = 0  # stills of the shapes grammar rendered on the fly, appended after the images
+    held_out: bool = False   # leave out samples captioned with a held-out combination (scenes.HELD_OUT)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -187,10 +191,12 @@ def frame_count(sample: dict) -> int | None:
 class TrainingStream(IterableDataset):
     """Training examples for one stage from video shards (and, for the base stage, image shards).
 
-    Each example: {"key", "frames": (F, 3, H, W) in [-1, 1], "caption"} and, with images,
-    {"images": (M, 3, H, W), "image_captions": list of M, "image_keys"}. Clips too short for the stage are
-    skipped and counted under "skipped" in the next example, so that the trainer can report them; clips of
-    the validation split (`validation_percent`, see is_validation) are left out for evaluation.
+    Each example: {"key", "frames": (F, 3, H, W) in [-1, 1], "caption"} and, with images or rendered stills,
+    {"images": (M + R, 3, H, W), "image_captions": list of M + R, "image_keys"} (rendered stills are keyed
+    "rendered/SEED/CONSUMER/INDEX/J"). Clips too short for the stage are skipped and counted under "skipped"
+    in the next example, so that the trainer can report them; clips of the validation split
+    (`validation_percent`, see is_validation) are left out for evaluation, and with `stage.held_out` so are
+    samples captioned with a held-out combination of the shapes grammar (scenes.HELD_OUT).
     """
 
     def __init__(self, videos: list[Path], stage: StageData, seed: int, rank: int = 0, world_size: int = 1,
@@ -212,10 +218,14 @@ class TrainingStream(IterableDataset):
         skip = max(0, -(-(self.skip_batches - worker) // workers)) * self.batch_size
         videos = consumer_stream(self.videos, self.seed, consumer, consumers, self.buffer)
         images = consumer_stream(self.images, self.seed + 1, consumer, consumers, self.buffer) if self.images else None
+        if images is not None and self.stage.held_out:
+            images = (sample for sample in images if not is_held_out(caption_of(sample)))
         skipped = 0
         for index in count():
             sample = next(videos)
             if is_validation(sample["__key__"], self.validation_percent):
+                continue
+            if self.stage.held_out and is_held_out(caption_of(sample)):
                 continue
             frames = None
             known = frame_count(sample)
@@ -235,23 +245,30 @@ class TrainingStream(IterableDataset):
             rng = seeded(self.seed, consumer, index)
             if frames is None:
                 frames = decode_video(sample["mp4"], sample["__key__"])
-            yield self.example(sample, frames, image_samples, rng) | {"skipped": skipped}
+            yield self.example(sample, frames, image_samples, rng, f"rendered/{self.seed}/{consumer}/{index}") \
+                | {"skipped": skipped}
             skipped = 0
 
-    def example(self, sample: dict, frames: torch.Tensor, image_samples: list[dict], rng) -> dict:
+    def example(self, sample: dict, frames: torch.Tensor, image_samples: list[dict], rng, rendered_key: str) -> dict:
         stage = self.stage
         if len(frames) < stage.span:
             raise ValueError(f"sample {sample['__key__']}: its metadata says at least {stage.span} frames, "
                              f"its video has {len(frames)}")
         start = int(rng.integers(len(frames) - stage.span + 1))
         clip = frames[start:start + stage.span:stage.frame_stride]
-        drop = rng.random(1 + len(image_samples)) < stage.text_drop
+        drop = rng.random(1 + len(image_samples) + stage.rendered_frames) < stage.text_drop
         example = {"key": sample["__key__"], "frames": resize_crop(clip, stage.size),
                    "caption": "" if drop[0] else caption_of(sample)}
-        if image_samples:
-            pictures = [resize_crop(decode_image(s["jpg"], s["__key__"])[None], stage.size)[0] for s in image_samples]
-            example |= {"images": torch.stack(pictures), "image_keys": [s["__key__"] for s in image_samples],
-                        "image_captions": ["" if d else caption_of(s) for s, d in zip(image_samples, drop[1:])]}
+        pictures = [resize_crop(decode_image(s["jpg"], s["__key__"])[None], stage.size)[0] for s in image_samples]
+        keys, captions = [s["__key__"] for s in image_samples], [caption_of(s) for s in image_samples]
+        for j in range(stage.rendered_frames):
+            still, caption = random_still(rng)
+            pictures.append(resize_crop(still[None], stage.size)[0])
+            keys.append(f"{rendered_key}/{j}")
+            captions.append(caption)
+        if pictures:
+            example |= {"images": torch.stack(pictures), "image_keys": keys,
+                        "image_captions": ["" if d else c for c, d in zip(captions, drop[1:])]}
         return example
 
 

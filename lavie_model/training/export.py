@@ -27,7 +27,8 @@ def ema_model(module, ema):
 
 def replace_component(source, output, name: str, component, info: dict) -> Path:
     """Write `output` (replacing it whole, never half-written): folder `source` with `name` saved from
-    `component`; model_index.json records `info` under "training", keyed by info["stage"]."""
+    `component`; model_index.json records `info` under "_training" (private: diffusers ignores it), keyed by
+    info["stage"]."""
     source, output = Path(source), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -38,7 +39,7 @@ def replace_component(source, output, name: str, component, info: dict) -> Path:
         component.save_pretrained(staging / name)
         index = json.loads((source / "model_index.json").read_text())
         index.setdefault(name, [type(component).__module__.split(".")[0], type(component).__name__])
-        index["training"] = index.get("training", {}) | {info["stage"]: info}
+        index["_training"] = index.get("_training", {}) | {info["stage"]: info}
         (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         previous = output.with_name(f".{output.name}.previous")
         if output.exists():

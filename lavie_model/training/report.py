@@ -51,3 +51,33 @@ def fingerprint(*tables: pd.DataFrame) -> str:
     """One SHA-256 over the shard lists' names and contents: it changes exactly when the data does."""
     lines = sorted(f"{row.name} {row.sha256}" for table in tables for row in table.itertuples())
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def probe_curve(metrics: pd.DataFrame) -> list[dict]:
+    """The trainer's held-out probes (`evaluate_every`) as rows: step, samples seen, then each score."""
+    if "probe" not in metrics:
+        return []
+    rows = metrics.dropna(subset=["probe"])
+    return [{"step": int(row.step), **{name: value for name, value in row.probe.items() if name != "n"}}
+            for row in rows.itertuples()]
+
+
+def curves_png(curves: dict[str, list[dict]]) -> bytes:
+    """One panel per model: each score of its probe rows against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.2), dpi=100, squeeze=False)
+    for axis, (name, rows) in zip(axes[0], curves.items()):
+        steps = [row["step"] for row in rows]
+        for score in [key for key in rows[0] if key != "step"]:
+            axis.plot(steps, [row[score] for row in rows], marker="o", markersize=3, label=score)
+        axis.set(xlabel="step", title=name)
+        axis.legend()
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png")
+    plt.close(figure)
+    return out.getvalue()

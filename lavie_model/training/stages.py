@@ -1,16 +1,22 @@
-"""What each cascade stage trains: its UNet, its frozen parts, its data, its inputs and targets.
+"""What each stage trains: its UNet, its frozen parts, its data, its inputs and targets.
 
+The cascade:
     base           noisy video latents (+ M image latents, each with its own caption) -> noise
     interpolation  noisy latents of 4K-3 consecutive frames beside every 4th frame's latents copied over
                    its slot (the sampler's conditioning) -> noise
     vsr            noisy latents of high-resolution frames beside the x4 smaller frames, noise-augmented at a
                    random level given as the class label -> velocity (the x4 upscaler's v-prediction)
+The stand-ins the cascade starts from where no pretrained weights exist (tiny preset), 2D UNets in the
+layout of the Stable Diffusion folders they stand in for, trained on stills:
+    t2i            as base, every frame and image a still: the stand-in for Stable Diffusion's UNet
+    upscaler       as vsr, every frame and image a still: the stand-in for the x4 upscaler's UNet
 
 Random draws come from one generator per sample, seeded by (seed, rank, sample index), so a sample gets the
 same noise whatever the batch size or the point a run resumed from.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +28,17 @@ from ..pipelines.interpolation import conditioning_latents
 from ..text import encode_prompts
 from .data import StageData
 
-UNET = {"base": "unet_base", "interpolation": "unet_interpolation", "vsr": "unet_vsr"}
+UNET = {"t2i": "unet", "upscaler": "unet", "base": "unet_base", "interpolation": "unet_interpolation",
+        "vsr": "unet_vsr"}
 FROZEN = {
+    "t2i": ("tokenizer", "text_encoder", "vae", "scheduler"),
+    "upscaler": ("tokenizer", "text_encoder", "vae", "scheduler", "low_res_scheduler"),
     "base": ("tokenizer", "text_encoder", "vae", "scheduler"),
     "interpolation": ("tokenizer", "text_encoder", "vae", "scheduler"),
     "vsr": ("vsr_tokenizer", "vsr_text_encoder", "vsr_vae", "vsr_scheduler", "vsr_low_res_scheduler"),
 }
+STILLS = ("t2i", "upscaler")  # stages whose 2D UNet sees every frame as a still
+SUPER_RESOLUTION = ("upscaler", "vsr")
 
 
 @dataclass
@@ -68,18 +79,21 @@ def check_folder(folder, stage: str) -> None:
 
 def load_parts(folder, stage: str) -> StageParts:
     components, _ = load_components(folder, FROZEN[stage], stage)
-    if stage == "vsr":
-        return StageParts(stage, components["vsr_tokenizer"], components["vsr_text_encoder"], components["vsr_vae"],
-                          DDPMScheduler.from_config(components["vsr_scheduler"].config),
-                          components["vsr_low_res_scheduler"])
-    return StageParts(stage, components["tokenizer"], components["text_encoder"], components["vae"],
-                      DDPMScheduler.from_config(components["scheduler"].config))
+    prefix = "vsr_" if stage == "vsr" else ""
+    low_res = components.get(f"{prefix}low_res_scheduler")
+    return StageParts(stage, components[f"{prefix}tokenizer"], components[f"{prefix}text_encoder"],
+                      components[f"{prefix}vae"], DDPMScheduler.from_config(components[f"{prefix}scheduler"].config),
+                      low_res)
 
 
 def load_unet(folder, stage: str, train_2d: bool = False) -> torch.nn.Module:
     """The UNet to train, in fp32. The interpolation UNet starts from the folder's base UNet when there is one
     (as in the paper; the 4 conditioning input channels start at zero), else from its own weights. The VSR
-    UNet trains its temporal layers only unless `train_2d`."""
+    UNet trains its temporal layers only unless `train_2d`. The stand-ins' UNets are diffusers 2D UNets."""
+    if stage in STILLS:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(Path(folder) / UNET[stage], torch_dtype=torch.float32)
     present = present_components(folder)
     if stage == "interpolation" and "unet_base" in present:
         return interpolation_from_base(load_components(folder, ["unet_base"], stage)[0]["unet_base"])
@@ -103,9 +117,15 @@ def interpolation_from_base(base) -> torch.nn.Module:
 
 
 def stage_data(stage: str, preset: dict, vae_scale: int) -> StageData:
-    """The clips and images a stage reads, sized by the preset (pixels = latent size x the VAE's factor)."""
+    """The clips and images a stage reads, sized by the preset (pixels = latent size x the VAE's factor).
+    `preset["training"]` holds the stage's settings (see trainer.stage_training)."""
     training, data = preset["training"], preset["data"]
     size = tuple(n * vae_scale for n in data["latent_size"])
+    if stage in STILLS:  # one frame of a clip, M images and R rendered scenes per example
+        if stage == "upscaler":
+            size = tuple(training["vsr"]["size"])
+        return StageData(stage, 1, 1, size, training["image_frames"], training["text_drop"],
+                         training["rendered_frames"], held_out=True)
     if stage == "base":
         return StageData("base", data["num_frames"], training["frame_stride"], size, training["image_frames"],
                          training["text_drop"])
@@ -144,45 +164,75 @@ def embed(parts: StageParts, captions: list[str]) -> torch.Tensor:
     return encode_prompts(parts.tokenizer, parts.text_encoder, captions, parts.text_encoder.device)
 
 
-def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_level: int = 350) -> torch.Tensor:
-    """The stage's denoising loss on one micro-batch (mean squared error against the scheduler's target)."""
+def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_level: int = 350,
+                  snr_gamma: float = 0.0) -> torch.Tensor:
+    """The stage's denoising loss on one micro-batch: the squared error against the scheduler's target, per
+    sample weighted by min(SNR, gamma) / SNR for epsilon or / (SNR + 1) for velocity targets when `snr_gamma`
+    is set (Min-SNR weighting; 0: unweighted)."""
     device, dtype = parts.vae.device, parts.vae.dtype
     frames = batch["frames"]  # (b, f, 3, H, W)
     b, f = frames.shape[:2]
-    steps = parts.noise_scheduler.config.num_train_timesteps
-    timesteps = torch.stack([torch.randint(steps, (), generator=g) for g in generators]).to(device)
     text = embed(parts, batch["caption"]).to(dtype)  # (b, tokens, dim)
     kwargs = {}
+    images = batch.get("images")
+    if images is not None:  # joint training: M images after the F frames, one caption each
+        m = images.shape[1]
+        frames = torch.cat([frames, images], dim=1)
+        image_text = embed(parts, [c for captions in batch["image_captions"] for c in captions]).to(dtype)
+        text = torch.cat([text[:, None].expand(-1, f, -1, -1), image_text.unflatten(0, (b, m))], dim=1)
+        kwargs["num_image_frames"] = m  # text: (b, f + m, tokens, dim)
+    n = frames.shape[1]
+    # a timestep per sample, or per still for a 2D UNet
+    steps = parts.noise_scheduler.config.num_train_timesteps
+    counts = n if parts.stage in STILLS else 1
+    timesteps = torch.stack([torch.randint(steps, (counts,), generator=g) for g in generators]).to(device)  # (b, k)
 
-    if parts.stage == "vsr":
+    if parts.stage in SUPER_RESOLUTION:
         low_res = F.interpolate(frames.flatten(0, 1), scale_factor=0.25, mode="bicubic", antialias=True)
-        low_res = low_res.clamp(-1, 1).unflatten(0, (b, f)).transpose(1, 2).to(device, dtype)  # (b, 3, f, h, w)
-        levels = torch.stack([torch.randint(max_noise_level + 1, (), generator=g) for g in generators]).to(device)
-        low_res = parts.low_res_scheduler.add_noise(
-            low_res, per_sample(generators, low_res.shape[1:], device, dtype), levels)
+        low_res = low_res.clamp(-1, 1).unflatten(0, (b, n)).transpose(1, 2).to(device, dtype)  # (b, 3, n, h, w)
+        levels = torch.stack([torch.randint(max_noise_level + 1, (counts,), generator=g)
+                              for g in generators]).to(device)  # (b, k)
+        noise = per_sample(generators, low_res.shape[1:], device, dtype)
+        per_frame = levels.expand(b, n).flatten()  # (b n,): each frame's level
+
+        def frame_major(x):  # (b, 3, n, h, w) -> (b n, 3, h, w)
+            return x.transpose(1, 2).flatten(0, 1)
+
+        low_res = parts.low_res_scheduler.add_noise(frame_major(low_res), frame_major(noise), per_frame)
+        low_res = low_res.unflatten(0, (b, n)).transpose(1, 2)  # (b, 3, n, h, w), noise-augmented
         latents = encode(parts, frames, generators)
         condition, kwargs["class_labels"] = low_res, levels
     elif parts.stage == "interpolation":
         latents = encode(parts, frames, generators)  # (b, c, 4K-3, h, w)
         condition = conditioning_latents(latents[:, :, ::4])
     else:
-        images = batch.get("images")
-        if images is not None:  # joint training: M images after the F frames, one caption each
-            m = images.shape[1]
-            frames = torch.cat([frames, images], dim=1)
-            image_text = embed(parts, [c for captions in batch["image_captions"] for c in captions]).to(dtype)
-            text = torch.cat([text[:, None].expand(-1, f, -1, -1), image_text.unflatten(0, (b, m))], dim=1)
-            kwargs["num_image_frames"] = m  # text: (b, f + m, tokens, dim)
         latents = encode(parts, frames, generators)
         condition = None
 
-    noise = per_sample(generators, latents.shape[1:], device, latents.dtype)
+    noise = per_sample(generators, latents.shape[1:], device, latents.dtype)  # (b, c, n, h, w)
+    if parts.stage in STILLS:  # every frame a still: (b n, c, h, w), one caption and timestep each
+        def flat(x):
+            return x.transpose(1, 2).flatten(0, 1)
+
+        latents, noise, timesteps = flat(latents), flat(noise), timesteps.flatten()
+        condition = None if condition is None else flat(condition)
+        text = text.flatten(0, 1) if text.ndim == 4 else text.repeat_interleave(n, dim=0)
+        kwargs.pop("num_image_frames", None)
+        if "class_labels" in kwargs:
+            kwargs["class_labels"] = kwargs["class_labels"].flatten()
+    else:
+        timesteps = timesteps[:, 0]
+        if "class_labels" in kwargs:
+            kwargs["class_labels"] = kwargs["class_labels"][:, 0]
     noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
     if condition is not None:
         noisy = torch.cat([noisy, condition], dim=1)
     prediction = unet(noisy.to(unet.dtype), timesteps, text.to(unet.dtype), **kwargs).sample
-    if parts.noise_scheduler.config.prediction_type == "v_prediction":
-        target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    return F.mse_loss(prediction.float(), target.float())
+    velocity = parts.noise_scheduler.config.prediction_type == "v_prediction"
+    target = parts.noise_scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
+    error = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (samples,)
+    if snr_gamma:
+        alphas = parts.noise_scheduler.alphas_cumprod.to(device)[timesteps]
+        snr = alphas / (1 - alphas)
+        error = error * snr.clamp(max=snr_gamma) / (snr + 1 if velocity else snr)
+    return error.mean()

@@ -1,10 +1,11 @@
-"""`lavie train`: joint image-video fine-tuning of one cascade stage with DeepSpeed.
+"""`lavie train`: joint image-video fine-tuning of one cascade stage, or pretraining of a stand-in, with DeepSpeed.
 
 Run directly it trains as a single rank (on 127.0.0.1); under the `deepspeed` launcher on as many ranks and
 nodes as it is given. Without CUDA it runs on the CPU (DS_ACCELERATOR=cpu, gloo). A run directory holds:
 
     RUN_DIR/checkpoints/           see checkpoint.py; `--resume` continues from the latest one exactly
-    RUN_DIR/metrics.jsonl          one line per step: loss, lr, grad norm, samples/s, memory, skipped clips
+    RUN_DIR/metrics.jsonl          one line per step: loss, lr, grad norm, samples/s, memory, skipped clips, and
+                                   every `evaluate_every` steps the EMA weights' held-out scores ("probe")
     RUN_DIR/samples-rank{r}.jsonl  the sample keys each rank trained on, per step
     RUN_DIR/model/                 the input model folder with this stage's UNet replaced by its EMA weights
     RUN_DIR/run.json               the settings and the exact shard list (names, SHA-256)
@@ -18,7 +19,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-STAGES = ("base", "interpolation", "vsr")
+STAGES = ("t2i", "upscaler", "base", "interpolation", "vsr")
+STAND_INS = ("t2i", "upscaler")  # pretrained here where no real weights exist: the preset's `pretraining` section
+PROBED = ("t2i", "upscaler", "base")  # stages scored on held-out prompts or frames every `evaluate_every` steps
 
 
 @dataclass
@@ -75,25 +78,60 @@ def parse_set(items: list[str]) -> dict:
     return overrides
 
 
-def preset_with_overrides(name: str, overrides: dict) -> dict:
-    """The preset `name` with `overrides` applied to its `training` section, each of the preset's type."""
+def preset_with_overrides(name: str, overrides: dict, stage: str | None = None) -> dict:
+    """The preset `name` with `overrides` applied to its `training` section, each of the preset's type. For a
+    stand-in stage (t2i, upscaler) the preset's `pretraining.STAGE` entries are applied first."""
     from ..config import load_preset
 
     preset = load_preset(name)
     if "training" not in preset:
         raise ValueError(f"preset {name!r} has no `training` section")
-    unknown = sorted(set(overrides) - set(preset["training"]))
-    if unknown:
-        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-    preset["training"] |= {key: override(key, value, preset["training"][key]) for key, value in overrides.items()}
+    layers = [overrides]
+    if stage in STAND_INS:
+        pretraining = preset.get("pretraining", {}).get(stage)
+        if pretraining is None:
+            raise ValueError(f"preset {name!r} has no pretraining.{stage} section: it starts from pretrained Stable "
+                             "Diffusion and x4 upscaler weights, so there is no stand-in to pretrain")
+        layers.insert(0, pretraining)
+    for layer in layers:
+        unknown = sorted(set(layer) - set(preset["training"]))
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        preset["training"] |= {key: override(key, value, preset["training"][key]) for key, value in layer.items()}
     return preset
 
 
-def optimizer_and_schedule(parameters, training: dict):
-    """AdamW and its linear warm-up schedule, from the preset's `training` section."""
+def optimizer_and_schedule(unet, training: dict):
+    """AdamW and its linear warm-up schedule, from the preset's `training` section, over the UNet's trainable
+    weights: for a video UNet inflated from a 2D one, those it inherited learn at `lr_2d_scale` times the
+    learning rate of its new temporal layers (0: frozen, as AnimateDiff trains its motion modules alone)."""
     import torch
 
-    optimizer = torch.optim.AdamW(parameters, lr=training["learning_rate"], weight_decay=training["weight_decay"])
+    from ..models import UNet3DConditionModel, UNet3DVSRModel
+    from ..models.unet_3d import TEMPORAL_KEYS
+    from ..models.unet_3d_vsr import is_temporal
+
+    rate, scale = training["learning_rate"], training["lr_2d_scale"]
+    if isinstance(unet, UNet3DVSRModel):
+        new_layer = is_temporal
+    elif isinstance(unet, UNet3DConditionModel):
+        def new_layer(name):
+            return any(key in name for key in TEMPORAL_KEYS)
+    else:  # a 2D stand-in: all of it is its own
+        def new_layer(name):
+            return True
+    groups = {"temporal": [], "2d": []}
+    for name, param in unet.named_parameters():
+        if param.requires_grad:
+            temporal = scale == 1 or new_layer(name)
+            if not temporal and scale == 0:
+                param.requires_grad_(False)
+            else:
+                groups["temporal" if temporal else "2d"].append(param)
+    parameters = [{"params": groups["temporal"], "lr": rate}]
+    if groups["2d"]:
+        parameters.append({"params": groups["2d"], "lr": rate * scale})
+    optimizer = torch.optim.AdamW(parameters, lr=rate, weight_decay=training["weight_decay"])
     warmup = max(1, training["warmup_steps"])
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
 
@@ -105,14 +143,17 @@ def check(settings: TrainSettings) -> dict:
 
     if settings.stage not in STAGES:
         raise ValueError(f"unknown stage {settings.stage!r}; choose one of {', '.join(STAGES)}")
-    preset = preset_with_overrides(settings.preset, settings.overrides)
+    preset = preset_with_overrides(settings.preset, settings.overrides, settings.stage)
     check_folder(settings.model, settings.stage)
     expand_shards(settings.videos, "video shards")
     if settings.images:
-        if settings.stage != "base":
-            raise ValueError(f"image shards were given, but only the base stage trains on images, not "
-                             f"{settings.stage}")
+        if settings.stage not in ("base", *STAND_INS):
+            raise ValueError(f"image shards were given, but only the base stage and the stand-ins train on images, "
+                             f"not {settings.stage}")
         expand_shards(settings.images, "image shards")
+    if preset["training"]["evaluate_every"] and settings.stage not in PROBED:
+        raise ValueError(f"evaluate_every is set, but the {settings.stage} stage has no held-out probe (only "
+                         f"{', '.join(PROBED)} have): set it to 0")
     if settings.deepspeed_config and not Path(settings.deepspeed_config).is_file():
         raise FileNotFoundError(f"DeepSpeed config not found: {settings.deepspeed_config}")
     checkpoints = Path(settings.output) / "checkpoints"
@@ -201,6 +242,7 @@ def train(settings: TrainSettings, report=None) -> Path:
     from . import checkpoint
     from .data import TrainingStream, collate, expand_shards
     from .export import ema_model, replace_component
+    from ..evaluation.stand_ins import probe
     from .stages import UNET, load_parts, load_unet, sample_generators, stage_data, training_loss
 
     cuda = torch.cuda.is_available()
@@ -223,8 +265,8 @@ def train(settings: TrainSettings, report=None) -> Path:
     unet = load_unet(settings.model, settings.stage, settings.train_2d).train()
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    optimizer, schedule = optimizer_and_schedule(unet, training)
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    optimizer, schedule = optimizer_and_schedule(trainable, training)
     # fp32 copies on the training device (on a GPU: 4 bytes per trainable parameter beside DeepSpeed's states)
     ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])
     ema.to(device)
@@ -270,7 +312,8 @@ def train(settings: TrainSettings, report=None) -> Path:
                 batch = next(loader)
                 first = (step * accumulation + micro) * batch_size
                 generators = sample_generators(settings.seed, rank, first, len(batch["key"]))
-                loss = training_loss(engine.module, parts, batch, generators, max_noise_level)
+                loss = training_loss(engine.module, parts, batch, generators, max_noise_level,
+                                     training["snr_gamma"])
                 engine.backward(loss)
                 engine.step()
                 losses.append(loss.detach().float())
@@ -287,13 +330,16 @@ def train(settings: TrainSettings, report=None) -> Path:
                       "memory_mb": memory_mb(device), "skipped_clips": skipped}
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"the loss is {record['loss']} at step {step}")
+            every = training["evaluate_every"]
+            if rank == 0 and every and (step % every == 0 or step == max_steps):
+                record["probe"] = probe(ema_model(engine.module, ema).to(device), parts, preset)
             samples_log.write(json.dumps({"step": step, "keys": keys}) + "\n")
             samples_log.flush()
             if rank == 0:
                 metrics_log.write(json.dumps(record) + "\n")
                 metrics_log.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if report and (step % training["log_every"] == 0 or step == max_steps):
+                if report and (step % training["log_every"] == 0 or step == max_steps or "probe" in record):
                     report(record)
             bar.update()
             if step % training["checkpoint_every"] == 0 or step == max_steps:

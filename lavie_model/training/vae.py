@@ -10,10 +10,12 @@ is and this is not needed.
 """
 
 import json
+import math
 import time
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,7 @@ from ..config import load_preset
 from ..model_folder import load_components
 from .data import StageData, TrainingStream, consumer_stream, decode_image, expand_shards, resize_crop
 from .export import replace_component
+from .scenes import random_still
 
 KL_WEIGHT = 1e-6
 # Extra loss weight per unit of a pixel's saturation. The demo's frames are mostly grey, and under plain MSE
@@ -39,11 +42,12 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> t
 
 
 def frame_batches(videos, images, size, batch_size: int, seed: int, crop: int | None = None,
-                  validation_percent: float = 0.0):
+                  validation_percent: float = 0.0, rendered: int = 0):
     """Endless (n, 3, H, W) batches in [-1, 1]: random single frames of clips (the validation split left out),
-    plus a quarter as many images; with `crop`, a random crop x crop window of each (a convolutional autoencoder
-    learns as well from crops)."""
+    plus a quarter as many images and `rendered` stills of the shapes grammar; with `crop`, a random crop x crop
+    window of each (a convolutional autoencoder learns as well from crops)."""
     generator = torch.Generator().manual_seed(seed)
+    scenes = np.random.default_rng(seed)
     clips = iter(TrainingStream(videos, StageData("vsr", num_frames=1, frame_stride=1, size=size), seed,
                                 shuffle_buffer=256, validation_percent=validation_percent))
     pictures = consumer_stream(images, seed + 1, 0, 1, 256) if images else None
@@ -52,6 +56,7 @@ def frame_batches(videos, images, size, batch_size: int, seed: int, crop: int | 
         if pictures is not None:
             frames += [resize_crop(decode_image(s["jpg"], s["__key__"])[None], size)[0]
                        for s in islice(pictures, max(1, batch_size // 4))]
+        frames += [resize_crop(random_still(scenes)[0][None], size)[0] for _ in range(rendered)]
         frames = torch.stack(frames)  # (n, 3, H, W)
         if crop:
             top, left = (int(torch.randint(n - crop + 1, (), generator=generator)) for n in frames.shape[2:])
@@ -61,10 +66,11 @@ def frame_batches(videos, images, size, batch_size: int, seed: int, crop: int | 
 
 def train_vae(model, videos, output, component: str = "vae", images=None, steps: int = 600, batch_size: int = 16,
               learning_rate: float = 1e-3, preset: str = "tiny", crop: int | None = 32, seed: int = 0,
-              log=print) -> Path:
+              size: tuple[int, int] | None = None, rendered: int = 0, log=print) -> Path:
     """Train `component` of the model folder `model`; write `output`, a copy of it with the trained autoencoder.
-    Frames are the size the preset trains that component's stages at, cut to random `crop` x `crop` windows
-    (None: whole frames); the latent scale is measured on whole frames."""
+    Frames are `size` (default: the size the preset trains that component's stages at; the x4 upscaler's is the
+    super-resolution crop size), cut to random `crop` x `crop` windows (None: whole frames), `rendered` stills of
+    the shapes grammar added to each batch; the latent scale is measured on whole frames."""
     if component not in ("vae", "vsr_vae"):
         raise ValueError(f"component must be vae or vsr_vae, got {component!r}")
     torch.manual_seed(seed)
@@ -72,17 +78,20 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
     videos = expand_shards(videos, "video shards")
     images = expand_shards(images, "image shards") if images else None
     training_preset = load_preset(preset)
-    if component == "vae":
+    if size is None and component == "vae":
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
         size = tuple(n * scale for n in training_preset["data"]["latent_size"])
-    else:
+    elif size is None:
         size = tuple(training_preset["training"]["vsr"]["size"])
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    # cosine decay to a tenth: the last steps settle instead of jumping around the minimum
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     if vae.config.get("mid_block_add_attention", True) and crop:
         raise ValueError(f"{component} has attention in its mid block: train it on whole frames (crop=None)")
     percent = training_preset["training"]["validation_percent"]
-    batches = frame_batches(videos, images, size, batch_size, seed, crop, percent)
+    batches = frame_batches(videos, images, size, batch_size, seed, crop, percent, rendered)
     history, started = [], time.perf_counter()
     for step in range(1, steps + 1):
         x = next(batches)
@@ -93,6 +102,7 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         history.append({"step": step, "mse": mse.item(), "loss": loss.item()})
         if step % 50 == 0 or step == steps:
             log(f"{component} step {step}/{steps}: reconstruction MSE {mse.item():.5f} "
