@@ -223,9 +223,13 @@ def init_stand_ins(output, preset: str = "tiny", seed: int = 0) -> dict[str, Pat
         "unet": UNet2DConditionModel(**unet_2d), "scheduler": DDPMScheduler(**preset["scheduler"]),
     }, version | {"safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
                   "requires_safety_checker": False}, pipeline="StableDiffusionPipeline")
+    upscaler_unet = UNet2DConditionModel(**vsr["unet_2d"])
+    # The noise-level embedding is a table of 1000 rows added to the timestep embedding; drawn N(0, 1) its
+    # rows (norm ~11) drown the timestep's (~1.4) until each level has been trained: start them neutral.
+    torch.nn.init.zeros_(upscaler_unet.class_embedding.weight)
     upscaler = write_model_folder(output / "x4-upscaler", {
         "tokenizer": tokenizer, "text_encoder": text_encoder, "vae": AutoencoderKL(**vsr["vae"]),
-        "unet": UNet2DConditionModel(**vsr["unet_2d"]), "scheduler": DDIMScheduler(**vsr["scheduler"]),
+        "unet": upscaler_unet, "scheduler": DDIMScheduler(**vsr["scheduler"]),
         "low_res_scheduler": DDPMScheduler(**vsr["low_res_scheduler"]),
     }, version | {"max_noise_level": 350}, pipeline="StableDiffusionUpscalePipeline")
     return {"sd": sd, "upscaler": upscaler}

@@ -2,7 +2,7 @@
 
 While a step runs, the process's standard output and error (and so its children's: the DeepSpeed launcher,
 the trainers) go to the log, with Dagster's event log and every library's chatter; the terminal shows the
-step, its progress and its time. A step that fails prints the end of the log and where the rest is.
+step, its progress and its time. A step that fails prints the end of its output and where the rest is.
 """
 
 import os
@@ -37,6 +37,7 @@ class Console:
         sys.stderr.flush()
         with open(self.log_path, "a") as log:
             log.write(f"\n===== {title} =====\n")
+            offset = log.tell()  # where this step's output starts
         saved = os.dup(1), os.dup(2)
         log = open(self.log_path, "a")
         os.dup2(log.fileno(), 1)
@@ -77,7 +78,9 @@ class Console:
             done = "" if progress is None or total is None else f", {min(progress(), total)}/{total} {unit}s"
             self.print(f"{'FAILED' if failed else 'done':>6}  {title} ({seconds:.0f} s{done})")
             if failed:
-                tail = self.log_path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+                with open(self.log_path, "rb") as log:
+                    log.seek(offset)
+                    tail = log.read().decode(errors="replace").splitlines()[-TAIL_LINES:]
                 self.print("\n".join(f"        {line}" for line in tail))
                 self.print(f"        the whole log: {self.log_path}")
 

@@ -68,12 +68,15 @@ def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) 
         start = init_stand_ins(root / "init", training.preset)
         steps = training.max_steps.get("autoencoders", settings["steps"])
         folders = {}
-        for key, size in (("sd", None), ("upscaler", tuple(preset["training"]["vsr"]["size"]))):
+        # the upscaler's autoencoder keeps the x4 upscaler's fixed latent scale (the preset's vsr.vae)
+        for key, size, factor in (("sd", None, None), ("upscaler", tuple(preset["training"]["vsr"]["size"]),
+                                                       preset["model"]["vsr"]["vae"]["scaling_factor"])):
             context.log.info(f"training the {FOLDERS[key]} autoencoder, {steps} steps")
             folders[key] = train_vae(start[key], video_list, root / "autoencoders" / FOLDERS[key], "vae",
                                      images=image_list, steps=steps, batch_size=settings["batch_size"],
                                      learning_rate=settings["learning_rate"], preset=training.preset, size=size,
-                                     rendered=settings["batch_size"] // 4, log=context.log.info)
+                                     rendered=settings["batch_size"] // 4, scaling_factor=factor,
+                                     log=context.log.info)
     else:
         folders = training.pretrained()
     metadata = {f"{key}_folder": dg.MetadataValue.path(str(path)) for key, path in folders.items()}

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import torch
 
 from lavie_model.cli import main
 from lavie_model.curation.shards import write_shards
-from lavie_model.evaluation.evaluate import EvalSettings, evaluate, regressions
+from lavie_model.evaluation.evaluate import EvalSettings, below_baselines, blend_keyframes, evaluate, regressions
 from lavie_model.report import write_report
 from lavie_model.training.data import is_validation
 from lavie_model.video import write_video
@@ -42,6 +43,10 @@ def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, 
     assert metrics["base/fvd"] >= 0 and "NOT I3D" in result["extractor"]
     assert metrics["interpolation/psnr"] > 0 and -1 <= metrics["interpolation/ssim"] <= 1
     assert metrics["vsr/psnr"] > 0 and metrics["vsr/psnr_bicubic"] > metrics["vsr/psnr"]  # untrained: worse
+    assert metrics["interpolation/psnr_blend"] > metrics["interpolation/psnr"]  # the untrained UNet: worse
+    assert 0 <= metrics["base/shapes_colour_unseen"] <= 1  # "a red circle ..." is no clip of these shards
+    assert "base/t2i_colour" not in metrics  # no text-to-image folder given
+    assert sorted(short.split(":")[0] for short in below_baselines(metrics)) == ["interpolation/psnr", "vsr/psnr"]
     assert [s["expected_colour"] for s in result["adherence"]] == ["red", None]  # "a dog" is outside the grammar
     row = result["gallery"][0]
     assert all(Path(row[stage]).is_file() for stage in ("base", "interpolation", "vsr"))
@@ -58,6 +63,19 @@ def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, 
     assert "- the UI: `make ui`" in page
 
 
+def test_the_keyframe_blend_baseline_and_the_margins_of_the_gate():
+    keyframes = torch.stack([torch.full((3, 2, 2), float(v)) for v in (0.0, 1.0, 0.0)])[None]  # (1, 3, 3, 2, 2)
+    blend = blend_keyframes(keyframes)  # (1, 9, 3, 2, 2): 4K - 3 frames
+    assert [round(float(f.mean()), 2) for f in blend[0]] == [0, 0.25, 0.5, 0.75, 1, 0.75, 0.5, 0.25, 0]
+    metrics = {"interpolation/psnr": 20.0, "interpolation/psnr_blend": 20.5, "vsr/psnr": 30.0,
+               "vsr/psnr_bicubic": 29.0, "base/shapes_colour": 0.75, "base/t2i_colour": 0.9}
+    assert [s.split(":")[0] for s in below_baselines(metrics)] == ["interpolation/psnr"]  # PSNR: no margin
+    assert below_baselines(metrics | {"interpolation/psnr": 21.0}) == []  # colour 0.15 below: within the margin
+    assert below_baselines(metrics | {"interpolation/psnr": 21.0, "base/shapes_colour": 0.5})[0].startswith(
+        "base/shapes_colour: 0.5 below its baseline base/t2i_colour 0.9")
+    assert below_baselines({"vsr/psnr": 10.0}) == []  # nothing to compare with
+
+
 def test_regressions_respect_direction_and_tolerance():
     reference = {"base/clipsim": 0.30, "base/fvd": 100.0, "vsr/psnr": None}
     assert regressions({"base/clipsim": 0.29, "base/fvd": 104.0}, reference, 0.05) == []
@@ -65,21 +83,45 @@ def test_regressions_respect_direction_and_tolerance():
     assert [w.split(":")[0] for w in worse] == ["base/clipsim", "base/fvd"]
 
 
-def test_a_regressing_candidate_is_not_promoted_and_generate_uses_the_promoted_model(tiny_folder, tmp_path,
-                                                                                      monkeypatch):
+def base_only(folder: Path, out: Path) -> Path:
+    """A model folder with the base stage only (its later stages left out, so there is nothing for them to lose)."""
+    out.mkdir()
+    for entry in folder.iterdir():
+        if entry.name not in ("unet_interpolation", "unet_vsr"):
+            (out / entry.name).symlink_to(entry)
+    return out
+
+
+def test_a_candidate_below_a_baseline_or_regressing_is_not_promoted_and_generate_uses_the_promoted_model(
+        tiny_folder, tmp_path, monkeypatch):
     home = shards_with_validation(tmp_path / "home")
     settings = EvaluationSettings(lavie_home=str(home), **FAST)
+    link = home / "models" / "promoted"
     with dg.instance_for_test() as instance:
+        # untrained interpolation and super-resolution UNets lose to the blend and to bicubic: refused
         instance.report_runless_asset_event(dg.AssetMaterialization(
             "vsr_model", metadata={"model_folder": dg.MetadataValue.path(str(tiny_folder))}))
+        result = dg.materialize([evaluation, promoted_model], instance=instance, raise_on_error=False,
+                                resources={"evaluation_settings": settings})
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert not checks["beats_baselines"].passed and checks["no_regression"].passed
+        short = checks["beats_baselines"].metadata["below_baseline"].value
+        assert sorted(s.split(":")[0] for s in short) == ["interpolation/psnr", "vsr/psnr"]
+        assert not link.exists() and instance.get_latest_materialization_event(dg.AssetKey("promoted_model")) is None
+        table = result.asset_materializations_for_node("evaluation")[0].metadata["metrics"].value
+        assert "(psnr_bicubic)" in table and "(psnr_blend)" in table
+
+        # the base stage alone beats what it is compared with (no text-to-image model here): promoted
+        candidate = base_only(tiny_folder, tmp_path / "base-only")
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "vsr_model", metadata={"model_folder": dg.MetadataValue.path(str(candidate))}))
         result = dg.materialize([evaluation, promoted_model], instance=instance,
                                 resources={"evaluation_settings": settings})
         assert result.success
-        link = home / "models" / "promoted"
-        assert link.resolve() == tiny_folder.resolve()
+        assert link.resolve() == candidate.resolve()
         metadata = result.asset_materializations_for_node("evaluation")[0].metadata
         assert "base/clipsim" in metadata["metrics"].value and "<img" not in metadata["gallery"].value
-        assert metadata["gallery"].value.count("data:image/gif;base64,") == 3
+        assert metadata["gallery"].value.count("data:image/gif;base64,") == 1
 
         # a promoted model far better than any candidate: the blocking check fails, nothing is promoted
         better = {name: (0.0 if name == "base/fvd" else 1e6) for name in metadata["metrics_json"].value}
@@ -88,8 +130,8 @@ def test_a_regressing_candidate_is_not_promoted_and_generate_uses_the_promoted_m
         before = instance.get_latest_materialization_event(dg.AssetKey("promoted_model")).run_id
         result = dg.materialize([evaluation, promoted_model], instance=instance, raise_on_error=False,
                                 resources={"evaluation_settings": settings})
-        checks = result.get_asset_check_evaluations()
-        assert [c.passed for c in checks] == [False]
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks == {"beats_baselines": True, "no_regression": False}
         assert instance.get_latest_materialization_event(dg.AssetKey("promoted_model")).run_id == before
 
     monkeypatch.setenv("LAVIE_HOME", str(home))

@@ -17,6 +17,7 @@ from lavie_model.evaluation import (
     frechet_distance,
     fvd,
     load_video_extractor,
+    named_background,
     named_colour,
     parse_prompt,
     psnr,
@@ -243,6 +244,27 @@ def test_tracker_recovers_colour_and_direction_of_rendered_shapes(size):
     if size == 32:  # played backwards, every video moves against its prompt
         backwards = shapes_adherence([video.flip(0) for video in videos], [scene.caption() for scene in scenes])
         assert backwards["colour_accuracy"] >= 0.9 and backwards["direction_accuracy"] <= 0.1
+
+
+@pytest.mark.parametrize("size", [128, 64, 32, 16])
+def test_background_recogniser_names_every_corpus_background(size):
+    """Plain backgrounds by their grey level, textures by their structure, the shape masked out, at the sizes
+    the cascade works at; random noise frames are no plain background."""
+    scenes = all_scenes()
+    frames = [scene_video(scene, frames=1, size=size)[0] for scene in scenes]
+    names = [named_background(frame) for frame in frames]
+    wrong = [(scene.background, name) for scene, name in zip(scenes, names) if name != scene.background]
+    assert len(wrong) <= len(scenes) // 20, wrong  # (the area resize here, not the training one: near all)
+    assert {named_background(frame) for frame in noise_videos(8, frames=1, size=size)[:, 0]} <= {"noisy", "striped",
+                                                                                                 "checkered"}
+    with pytest.raises(ValueError, match="expected a frame"):
+        named_background(frames[0][None])
+
+
+def test_still_captions_parse_without_a_direction():
+    assert parse_prompt("a red circle on a gray background") == ("red", "circle", None, "gray")
+    assert parse_prompt("an orange triangle on a noisy background.") == ("orange", "triangle", None, "noisy")
+    assert parse_prompt("a red circle  on a gray background") is None
 
 
 def test_tracker_details_and_noise_videos_score_low():

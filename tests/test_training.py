@@ -159,6 +159,7 @@ def test_stills_batches_give_every_still_its_own_caption_and_leave_out_held_out_
     from lavie_model.training.scenes import is_held_out
 
     root = tmp_path / "data"
+    root.mkdir()
     rows = []
     for i, caption in enumerate(["a red circle moving left on a gray background",  # held out: red circle gray
                                  "a red circle moving left on a white background"]):
@@ -166,7 +167,7 @@ def test_stills_batches_give_every_still_its_own_caption_and_leave_out_held_out_
         rows.append({"clip_id": f"c{i}", "path": str(path), "frame_count": 16, "caption": caption})
     write_shards(pd.DataFrame(rows), root / "videos", "videos")
     data = StageData("t2i", 1, 1, (32, 32), image_frames=0, rendered_frames=3, held_out=True)
-    examples = [e for e, _ in zip(TrainingStream(expand_shards(root / "videos"), data, seed=0, shuffle_buffer=1),
+    examples = [e for e, _ in zip(TrainingStream(expand_shards(str(root / "videos")), data, seed=0, shuffle_buffer=1),
                                   range(6))]
     assert {e["key"] for e in examples} == {"c1"}
     assert all(e["frames"].shape == (1, 3, 32, 32) and e["images"].shape == (3, 3, 32, 32) for e in examples)

@@ -1,4 +1,5 @@
-"""The training assets: Pipes around the deepspeed launcher, in a real Dagster instance, on real shards."""
+"""The pretraining and training assets: Pipes around the deepspeed launcher, in a real Dagster instance, on real
+shards."""
 
 import json
 import os
@@ -11,11 +12,11 @@ import torch
 from lavie_model.curation.shards import write_image_shards, write_shards
 from lavie_model.report import write_report
 from lavie_model.training.report import current_shards, fingerprint
-from pipelines.training import (
-    TRAINING_ASSETS, TrainingSettings, autoencoders, base_model, code_version, retrain_request, vsr_model,
-)
-from tests.test_training import COLOURS, clean_env, moving_square
+from lavie_model.stand_ins import shipped
 from lavie_model.video import write_video
+from pipelines.pretraining import PRETRAINING_ASSETS, autoencoders, t2i_model
+from pipelines.training import TRAINING_ASSETS, TrainingSettings, base_model, code_version, retrain_request
+from tests.test_training import COLOURS, clean_env, moving_square
 
 
 def curated_home(home: Path) -> Path:
@@ -35,26 +36,35 @@ def curated_home(home: Path) -> Path:
     return home
 
 
-def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_path, tiny_folder, monkeypatch):
+def test_pretraining_and_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_path, monkeypatch):
+    """make pretrain's path on a tiny budget: the stand-ins trained from random weights (autoencoders, t2i, upscaler),
+    the cascade assembled from them and fine-tuned stage by stage, every step recorded."""
     for name, value in clean_env().items():
         monkeypatch.setenv(name, value)
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     home = curated_home(tmp_path / "home")
-    settings = TrainingSettings(lavie_home=str(home), initial_model=str(tiny_folder),
-                                max_steps={"base": 2, "interpolation": 1, "vsr": 1},
-                                overrides=["image_frames=1", "batch_size=1"], vae_steps=2)
+    settings = TrainingSettings(lavie_home=str(home), pretrain=True,
+                                max_steps={"autoencoders": 2, "t2i": 2, "upscaler": 1, "base": 2, "interpolation": 1,
+                                           "vsr": 1},
+                                overrides=["image_frames=1", "batch_size=1", "evaluate_every=0"])
     with dg.instance_for_test() as instance:
-        result = dg.materialize(TRAINING_ASSETS, instance=instance,
+        result = dg.materialize([*PRETRAINING_ASSETS, *TRAINING_ASSETS], instance=instance,
                                 resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
         assert result.success
         events = {e.asset_key.path[-1]: e for e in result.get_asset_materialization_events()}
-        assert set(events) == {"autoencoders", "base_model", "interpolation_model", "vsr_model"}
+        assert set(events) == {"autoencoders", "t2i_model", "upscaler_model", "base_model", "interpolation_model",
+                               "vsr_model"}
         autoencoders = events["autoencoders"].materialization.metadata
-        assert autoencoders["trained"].value and autoencoders["vae_scaling_factor"].value > 0
+        assert autoencoders["trained"].value and autoencoders["heldout_psnr"].value is None  # no validation clip
         check = result.get_asset_check_evaluations()[0]  # no clip of the shapes grammar: nothing to measure
         assert check.check_name == "colours_survive_reconstruction" and check.passed
         assert check.metadata["shape_clips"].value == 0
+        t2i = events["t2i_model"].materialization.metadata
+        sd = Path(t2i["model_folder"].value)
+        assert t2i["steps"].value == 2 and (sd / "unet" / "config.json").is_file()
+        assert Path(t2i["started_from"].value) == Path(autoencoders["sd_folder"].value)
+        assert "images-b1-000000.tar" in t2i["shards"].value  # stills from the image shards too
         base = events["base_model"].materialization.metadata
         assert base["steps"].value == 2 and base["final_loss"].value > 0
         assert "videos-b1-000000.tar" in base["shards"].value and "images-b1-000000.tar" in base["shards"].value
@@ -62,19 +72,26 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
         assert base["shard_fingerprint"].value == fingerprint(videos, images)
         assert videos["sha256"].iloc[0] in base["shards"].value
         assert base["loss_curve"].value.startswith("![loss](data:image/png;base64,")
+        # the base stage started from the t2i stand-in inflated: its 2D weights are the stand-in's
+        start = Path(base["started_from"].value)
+        inflated = json.loads((start / "model_index.json").read_text())
+        assert inflated["preset"] == "tiny" and {"unet_base", "unet_interpolation", "unet_vsr"} <= set(inflated)
+        from safetensors.torch import load_file
+
+        unet2d, unet3d = (load_file(next((folder).glob("*.safetensors")))
+                          for folder in (sd / "unet", start / "unet_base"))
+        assert all(torch.equal(unet2d[name], unet3d[name]) for name in unet2d)
 
         # each stage starts from the folder the previous one exported; the last holds all three
         vsr = events["vsr_model"].materialization.metadata
         final = Path(vsr["model_folder"].value)
         index = json.loads((final / "model_index.json").read_text())
-        assert set(index["_training"]) == {"vae", "vsr_vae", "base", "interpolation", "vsr"}
+        assert set(index["_training"]) == {"base", "interpolation", "vsr"}
         run = json.loads((Path(base["run_dir"].value) / "run.json").read_text())
         assert [s["sha256"] for s in run["videos"]] == videos["sha256"].tolist()
         runs = {stage: Path(events[f"{stage}_model"].materialization.metadata["run_dir"].value)
                 for stage in ("base", "interpolation", "vsr")}
-        page = write_report(tmp_path / "report", runs=runs, model=final).read_text()
-        assert "| vae | 2 |" in page and "| vsr_vae | 2 |" in page  # the autoencoders' steps
-        assert "held-out shape colours kept" in page
+        page = write_report(tmp_path / "report", runs=runs).read_text()
         assert "| base | 2 |" in page and "| interpolation | 1 |" in page and "| vsr | 1 |" in page
         assert all((tmp_path / "report" / "files" / f"loss_{stage}.png").is_file() for stage in runs)
 
@@ -85,15 +102,40 @@ def test_training_assets_train_the_cascade_and_record_metrics_and_shards(tmp_pat
         assert isinstance(retrain_request(instance, home), dg.RunRequest)
 
 
+def test_by_default_the_pretraining_assets_pass_the_shipped_or_given_folders_through(tmp_path, stand_ins):
+    """Nothing is trained: the tiny preset takes the stand-ins shipped with the project, the paper preset the
+    Stable Diffusion and x4 upscaler folders it is given (here folders of the same layout)."""
+    home = curated_home(tmp_path / "home")
+    for settings, expected in (
+            (TrainingSettings(lavie_home=str(home)), shipped("tiny")),
+            (TrainingSettings(lavie_home=str(home), preset="paper", sd=str(stand_ins["sd"]),
+                              upscaler=str(stand_ins["upscaler"])), stand_ins)):
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(PRETRAINING_ASSETS, instance=instance,
+                                    resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
+            assert result.success
+            events = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+            assert Path(events["t2i_model"]["model_folder"].value) == expected["sd"]
+            assert Path(events["upscaler_model"]["model_folder"].value) == expected["upscaler"]
+            assert not events["t2i_model"]["trained"].value and not events["autoencoders"]["trained"].value
+            assert not (home / "training").exists()
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(PRETRAINING_ASSETS, instance=instance, raise_on_error=False, resources={
+            "training": TrainingSettings(lavie_home=str(home), preset="paper"), "pipes": dg.PipesSubprocessClient()})
+        assert not result.success
+        assert "no shipped stand-ins for the paper preset" in str(result.get_step_failure_events()[0].event_specific_data.error.message)
+
+
 def test_training_assets_share_one_pool_and_go_stale_with_the_code():
-    assert [asset.op.pool for asset in TRAINING_ASSETS] == ["gpu"] * 4
+    assert [asset.op.pool for asset in [*PRETRAINING_ASSETS, *TRAINING_ASSETS]] == ["gpu"] * 6
+    assert {asset.group_names_by_key[asset.key] for asset in PRETRAINING_ASSETS} == {"pretraining"}
     assert base_model.code_versions_by_key[base_model.key] == code_version()
-    assert vsr_model.code_versions_by_key[vsr_model.key] == code_version()
+    assert t2i_model.code_versions_by_key[t2i_model.key] == code_version()
     assert len(code_version()) == 16
 
 
-def test_training_fails_clearly_without_shards(tmp_path, tiny_folder):
-    settings = TrainingSettings(lavie_home=str(tmp_path), initial_model=str(tiny_folder))
+def test_training_fails_clearly_without_shards(tmp_path):
+    settings = TrainingSettings(lavie_home=str(tmp_path))
     with dg.instance_for_test() as instance:
         result = dg.materialize([autoencoders], instance=instance, raise_on_error=False,
                                 resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
@@ -103,9 +145,9 @@ def test_training_fails_clearly_without_shards(tmp_path, tiny_folder):
     assert os.path.isdir(tmp_path)
 
 
-def test_an_autoencoder_that_loses_the_shape_colours_blocks_the_unets(tmp_path, tiny_folder):
+def test_an_autoencoder_that_loses_the_shape_colours_blocks_the_unets(tmp_path):
     """Held-out clips of the shapes grammar go through the freshly trained vae; one training step leaves it
-    far from their colours, so the blocking check fails and base_model is not trained on it."""
+    far from their colours, so the blocking check fails and t2i_model is not trained on it."""
     from lavie_model.curation.demo_corpus import Scene, render
     from lavie_model.training.data import is_validation
 
@@ -119,12 +161,12 @@ def test_an_autoencoder_that_loses_the_shape_colours_blocks_the_unets(tmp_path, 
         path = write_video(frames, home / "clips" / f"{key}.mp4", fps=8)
         rows.append({"clip_id": key, "path": str(path), "frame_count": 16, "caption": scene.caption()})
     write_shards(pd.DataFrame(rows), home / "shards" / "videos" / "videos-b1", "videos-b1")
-    settings = TrainingSettings(lavie_home=str(home), initial_model=str(tiny_folder), vae_steps=1)
+    settings = TrainingSettings(lavie_home=str(home), pretrain=True, max_steps={"autoencoders": 1})
     with dg.instance_for_test() as instance:
-        result = dg.materialize([autoencoders, base_model], instance=instance, raise_on_error=False,
+        result = dg.materialize([autoencoders, t2i_model], instance=instance, raise_on_error=False,
                                 resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
         check = {c.check_name: c for c in result.get_asset_check_evaluations()}["colours_survive_reconstruction"]
         assert not check.passed and check.metadata["shape_clips"].value == 3
         assert check.metadata["colour_accuracy"].value < settings.vae_min_colour
         materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
-        assert materialized == {"autoencoders"}  # base_model did not run on it
+        assert materialized == {"autoencoders"}  # t2i_model did not run on it

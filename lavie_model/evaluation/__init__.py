@@ -2,7 +2,10 @@
 
     metrics.py  CLIPSIM, temporal consistency, PSNR, SSIM, Frechet distance and FVD with a pluggable video
                 feature extractor (the StyleGAN-V I3D TorchScript file, or a labelled fallback without weights)
-    shapes.py   prompt adherence on the demo's moving-shapes corpus: a colour-and-motion tracker
+    shapes.py   prompt adherence on the demo's moving-shapes corpus: a colour-and-motion tracker, a background
+                recogniser
+    stand_ins.py  held-out scores of the pretrained stand-ins (t2i adherence, upscaler PSNR) and the trainer's
+                probes
 """
 
 from .metrics import (
@@ -15,9 +18,10 @@ from .metrics import (
     temporal_consistency,
     video_features,
 )
-from .shapes import direction, named_colour, parse_prompt, shapes_adherence, track
+from .shapes import direction, named_background, named_colour, parse_prompt, shapes_adherence, track
 
 __all__ = [
-    "clipsim", "direction", "frechet_distance", "fvd", "load_video_extractor", "named_colour", "parse_prompt",
+    "clipsim", "direction", "frechet_distance", "fvd", "load_video_extractor", "named_background", "named_colour",
+    "parse_prompt",
     "psnr", "shapes_adherence", "ssim", "temporal_consistency", "track", "video_features",
 ]

@@ -83,9 +83,13 @@ def held_out_frames(size: tuple[int, int], per_combination: int = 2, seed: int =
 
 
 def upscaler_pipeline(unet, tokenizer, text_encoder, vae, scheduler, low_res_scheduler):
+    """diffusers' x4 upscaling pipeline over these components. It sets its autoencoder's scaling_factor to the
+    x4 upscaler's 0.08333 whatever it was, so it gets a copy: the trainer's own must not change under it."""
+    import copy
+
     from diffusers import DDIMScheduler, StableDiffusionUpscalePipeline
 
-    pipe = StableDiffusionUpscalePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+    pipe = StableDiffusionUpscalePipeline(vae=copy.deepcopy(vae), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                           low_res_scheduler=low_res_scheduler,
                                           scheduler=DDIMScheduler.from_config(scheduler.config))
     pipe.set_progress_bar_config(disable=True)

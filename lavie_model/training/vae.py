@@ -66,11 +66,14 @@ def frame_batches(videos, images, size, batch_size: int, seed: int, crop: int | 
 
 def train_vae(model, videos, output, component: str = "vae", images=None, steps: int = 600, batch_size: int = 16,
               learning_rate: float = 1e-3, preset: str = "tiny", crop: int | None = 32, seed: int = 0,
-              size: tuple[int, int] | None = None, rendered: int = 0, log=print) -> Path:
+              size: tuple[int, int] | None = None, rendered: int = 0, scaling_factor: float | None = None,
+              log=print) -> Path:
     """Train `component` of the model folder `model`; write `output`, a copy of it with the trained autoencoder.
     Frames are `size` (default: the size the preset trains that component's stages at; the x4 upscaler's is the
     super-resolution crop size), cut to random `crop` x `crop` windows (None: whole frames), `rendered` stills of
-    the shapes grammar added to each batch; the latent scale is measured on whole frames."""
+    the shapes grammar added to each batch. The latent scale is measured on whole frames: the scaling factor is
+    set to give unit-variance latents, or, with `scaling_factor` (the x4 upscaler's fixed 0.08333), the latent
+    space is rescaled so that this factor does."""
     if component not in ("vae", "vsr_vae"):
         raise ValueError(f"component must be vae or vsr_vae, got {component!r}")
     torch.manual_seed(seed)
@@ -111,7 +114,10 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
     with torch.no_grad():  # unit-variance latents for the diffusion model
         whole = frame_batches(videos, images, size, batch_size, seed + 1, validation_percent=percent)
         latents = torch.cat([vae.encode(next(whole)).latent_dist.mean for _ in range(4)])
-    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    if scaling_factor is None:
+        vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    else:
+        rescale_latents(vae, 1 / (scaling_factor * float(latents.std())))
     info = {"stage": component, "steps": steps, "final_mse": history[-1]["mse"],
             "scaling_factor": vae.config.scaling_factor,
             "fidelity": colour_fidelity(vae, videos, percent, training_preset["data"]["num_frames"], size)}
@@ -119,6 +125,19 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
     history_file = Path(output) / component / "training_history.json"  # kept when later stages copy the folder
     history_file.write_text(json.dumps({"info": info, "history": history}) + "\n")
     return output
+
+
+def rescale_latents(vae, k: float) -> None:
+    """Multiply the autoencoder's latents by `k` without changing what it reconstructs: the posterior's mean
+    (and its standard deviation) scaled on the way in, divided on the way out. diffusers'
+    StableDiffusionUpscalePipeline sets any x4 autoencoder's scaling_factor to 0.08333; the stand-in's latents
+    are made to fit that factor instead of the factor to them."""
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[:c] *= k  # the mean channels of (mean, log variance)
+        vae.quant_conv.bias[:c] *= k
+        vae.quant_conv.bias[c:] += 2 * math.log(k)  # variance scaled by k^2
+        vae.post_quant_conv.weight /= k  # (c_out, c_in, 1, 1): each input channel back to its old scale
 
 
 def colour_fidelity(vae, videos, validation_percent: float, frames: int, size) -> dict:
