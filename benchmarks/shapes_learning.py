@@ -91,7 +91,7 @@ def main() -> None:
 
     parts = load_parts(model, "base").to(device, torch.float32)
     unet = load_unet(model, "base").train().to(device)
-    optimizer, schedule = optimizer_and_schedule(unet, training)
+    optimizer, schedule = optimizer_and_schedule(unet, training, "base")
     ema = EMAModel([p.detach().clone() for p in unet.parameters()], decay=training["ema_decay"])
     data = stage_data("base", preset, parts.vae_scale)
     stream = TrainingStream(videos, data, args.seed, images=images if data.image_frames else None,

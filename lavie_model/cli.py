@@ -22,7 +22,7 @@ def assemble(args):
     from .model_folder import assemble
 
     output = assemble(args.output, args.sd, args.upscaler, args.base, args.interpolation, args.vsr,
-                      args.inflate_missing)
+                      args.inflate_missing, preset=args.preset)
     print(f"wrote a model folder to {output}")
 
 
@@ -111,8 +111,9 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "assemble", help="build a model folder from Stable Diffusion, the x4 upscaler and LaVie checkpoints",
-        description="Build a paper-scale LaVie model folder. Stages without a checkpoint are left out "
-        "(or, with --inflate-missing, inflated afresh from the 2D UNets as a starting point for training).")
+        description="Build a LaVie model folder from Stable Diffusion 1.4 and x4 upscaler folders (or the tiny "
+        "world's stand-ins, with --preset tiny). Stages without a checkpoint are left out (or, with "
+        "--inflate-missing, inflated afresh from the 2D UNets as a starting point for training).")
     p.add_argument("--sd", required=True, help="Stable Diffusion 1.4 folder in diffusers layout")
     p.add_argument("--upscaler", help="Stable Diffusion x4 upscaler folder in diffusers layout (for the VSR stage)")
     p.add_argument("--base", help="lavie_base.pt")
@@ -120,6 +121,8 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--vsr", help="lavie_vsr.pt")
     p.add_argument("--inflate-missing", action="store_true",
                    help="inflate the UNets of stages without a checkpoint from the 2D UNets")
+    p.add_argument("--preset", default="paper", help="frame counts, sizes and sampling defaults: paper (default), "
+                   "or tiny with the stand-ins in lavie_model/pretrained/tiny as --sd and --upscaler")
     p.add_argument("--output", required=True, help="new folder to create")
     p.set_defaults(func=assemble)
 
@@ -146,13 +149,14 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
         description="Train one cascade stage. Run directly it trains as one rank; under the `deepspeed` launcher "
         "(deepspeed --num_gpus N [--hostfile FILE] $(which lavie) train ...) on many. Without CUDA it runs on the "
         "CPU (DS_ACCELERATOR=cpu, gloo).")
-    p.add_argument("--stage", required=True, help="base, interpolation or vsr")
+    p.add_argument("--stage", required=True, help="base, interpolation or vsr; or t2i or upscaler, the tiny world's "
+                   "stand-ins for Stable Diffusion and the x4 upscaler (the preset's pretraining section applies)")
     p.add_argument("--preset", default="tiny", help="tiny, paper or a preset YAML file (default: tiny)")
     p.add_argument("--model", required=True, help="model folder to start from (lavie init-tiny, lavie assemble or "
-                   "a previous run's model/)")
+                   "a previous run's model/; for t2i and upscaler a Stable Diffusion or x4 upscaler folder)")
     p.add_argument("--videos", required=True, help="video shards: paths, comma-separated lists, brace patterns "
                    "(videos-{000000..000009}.tar), globs or folders")
-    p.add_argument("--images", help="image shards for joint image-video training (base stage)")
+    p.add_argument("--images", help="image shards for joint image-video training (base stage) or stills (t2i, upscaler)")
     p.add_argument("--output", required=True, help="run directory (checkpoints, metrics, exported model)")
     p.add_argument("--max-steps", type=int, help="optimizer steps to train to (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="continue exactly from the run directory's latest checkpoint")

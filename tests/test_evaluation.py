@@ -53,7 +53,7 @@ def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, 
     again = evaluate(tiny_folder, str(home / "shards" / "videos"), tmp_path / "eval2", "tiny", settings)
     assert again["metrics"] == metrics  # fixed seeds
 
-    report = write_report(tmp_path / "report", model=tiny_folder, evaluation=tmp_path / "eval",
+    report = write_report(tmp_path / "report", evaluation=tmp_path / "eval",
                           commands={"the UI": "make ui"})
     page = report.read_text()
     assert f"| base/fvd | {metrics['base/fvd']:.4g} |" in page and "NOT I3D" in page
@@ -61,6 +61,8 @@ def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, 
     for stage in ("base", "interpolation", "vsr"):
         assert f"(files/gallery0_{stage}.gif)" in page and (report.parent / "files" / f"gallery0_{stage}.gif").is_file()
     assert "- the UI: `make ui`" in page
+    vsr_row = next(line for line in page.splitlines() if line.startswith("| vsr | PSNR |"))
+    assert f"bicubic {metrics['vsr/psnr_bicubic']:.2f} dB" in vsr_row and vsr_row.endswith("| NO |")
 
 
 def test_the_keyframe_blend_baseline_and_the_margins_of_the_gate():

@@ -185,7 +185,9 @@ def test_bf16_forward_and_backward(vsr):
     model = vsr.to(torch.bfloat16).train()
     freqs = {n: b for n, b in model.named_buffers() if n.endswith("rotary_emb.freqs")}
     assert freqs and all(b.dtype == torch.float32 for b in freqs.values())  # positions keep full precision
-    sample, timestep, text, noise_level = inputs(frames=3)
+    # 5 frames, the temporal convolutions' kernel: with fewer, torch 2.14's CPU bf16 conv3d returns NaN weight
+    # gradients for a (5, 1, 1) kernel padded by 2 (a oneDNN fault; fp32 is exact, and training uses bf16 on CUDA only)
+    sample, timestep, text, noise_level = inputs(frames=5)
     out = model(sample.bfloat16(), timestep, text.bfloat16(), noise_level).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     out.float().square().mean().backward()

@@ -118,7 +118,8 @@ def interpolation_from_base(base) -> torch.nn.Module:
 
 def stage_data(stage: str, preset: dict, vae_scale: int) -> StageData:
     """The clips and images a stage reads, sized by the preset (pixels = latent size x the VAE's factor).
-    `preset["training"]` holds the stage's settings (see trainer.stage_training)."""
+    `preset["training"]` holds the stage's settings (for the stand-ins with the preset's pretraining entries
+    applied: trainer.preset_with_overrides)."""
     training, data = preset["training"], preset["data"]
     size = tuple(n * vae_scale for n in data["latent_size"])
     if stage in STILLS:  # one frame of a clip, M images and R rendered scenes per example

@@ -101,36 +101,28 @@ def preset_with_overrides(name: str, overrides: dict, stage: str | None = None) 
     return preset
 
 
-def optimizer_and_schedule(unet, training: dict):
+def optimizer_and_schedule(unet, training: dict, stage: str):
     """AdamW and its linear warm-up schedule, from the preset's `training` section, over the UNet's trainable
-    weights: for a video UNet inflated from a 2D one, those it inherited learn at `lr_2d_scale` times the
-    learning rate of its new temporal layers (0: frozen, as AnimateDiff trains its motion modules alone)."""
+    weights. In the base stage the weights inherited from the text-to-image UNet learn at `lr_2d_scale` times
+    the learning rate of the new temporal layers (0: frozen, as AnimateDiff trains its motion modules alone);
+    the other stages train their trainable weights alike (the interpolation UNet puts all of its weights to
+    new uses: conditioning channels, sparse-causal attention)."""
     import torch
 
-    from ..models import UNet3DConditionModel, UNet3DVSRModel
     from ..models.unet_3d import TEMPORAL_KEYS
-    from ..models.unet_3d_vsr import is_temporal
 
-    rate, scale = training["learning_rate"], training["lr_2d_scale"]
-    if isinstance(unet, UNet3DVSRModel):
-        new_layer = is_temporal
-    elif isinstance(unet, UNet3DConditionModel):
-        def new_layer(name):
-            return any(key in name for key in TEMPORAL_KEYS)
-    else:  # a 2D stand-in: all of it is its own
-        def new_layer(name):
-            return True
-    groups = {"temporal": [], "2d": []}
+    rate = training["learning_rate"]
+    scale = training["lr_2d_scale"] if stage == "base" else 1.0
+    full, inherited = [], []  # learning at the full rate, and at the inherited weights' scaled rate
     for name, param in unet.named_parameters():
         if param.requires_grad:
-            temporal = scale == 1 or new_layer(name)
-            if not temporal and scale == 0:
+            if scale == 1 or any(key in name for key in TEMPORAL_KEYS):
+                full.append(param)
+            elif scale == 0:
                 param.requires_grad_(False)
             else:
-                groups["temporal" if temporal else "2d"].append(param)
-    parameters = [{"params": groups["temporal"], "lr": rate}]
-    if groups["2d"]:
-        parameters.append({"params": groups["2d"], "lr": rate * scale})
+                inherited.append(param)
+    parameters = [{"params": full, "lr": rate}] + ([{"params": inherited, "lr": rate * scale}] if inherited else [])
     optimizer = torch.optim.AdamW(parameters, lr=rate, weight_decay=training["weight_decay"])
     warmup = max(1, training["warmup_steps"])
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -265,7 +257,7 @@ def train(settings: TrainSettings, report=None) -> Path:
     unet = load_unet(settings.model, settings.stage, settings.train_2d).train()
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    optimizer, schedule = optimizer_and_schedule(unet, training)
+    optimizer, schedule = optimizer_and_schedule(unet, training, settings.stage)
     trainable = [p for p in unet.parameters() if p.requires_grad]
     # fp32 copies on the training device (on a GPU: 4 bytes per trainable parameter beside DeepSpeed's states)
     ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])
