@@ -122,7 +122,7 @@ def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings)
     raw = pd.read_parquet(folder / "raw.parquet")
     with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
         results = list(pool.map(probe, raw["stored_path"], [ProbeConfig()] * len(raw), raw["sha256"]))
-    table = pd.DataFrame([asdict(r) for r in results]).assign(name=raw["name"].values, run_id=context.run_id)
+    table = pd.DataFrame([asdict(r) for r in results]).assign(name=raw["name"].values, run_id=context.run.run_id)
     write_table(table[table["ok"]], folder / "probe.parquet")
     quarantine = table[~table["ok"]][["sha256", "name", "path", "reason", "run_id"]]
     write_table(quarantine, folder / "quarantine.parquet")
@@ -159,7 +159,7 @@ def video_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -
         results = list(pool.map(_clips_of, jobs))
     # Explicit columns: a batch with no usable file still gives well-formed (empty) tables downstream.
     clips = pd.DataFrame([c for cs, _ in results for c in cs], columns=[f.name for f in fields(ClipRow)])
-    clips = clips.assign(run_id=context.run_id)
+    clips = clips.assign(run_id=context.run.run_id)
     drops = pd.DataFrame([d for _, ds in results for d in ds], columns=[f.name for f in fields(DropRow)])
     write_table(clips, folder / "clips.parquet")
     write_table(drops, folder / "clip_drops.parquet")
@@ -226,7 +226,7 @@ def filtered_clips(context: dg.AssetExecutionContext, config: FilterSettings,
     clips = pd.read_parquet(folder / "captions.parquet")
     scores = pd.read_parquet(folder / "scores.parquet")
     decisions = decide(clips, scores, FilterConfig(**config.model_dump()))
-    write_table(decisions.assign(run_id=context.run_id), folder / "filtered.parquet")
+    write_table(decisions.assign(run_id=context.run.run_id), folder / "filtered.parquet")
     kept = int(decisions["keep"].sum())
     return dg.MaterializeResult(metadata={
         "dagster/row_count": kept, "dropped": len(decisions) - kept,

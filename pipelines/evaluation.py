@@ -78,7 +78,7 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     """Every stage of the trained cascade scored on fixed prompts and held-out validation clips."""
     home = evaluation_settings.home()
     model = previous_model(context, "vsr_model")
-    out_dir = home / "evaluation" / context.run_id
+    out_dir = home / "evaluation" / context.run.run_id
     result = evaluate(model, str(home / "shards" / "videos"), out_dir, evaluation_settings.preset,
                       evaluation_settings.eval_settings(), log=context.log.info,
                       t2i=latest_folder(context.instance, "t2i_model"))

@@ -64,7 +64,7 @@ def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) 
         if settings is None:
             raise dg.Failure(f"the {training.preset} preset has nothing to pretrain (no pretraining section): it "
                              "starts from the Stable Diffusion and x4 upscaler folders, TrainingSettings.sd/.upscaler")
-        root = home / "models" / f"pretraining-{context.run_id}"
+        root = home / "models" / f"pretraining-{context.run.run_id}"
         start = init_stand_ins(root / "init", training.preset)
         steps = training.max_steps.get("autoencoders", settings["steps"])
         folders = {}

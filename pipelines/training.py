@@ -113,7 +113,7 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
 
     home = settings.home()
     videos, images = trained_shards(home, stage)
-    run_dir = home / "training" / stage / context.run_id
+    run_dir = home / "training" / stage / context.run.run_id
     command = settings.launcher() + [
         str(TRAIN_PIPES), "train", "--stage", stage, "--preset", settings.preset, "--model", str(model),
         "--videos", ",".join(videos["path"]), "--output", str(run_dir)]
@@ -165,7 +165,7 @@ def initial_cascade(context, settings: TrainingSettings) -> Path:
         return Path(settings.initial_model)
     from lavie_model.model_folder import assemble
 
-    output = settings.home() / "models" / f"cascade-init-{context.run_id}"
+    output = settings.home() / "models" / f"cascade-init-{context.run.run_id}"
     if not output.is_dir():
         assemble(output, previous_model(context, "t2i_model"), previous_model(context, "upscaler_model"),
                  inflate_missing=True, preset=settings.preset)
