@@ -68,7 +68,8 @@ class EvalSettings:
 
 
 def validation_clips(shards, percent: float, count: int, frames: int, size: tuple[int, int]) -> list[dict]:
-    """Up to `count` held-out clips with at least `frames` frames: key, caption, (frames, 3, h, w) in [0, 1]."""
+    """Up to `count` held-out clips with at least `frames` frames: key, caption, (frames, 3, h, w) in [0, 1] at
+    `size`, and the decoded (frames, 3, H, W) uint8 `source` for other sizes."""
     clips = []
     for shard in expand_shards(shards, "video shards"):
         for sample in raw_samples(shard):
@@ -79,7 +80,7 @@ def validation_clips(shards, percent: float, count: int, frames: int, size: tupl
             video = decode_video(sample["mp4"], sample["__key__"])
             if len(video) >= frames:
                 clips.append({"key": sample["__key__"], "caption": sample["txt"].decode().strip(),
-                              "frames": (resize_crop(video[:frames], size) + 1) / 2})
+                              "frames": (resize_crop(video[:frames], size) + 1) / 2, "source": video[:frames]})
     return clips
 
 
@@ -195,12 +196,11 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
 
     if upscale is not None and validation:
         log("vsr: validation clips from x4 smaller copies")
-        # the same clips decoded at the super-resolution size: base-size frames scaled up would be a blurred
-        # truth, which bicubic upscaling matches better than any sharp output
-        sized = validation_clips(videos, percent, settings.validation_clips, 4 * keyframes - 3,
-                                 tuple(config["training"]["vsr"]["size"]))  # the same clips: same selection
-        frames = config["training"]["vsr"]["num_frames"]
-        truth = torch.stack([clip["frames"][:frames] for clip in sized])  # (n, f, 3, H, W)
+        # the decoded clips at the super-resolution size: base-size frames scaled up would be a blurred truth,
+        # which bicubic upscaling matches better than any sharp output
+        vsr_size, frames = tuple(config["training"]["vsr"]["size"]), config["training"]["vsr"]["num_frames"]
+        truth = torch.stack([(resize_crop(clip["source"][:frames], vsr_size) + 1) / 2
+                             for clip in validation])  # (n, f, 3, H, W)
         small = F.interpolate(truth.flatten(0, 1), scale_factor=0.25, mode="bicubic", antialias=True)
         small = small.clamp(0, 1).unflatten(0, truth.shape[:2])
         upscaled = torch.cat([upscale(small[i:i + 2], [c["caption"] for c in validation[i:i + 2]],
