@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: test demo pretrain ui bench clean-venv
+.PHONY: test demo pretrain ablations ui bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 pretrain: $(STAMP)
 	$(PY) -m pipelines.pretrain
+
+ablations: $(STAMP)
+	$(PY) -m pipelines.ablate
 
 ui: $(STAMP)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

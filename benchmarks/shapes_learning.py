@@ -24,18 +24,6 @@ import time
 from pathlib import Path
 
 
-def adherence_grid(videos, per_prompt: int, path: Path) -> None:
-    """A PNG: one row per prompt, its samples side by side, each as its first, middle and last frame."""
-    import torch
-    from PIL import Image
-
-    f = videos.shape[1]
-    tiles = [torch.cat([v[k] for k in (0, f // 2, f - 1)], dim=2) for v in videos.clamp(0, 1)]  # (3, h, 3w)
-    rows = [torch.cat(tiles[i:i + per_prompt], dim=2) for i in range(0, len(tiles), per_prompt)]
-    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).byte().numpy()  # (H, W, 3)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
-
-
 def main() -> None:
     from lavie_model.curation import store
 
@@ -60,17 +48,17 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from diffusers.training_utils import EMAModel
-    from torch.utils.data import DataLoader
 
     from lavie_model.evaluation.evaluate import PROMPTS
     from lavie_model.evaluation.shapes import shapes_adherence
     from lavie_model.model_folder import assemble
     from lavie_model.pipelines import LaVieBasePipeline
     from lavie_model.stand_ins import shipped
-    from lavie_model.training.data import TrainingStream, collate, expand_shards
-    from lavie_model.training.stages import load_parts, load_unet, sample_generators, stage_data, training_loss
-    from lavie_model.training.trainer import optimizer_and_schedule, parse_set, preset_with_overrides
+    from lavie_model.training.curve import CurveData, base_curve
+    from lavie_model.training.data import expand_shards
+    from lavie_model.training.stages import load_parts, load_unet
+    from lavie_model.training.trainer import parse_set, preset_with_overrides
+    from lavie_model.video import frames_grid
 
     home = store.lavie_home(None)
     if args.model:
@@ -86,19 +74,10 @@ def main() -> None:
     evals = sorted({int(n) for n in args.evals.split(",")} | {args.steps})
     if min(evals) < 0:
         raise SystemExit("--evals takes step counts from 0")
-    torch.manual_seed(args.seed)
     device = torch.device(args.device)
 
     parts = load_parts(model, "base").to(device, torch.float32)
-    unet = load_unet(model, "base").train().to(device)
-    optimizer, schedule = optimizer_and_schedule(unet, training, "base")
-    ema = EMAModel([p.detach().clone() for p in unet.parameters()], decay=training["ema_decay"])
-    data = stage_data("base", preset, parts.vae_scale)
-    stream = TrainingStream(videos, data, args.seed, images=images if data.image_frames else None,
-                            shuffle_buffer=training["shuffle_buffer"], batch_size=args.batch_size,
-                            validation_percent=training["validation_percent"])
-    loader = iter(DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate))
-
+    unet = load_unet(model, "base").to(device)
     pipe = LaVieBasePipeline.from_pretrained(model).to(device)  # its UNet samples with the EMA weights
     pipe.set_progress_bar_config(disable=True)
     prompts = [p for p in PROMPTS for _ in range(args.samples_per_prompt)]
@@ -106,22 +85,10 @@ def main() -> None:
           f"learning rate {training['learning_rate']}; {len(prompts)} samples per evaluation")
     print("| step | samples seen | guidance | colour | direction | loss (last 10) | s |")
     print("|---|---|---|---|---|---|---|")
-    results, losses, started = [], [], time.perf_counter()
-    for step in range(0, args.steps + 1):
-        if step:
-            batch = next(loader)
-            generators = sample_generators(args.seed, 0, (step - 1) * args.batch_size, len(batch["key"]))
-            loss = training_loss(unet, parts, batch, generators, snr_gamma=training["snr_gamma"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), training["max_grad_norm"])
-            optimizer.step()
-            schedule.step()
-            ema.step(unet.parameters())
-            losses.append(loss.item())
-        if step not in evals:
-            continue
-        ema.copy_to(pipe.unet_base.parameters())
+    results, started = [], time.perf_counter()
+
+    def probe(step, ema_unet, loss):
+        pipe.register_modules(unet_base=ema_unet)
         for guidance in (float(g) for g in args.guidance.split(",")):
             generator = torch.Generator().manual_seed(args.seed)
             videos_out = torch.cat([pipe(prompts[i:i + 16], num_inference_steps=args.sampling_steps,
@@ -130,12 +97,14 @@ def main() -> None:
             adherence = shapes_adherence(videos_out, prompts)
             row = {"step": step, "samples": step * args.batch_size, "guidance": guidance,
                    "colour": adherence["colour_accuracy"], "direction": adherence["direction_accuracy"],
-                   "loss": sum(losses[-10:]) / max(1, len(losses[-10:])), "seconds": time.perf_counter() - started}
+                   "loss": 0.0 if step == 0 else loss, "seconds": time.perf_counter() - started}
             results.append(row)
             print(f"| {step} | {row['samples']} | {guidance:g} | {row['colour']:.1%} | {row['direction']:.1%} | "
                   f"{row['loss']:.4f} | {row['seconds']:.0f} |", flush=True)
         if args.grid and step == evals[-1]:
-            adherence_grid(videos_out, args.samples_per_prompt, Path(args.grid))
+            frames_grid(videos_out, args.samples_per_prompt, Path(args.grid))
+
+    base_curve(unet, parts, preset, CurveData(videos, images, workers=args.workers), evals, args.seed, probe, device)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(model), "settings": vars(args), "training": training,
                                                "results": results}, indent=2) + "\n")

@@ -69,3 +69,15 @@ def read_video(path) -> tuple[torch.Tensor, float]:
     if not frames:
         raise ValueError(f"video {path} has no frames")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255, fps
+
+
+def frames_grid(videos: torch.Tensor, per_row: int, path) -> None:
+    """A PNG of (n, f, 3, h, w) videos in [0, 1]: `per_row` videos side by side per row (the samples of one
+    prompt), each as its first, middle and last frame, shown at twice the size."""
+    from PIL import Image
+
+    f = videos.shape[1]
+    tiles = [torch.cat([v[k] for k in (0, f // 2, f - 1)], dim=2) for v in videos.clamp(0, 1)]  # (3, h, 3w)
+    rows = [torch.cat(tiles[i:i + per_row], dim=2) for i in range(0, len(tiles), per_row)]
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).byte().numpy()  # (H, W, 3)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)

@@ -2,11 +2,24 @@
 
 import dagster as dg
 
-from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, curate_images, curate_videos
+from .ablations import ABLATION_ASSETS, AblationSettings
+from .curation import (
+    IMAGE_ASSETS,
+    VIDEO_ASSETS,
+    CurationSettings,
+    curate_images,
+    curate_videos,
+)
 from .evaluation import EVALUATION_ASSETS, EvaluationSettings
 from .pretraining import PRETRAINING_ASSETS
 from .sensors import inbox_sensor
-from .training import TRAINING_ASSETS, TrainingSettings, new_shards_sensor, retrain_schedule, train_cascade
+from .training import (
+    TRAINING_ASSETS,
+    TrainingSettings,
+    new_shards_sensor,
+    retrain_schedule,
+    train_cascade,
+)
 
 # Every run, of a job or of assets picked in the UI, executes each asset in its own process, at most
 # `max_concurrent` at a time. Step processes fork from a server that imported this module once, instead of
@@ -18,11 +31,12 @@ executor = dg.multiprocess_executor.configured({
 })
 
 defs = dg.Definitions(
-    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
+    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS,
+            *ABLATION_ASSETS],
     jobs=[curate_videos, curate_images, train_cascade],
     schedules=[retrain_schedule],
     sensors=[inbox_sensor, new_shards_sensor],
     resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient(),
-               "evaluation_settings": EvaluationSettings()},
+               "evaluation_settings": EvaluationSettings(), "ablations": AblationSettings()},
     executor=executor,
 )

@@ -56,13 +56,15 @@ def test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation(tmp_pa
                 time.sleep(2)
         assert nodes, "the UI did not answer within 5 minutes"
         groups = {node["assetKey"]["path"][-1]: node["groupName"] for node in nodes}
-        assert {"curation", "pretraining", "training", "evaluation"} <= set(groups.values())
+        assert {"curation", "pretraining", "training", "evaluation", "ablations"} <= set(groups.values())
         deps = {node["assetKey"]["path"][-1]: {d["path"][-1] for d in node["dependencyKeys"]} for node in nodes}
         assert {"video_shards", "image_shards"} <= deps["autoencoders"]
         assert "autoencoders" in deps["t2i_model"] and "autoencoders" in deps["upscaler_model"]
         assert {"t2i_model", "upscaler_model"} <= deps["base_model"] and "base_model" in deps["interpolation_model"]
         assert "interpolation_model" in deps["vsr_model"] and "vsr_model" in deps["evaluation"]
         assert "evaluation" in deps["promoted_model"] and "filtered_clips" in deps["video_shards"]
+        for ablation in ("temporal_module_ablation", "joint_training_ablation"):
+            assert groups[ablation] == "ablations" and {"t2i_model", "video_shards", "image_shards"} <= deps[ablation]
 
         shot = tmp_path / "asset-graph.png"
         subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",

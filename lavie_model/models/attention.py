@@ -109,7 +109,7 @@ class BasicTransformerBlock3D(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int, upcast_attention: bool = False,
-                 block_design: str = "base"):
+                 block_design: str = "base", temporal_positions: str = "rotary"):
         super().__init__()
         if block_design not in BLOCK_DESIGNS:
             raise ValueError(f"unknown block_design {block_design!r}; expected one of {BLOCK_DESIGNS}")
@@ -120,8 +120,9 @@ class BasicTransformerBlock3D(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = Attention(dim, heads, head_dim, context_dim=context_dim, upcast=upcast_attention)
         self.norm_temp = nn.LayerNorm(dim)
-        positions = block_design == "base"
-        self.attn_temp = TemporalAttention(dim, heads, head_dim, use_rotary=positions, use_rel_pos_bias=positions)
+        # the interpolation design's temporal attention has no positions, whatever the base's
+        positions = temporal_positions if block_design == "base" else "none"
+        self.attn_temp = TemporalAttention(dim, heads, head_dim, positions=positions)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 

@@ -2,7 +2,9 @@
 
 Each spatial position of a video attends over the video's frames. Queries and keys carry rotary
 position embeddings (RoPE) on the first 32 channels of every head, and the attention logits get a
-T5-style relative position bias per head. The tensor names (`to_q`, `to_k`, `to_v`, `to_out.0`,
+T5-style relative position bias per head. For the paper's ablation of the temporal module the positions
+can also be absent, or absolute (sinusoidal or learned, added to the attention's input, as AnimateDiff does):
+see POSITIONS. The tensor names (`to_q`, `to_k`, `to_v`, `to_out.0`,
 `rotary_emb.freqs`, `time_rel_pos_bias.relative_attention_bias.weight`) are those of the released
 LaVie checkpoints, so their weights load as they are.
 """
@@ -14,6 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 ROTARY_DIM = 32  # channels per head that carry rotary positions, as in the official model
+# How the temporal attention knows the order of frames: "rotary" (LaVie: RoPE plus the relative bias), "none",
+# "sinusoidal" or "learned" absolute positions added to its input.
+POSITIONS = ("rotary", "none", "sinusoidal", "learned")
+MAX_FRAMES = 64  # frames the absolute positions cover
 
 
 class RotaryEmbedding(nn.Module):
@@ -79,19 +85,35 @@ class RelativePositionBias(nn.Module):
         return bias.permute(2, 0, 1)  # (heads, f, f)
 
 
-class TemporalAttention(nn.Module):
-    """Self-attention over frames, at every spatial position, with RoPE and a relative position bias."""
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) sine and cosine features of each position (Transformer's absolute encoding)."""
+    positions = torch.arange(length, dtype=torch.float32)[:, None]  # (f, 1)
+    rates = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (dim/2,)
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(positions * rates)
+    table[:, 1::2] = torch.cos(positions * rates)
+    return table
 
-    def __init__(self, dim: int, heads: int, head_dim: int, use_rotary: bool = True, use_rel_pos_bias: bool = True):
+
+class TemporalAttention(nn.Module):
+    """Self-attention over frames, at every spatial position; positions as `positions` (see POSITIONS)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, positions: str = "rotary"):
         super().__init__()
-        self.heads = heads
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown temporal positions {positions!r}; expected one of {POSITIONS}")
+        self.heads, self.positions = heads, positions
         inner = heads * head_dim
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(dim, inner, bias=False)
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
-        self.rotary_emb = RotaryEmbedding() if use_rotary else None
-        self.time_rel_pos_bias = RelativePositionBias(heads) if use_rel_pos_bias else None
+        self.rotary_emb = RotaryEmbedding() if positions == "rotary" else None
+        self.time_rel_pos_bias = RelativePositionBias(heads) if positions == "rotary" else None
+        if positions == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_positions(MAX_FRAMES, dim), persistent=False)
+        elif positions == "learned":
+            self.pos_embedding = nn.Parameter(torch.randn(MAX_FRAMES, dim) * 0.02)  # (max frames, dim)
         # A fresh temporal layer adds nothing: the inflated model starts as the image model.
         nn.init.zeros_(self.to_out[0].weight)
         nn.init.zeros_(self.to_out[0].bias)
@@ -100,6 +122,11 @@ class TemporalAttention(nn.Module):
         """x: (b, f, n, c), n spatial positions; returns the attention output in the same layout."""
         b, f, n, _ = x.shape
         h = self.heads
+        if self.positions in ("sinusoidal", "learned"):
+            if f > MAX_FRAMES:
+                raise ValueError(f"{f} frames: absolute temporal positions cover at most {MAX_FRAMES}")
+            table = self.pos_table if self.positions == "sinusoidal" else self.pos_embedding
+            x = x + table[:f, None].to(x.dtype)  # (f, 1, c) over (b, f, n, c)
 
         def heads_over_frames(t):  # (b, f, n, h*d) -> (b*n, h, f, d)
             return t.unflatten(-1, (h, -1)).permute(0, 2, 3, 1, 4).reshape(b * n, h, f, -1)

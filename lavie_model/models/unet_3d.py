@@ -50,6 +50,8 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
     `block_design="base"` is the base text-to-video model; `"interpolation"` the temporal interpolation
     model (sparse-causal spatial attention, temporal attention after the feed-forward, no positions),
     which takes the noisy latents and the conditioning latents concatenated on the channel axis.
+    `temporal_positions` (base design): how temporal attention orders frames, "rotary" as LaVie or one of the
+    ablation's alternatives (models/temporal_attention.py: POSITIONS).
 
     The last `num_image_frames` frames of a sample may be still images (joint image-video training):
     every spatial layer processes them, temporal attention skips them, so each image's output depends
@@ -86,6 +88,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         transformer_layers_per_block: int = 1,
         group_norm_across_frames: bool = False,
         block_design: str = "base",
+        temporal_positions: str = "rotary",
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -104,7 +107,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             return dict(heads=heads[i], head_dim=channels // heads[i], context_dim=cross_attention_dim,
                         num_layers=transformer_layers_per_block, norm_num_groups=norm_num_groups,
                         use_linear_projection=use_linear_projection, upcast_attention=upcast_attention,
-                        block_design=block_design)
+                        block_design=block_design, temporal_positions=temporal_positions)
 
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
@@ -169,7 +172,8 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained_2d(cls, unet2d, subfolder: str | None = None, group_norm_across_frames: bool = False,
-                           block_design: str = "base", in_channels: int | None = None):
+                           block_design: str = "base", in_channels: int | None = None,
+                           temporal_positions: str = "rotary"):
         """Inflate a Stable Diffusion 1.x UNet (a `UNet2DConditionModel` or a path to one).
 
         Every 2D weight is copied; the temporal layers are new and start as the identity, so the result
@@ -179,7 +183,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         """
         unet2d = load_unet2d(unet2d, subfolder)
         config = config_from_2d(dict(unet2d.config), group_norm_across_frames=group_norm_across_frames)
-        config["block_design"] = block_design
+        config["block_design"], config["temporal_positions"] = block_design, temporal_positions
         weights_2d = dict(unet2d.state_dict())
         if in_channels is not None and in_channels != config["in_channels"]:
             if in_channels < config["in_channels"]:

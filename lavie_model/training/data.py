@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
@@ -196,12 +197,13 @@ class TrainingStream(IterableDataset):
     "rendered/SEED/CONSUMER/INDEX/J"). Clips too short for the stage are skipped and counted under "skipped"
     in the next example, so that the trainer can report them; clips of the validation split
     (`validation_percent`, see is_validation) are left out for evaluation, and with `stage.held_out` so are
-    samples captioned with a held-out combination of the shapes grammar (scenes.HELD_OUT).
+    samples captioned with a held-out combination of the shapes grammar (scenes.HELD_OUT). Clips whose caption
+    names a word of `exclude_words` are left out too (the ablation that keeps concepts out of the videos).
     """
 
     def __init__(self, videos: list[Path], stage: StageData, seed: int, rank: int = 0, world_size: int = 1,
                  images: list[Path] | None = None, shuffle_buffer: int = 100, batch_size: int = 1,
-                 skip_batches: int = 0, validation_percent: float = 0.0):
+                 skip_batches: int = 0, validation_percent: float = 0.0, exclude_words: tuple[str, ...] = ()):
         super().__init__()
         if images and not stage.image_frames:
             raise ValueError(f"image shards were given, but the {stage.stage} stage takes no images "
@@ -209,6 +211,7 @@ class TrainingStream(IterableDataset):
         self.videos, self.images, self.stage, self.seed = videos, images or [], stage, seed
         self.rank, self.world_size, self.buffer = rank, world_size, shuffle_buffer
         self.batch_size, self.skip_batches, self.validation_percent = batch_size, skip_batches, validation_percent
+        self.exclude = re.compile(rf"\b({'|'.join(map(re.escape, exclude_words))})\b", re.IGNORECASE) if exclude_words else None
 
     def __iter__(self):
         info = get_worker_info()
@@ -220,13 +223,20 @@ class TrainingStream(IterableDataset):
         images = consumer_stream(self.images, self.seed + 1, consumer, consumers, self.buffer) if self.images else None
         if images is not None and self.stage.held_out:
             images = (sample for sample in images if not is_held_out(caption_of(sample)))
-        skipped = 0
+        skipped = excluded = 0
         for index in count():
             sample = next(videos)
             if is_validation(sample["__key__"], self.validation_percent):
                 continue
             if self.stage.held_out and is_held_out(caption_of(sample)):
                 continue
+            if self.exclude is not None and self.exclude.search(caption_of(sample)):
+                excluded += 1
+                if excluded == MAX_SKIPPED:
+                    raise ValueError(f"{excluded} clips in a row name an excluded word ({self.exclude.pattern}): "
+                                     "nothing is left to train on")
+                continue
+            excluded = 0
             frames = None
             known = frame_count(sample)
             if known is None:  # no metadata: decode to count
