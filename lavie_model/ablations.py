@@ -57,7 +57,8 @@ FINDINGS = {
         "metrics": ("heldout_colour", "seen_colour", "seen_direction"),
     },
 }
-HIGHER_IS_BETTER = {"fvd": False}
+# The level a metric must beat: colour is 1 of 6 named colours, direction 1 of 4 directions.
+CHANCE = {"direction": 0.25, "colour": 1 / 6, "heldout_colour": 1 / 6, "seen_colour": 1 / 6, "seen_direction": 0.25}
 
 
 @dataclass
@@ -196,6 +197,9 @@ def run_ablation(finding: str, sd, videos: list[Path], images: list[Path], out_d
     result = {"finding": finding, "question": spec["question"], "budget": asdict(budget), "preset": preset,
               "labels": scorer.labels, "held_out_concepts": list(exclude), "runs": runs,
               "table": summary_table(runs, spec["metrics"], budget.steps)}
+    if 0 in budget.evals:  # the shared start, the baseline each variant must move from
+        first = [run for run in runs if run["variant"] == runs[0]["variant"]]
+        result["start"] = summary_table(first, spec["metrics"], 0)[0] | {"variant": "start (step 0)"}
     for name, samples in grids.items():
         frames_grid(samples, budget.samples_per_prompt, out_dir / f"grid_{name}.png")
     (out_dir / "curves.png").write_bytes(curves_png(runs, spec["metrics"], finding))
@@ -220,7 +224,8 @@ def summary_table(runs: list[dict], metrics, step: int) -> list[dict]:
 
 
 def curves_png(runs: list[dict], metrics, title: str) -> bytes:
-    """Each metric against steps, a line per variant (mean over seeds) with its spread shaded."""
+    """Each metric against steps, a line per variant (mean over seeds) with its spread shaded, chance dashed. Step 0
+    is the text-to-image model inflated (temporal layers at the identity), the start every variant shares."""
     import io
 
     import matplotlib
@@ -239,6 +244,8 @@ def curves_png(runs: list[dict], metrics, title: str) -> bytes:
             ax.plot(steps, mean, marker="o", label=variant)
             ax.fill_between(steps, [m - s for m, s in zip(mean, spread)], [m + s for m, s in zip(mean, spread)],
                             alpha=0.15)
+        if metric in CHANCE:
+            ax.axhline(CHANCE[metric], color="gray", linestyle="--", linewidth=1, label="chance")
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("steps")
     axes[0][0].legend(fontsize=7)
@@ -259,7 +266,7 @@ def format_value(metric: str, value: float) -> str:
 def markdown_table(result: dict) -> str:
     metrics = FINDINGS[result["finding"]]["metrics"]
     lines = ["| variant | seeds | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
-    for row in result["table"]:
+    for row in ([result["start"]] if "start" in result else []) + result["table"]:
         cells = [f"{format_value(m, row[m])} ± {format_value(m, row[m + '_spread'])}" for m in metrics]
         lines.append(f"| {row['variant']} | {row['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

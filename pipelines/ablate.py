@@ -1,10 +1,11 @@
 """`make ablations`: the paper's two findings on the tiny world, as the ablation assets run them.
 
-Curates the embedded corpus (as make demo does), passes the shipped text-to-image stand-in through (t2i_model),
+Curates the embedded corpus (as make demo does), passes the shipped stand-ins through (autoencoders, t2i_model),
 then materializes temporal_module_ablation and joint_training_ablation with AblationSettings (the CPU budget by
 default) and prints each table beside its chance level and where the reports are.
 
-    python -m pipelines.ablate [--steps N] [--evals 0,30,60] [--seeds 0,1,2] [--device cpu|cuda] [--only NAME]
+    python -m pipelines.ablate [--steps N] [--evals 0,30,60] [--seeds 0,1,2] [--samples-per-prompt 2]
+        [--device cpu|cuda] [--only NAME]
 """
 
 import argparse
@@ -20,7 +21,7 @@ from lavie_model.curation import store
 from .ablations import ABLATION_ASSETS, AblationSettings
 from .console import Console
 from .demo import curate_corpus
-from .pretraining import t2i_model
+from .pretraining import autoencoders, t2i_model
 from .training import TrainingSettings
 
 
@@ -35,6 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--evals", type=numbers, default=None,
                         help="step counts each run is scored at (default: 0, half way and the end)")
     parser.add_argument("--seeds", type=numbers, default=defaults.seeds)
+    parser.add_argument("--samples-per-prompt", type=int, default=defaults.samples_per_prompt)
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--only", choices=[asset.key.path[-1] for asset in ABLATION_ASSETS],
                         help="run one ablation asset")
@@ -48,9 +50,10 @@ def main(argv=None) -> None:
     with console.step("build and curate the corpus"):
         curate_corpus(instance, home, lambda note: None)
     with console.step("the text-to-image stand-in"):
-        dg.materialize([t2i_model], instance=instance,
+        dg.materialize([autoencoders, t2i_model], instance=instance,
                        resources={"training": TrainingSettings(), "pipes": dg.PipesSubprocessClient()})
-    settings = AblationSettings(steps=args.steps, evals=evals, seeds=args.seeds, device=args.device)
+    settings = AblationSettings(steps=args.steps, evals=evals, seeds=args.seeds, device=args.device,
+                                samples_per_prompt=args.samples_per_prompt)
     for asset in ABLATION_ASSETS:
         name = asset.key.path[-1]
         if args.only and name != args.only:

@@ -15,12 +15,11 @@ from dataclasses import fields
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
-from lavie_model.ablations import FINDINGS, AblationBudget, format_value, run_ablation
+from lavie_model.ablations import FINDINGS, AblationBudget, markdown_table, run_ablation
 from lavie_model.curation import store
 
-from .curation import image_shards, markdown_table, picture, video_shards
+from .curation import image_shards, picture, video_shards
 from .pretraining import t2i_model
 from .training import previous_model, trained_shards
 
@@ -63,14 +62,11 @@ def ablate(context: dg.AssetExecutionContext, settings: AblationSettings, findin
     except ValueError as error:
         raise dg.Failure(f"{finding}: {error}") from error
     metrics = FINDINGS[finding]["metrics"]
-    table = pd.DataFrame([{"variant": row["variant"], "seeds": row["seeds"],
-                           **{m: f"{format_value(m, row[m])} ± {format_value(m, row[m + '_spread'])}"
-                              for m in metrics}} for row in result["table"]])
     grids = "\n\n".join(f"**{path.stem.removeprefix('grid_')}**\n\n{picture(path.read_bytes(), 'png', path.stem)}"
                         for path in sorted(out_dir.glob("grid_*.png")))
     return dg.MaterializeResult(metadata={
         "question": result["question"],
-        "table": markdown_table(table),
+        "table": dg.MetadataValue.md(markdown_table(result)),
         "curves": dg.MetadataValue.md(picture((out_dir / "curves.png").read_bytes(), "png", "curves")),
         "samples": dg.MetadataValue.md(grids or "none"),
         "report": dg.MetadataValue.path(result["report"]),
