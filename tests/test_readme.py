@@ -21,6 +21,8 @@ RUN_BY = {
     "make demo": "make demo",  # measured for each release: about 20 minutes
     "make pretrain": "make pretrain",  # run to build the shipped stand-ins; their MODEL_CARD.md records it
     "make test": ".ci/run",
+    "make ablations": "make ablations",  # measured for the README's tables: about 24 minutes
+    "python -m pipelines.ablate": "make ablations",
     "make ui": "tests/test_ui.py::test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation",
     "lavie init-tiny": "tests/conftest.py::tiny_folder",
     "lavie generate": "tests/test_pipelines.py::test_cli_runs_the_whole_cascade",
