@@ -185,7 +185,7 @@ def run_ablation(finding: str, sd, videos: list[Path], images: list[Path], out_d
                     metrics, samples = scorer(ema_unet, seed)
                     if step == 0:
                         zero[seed] = metrics
-                    if step == max(budget.evals) and seed == budget.seeds[0]:
+                    if step == budget.steps and seed == budget.seeds[0]:  # the grids show the trained runs
                         grids[name] = samples
                 points.append({"step": step, "loss": loss, **metrics})
                 log(f"{finding} {name} seed {seed} step {step}: "

@@ -9,13 +9,10 @@ default) and prints each table beside its chance level and where the reports are
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import dagster as dg
 
-from lavie_model.ablations import markdown_table
 from lavie_model.curation import store
 
 from .ablations import ABLATION_ASSETS, AblationSettings
@@ -61,9 +58,8 @@ def main(argv=None) -> None:
         with console.step(f"{name}: {args.steps} steps x {len(args.seeds)} seeds per variant"):
             result = dg.materialize([asset], instance=instance, resources={"ablations": settings})
         metadata = result.asset_materializations_for_node(asset.op.name)[0].metadata
-        results = json.loads(Path(metadata["results_json"].value).read_text())
         console.print("")
-        console.print(markdown_table(results))
+        console.print(metadata["table"].value)
         console.print(f"  report: {metadata['report'].value}")
         console.print("")
     console.print(f"done in {time.time() - start:.0f} s")
