@@ -48,7 +48,8 @@ def train_settings(args):
     return TrainSettings(
         stage=args.stage, model=args.model, videos=args.videos, output=args.output, preset=args.preset,
         images=args.images, max_steps=args.max_steps, resume=args.resume, deepspeed_config=args.deepspeed_config,
-        overrides=parse_set(args.set), seed=args.seed, train_2d=args.train_2d, gradient_checkpointing=args.gradient_checkpointing)
+        overrides=parse_set(args.set), seed=args.seed, train_2d=args.train_2d, gradient_checkpointing=args.gradient_checkpointing,
+        latents=args.latents)
 
 
 def train(args):
@@ -81,6 +82,8 @@ def lineage(args):
     for name, value in record.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        if isinstance(value, list):  # the latent shards encoding the sample
+            value = "; ".join(f"{item['family']}: {item['shard']}" for item in value) or "none"
         print(f"{name:15} {value}")
 
 
@@ -166,6 +169,9 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
                    help="override a setting of the preset's training section (repeatable), e.g. batch_size=4")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p.add_argument("--train-2d", action="store_true", help="VSR: train the x4 upscaler's 2D weights too")
+    p.add_argument("--latents", metavar="FOLDER", help="read the latent shards under FOLDER (the latent assets' "
+                   "LAVIE_HOME/latents) instead of decoding and encoding pixels, when every shard has one made by "
+                   "this model's VAE and text encoder; otherwise pixels, and the log says why")
     p.set_defaults(func=train)
 
     p = commands.add_parser(

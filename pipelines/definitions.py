@@ -11,6 +11,7 @@ from .curation import (
     curate_videos,
 )
 from .evaluation import EVALUATION_ASSETS, EvaluationSettings
+from .latents import LATENT_ASSETS, encode_image_latents, encode_video_latents
 from .pretraining import PRETRAINING_ASSETS
 from .sensors import inbox_sensor
 from .training import (
@@ -31,9 +32,9 @@ executor = dg.multiprocess_executor.configured({
 })
 
 defs = dg.Definitions(
-    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS,
+    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *LATENT_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS,
             *ABLATION_ASSETS],
-    jobs=[curate_videos, curate_images, train_cascade],
+    jobs=[curate_videos, curate_images, encode_video_latents, encode_image_latents, train_cascade],
     schedules=[retrain_schedule],
     sensors=[inbox_sensor, new_shards_sensor],
     resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient(),

@@ -24,6 +24,7 @@ from lavie_model.stand_ins import SHIPPED
 from .console import Console, training_progress
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, image_batches, video_batches
 from .evaluation import EVALUATION_ASSETS, EvaluationSettings
+from .latents import IMAGE_LATENT_ASSETS, VIDEO_LATENT_ASSETS
 from .pretraining import PRETRAINING_ASSETS
 from .training import TRAINING_ASSETS, TrainingSettings
 
@@ -79,6 +80,10 @@ def main() -> None:
                  "pipes": dg.PipesSubprocessClient()}
     with console.step("pretrained stand-ins (shipped)"):
         dg.materialize(PRETRAINING_ASSETS, instance=instance, resources=resources)
+    with console.step("precompute latents (VAE and text encoder, once)"):
+        for assets, partitions in ((VIDEO_LATENT_ASSETS, video_batches), (IMAGE_LATENT_ASSETS, image_batches)):
+            for key in sorted({b.name for b in batches} & set(instance.get_dynamic_partitions(partitions.name))):
+                dg.materialize(assets, partition_key=key, instance=instance, resources=resources)
     runs = {}
     for asset in TRAINING_ASSETS:
         stage = asset.key.path[-1].removesuffix("_model")

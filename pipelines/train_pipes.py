@@ -30,7 +30,7 @@ def main(argv=None) -> int:
             last.update(record)
             pipes.log.info("step " + json.dumps(record))
 
-        exported = train(settings, report=report)
+        exported = train(settings, report=report, log=pipes.log.info)
         pipes.report_asset_materialization(metadata={
             "model_folder": {"raw_value": str(exported), "type": "path"},
             "steps": last.get("step", 0), "final_loss": last.get("loss", float("nan")),

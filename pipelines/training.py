@@ -11,6 +11,7 @@ trainer and the presets, so a change to either marks them stale. `retrain_schedu
 """
 
 import hashlib
+import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -62,6 +63,8 @@ class TrainingSettings(dg.ConfigurableResource):
     max_steps: dict[str, int] = {}  # per stage (and t2i, upscaler, autoencoders); the preset's when absent
     overrides: list[str] = []  # `--set NAME=VALUE` entries for every cascade stage
     gradient_checkpointing: bool = False
+    # read the latent shards (group `latents`, LAVIE_HOME/latents) where they match the model; pixels otherwise
+    latents: bool = True
     # least fraction of held-out shape clips whose colour the text-to-image model's `vae` must reproduce
     vae_min_colour: float = 0.8
 
@@ -127,11 +130,14 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         command += ["--gradient-checkpointing"]
     for item in settings.overrides:
         command += ["--set", item]
+    if settings.latents and (home / "latents").is_dir():
+        command += ["--latents", str(home / "latents")]
     env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
     context.log.info(f"training {stage} on {len(videos)} video and {len(images)} image shards in {run_dir}")
     reported = pipes.run(context=context, command=command, env=env).get_materialize_result()
 
     metrics = read_metrics(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
     shards = pd.concat([videos.assign(kind="video"), images.assign(kind="image")], ignore_index=True)
     last = metrics.iloc[-1]
     curve = probe_curve(metrics)
@@ -151,6 +157,7 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         "metrics": markdown_table(metrics.tail(10).round(6)),
         "peak_memory_mb": float(metrics["memory_mb"].max()),
         "skipped_clips": int(metrics["skipped_clips"].sum()),
+        "inputs": f"{run['inputs']}: {run['why']}",
         **probes,
     })
 
@@ -172,7 +179,8 @@ def initial_cascade(context, settings: TrainingSettings) -> Path:
     return output
 
 
-@dg.asset(deps=["t2i_model", "upscaler_model", video_shards, image_shards], **TRAINING)
+@dg.asset(deps=["t2i_model", "upscaler_model", video_shards, image_shards, "base_latent_shards", "image_latent_shards"],
+          **TRAINING)
 def base_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The base text-to-video UNet: the text-to-image UNet inflated (temporal layers new), jointly fine-tuned on
@@ -180,14 +188,14 @@ def base_model(context: dg.AssetExecutionContext, training: TrainingSettings,
     return train_stage(context, training, pipes, "base", initial_cascade(context, training))
 
 
-@dg.asset(deps=[base_model, video_shards], **TRAINING)
+@dg.asset(deps=[base_model, video_shards, "base_latent_shards"], **TRAINING)
 def interpolation_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                         pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The temporal interpolation UNet, started from the trained base weights."""
     return train_stage(context, training, pipes, "interpolation", previous_model(context, "base_model"))
 
 
-@dg.asset(deps=[interpolation_model, video_shards], **TRAINING)
+@dg.asset(deps=[interpolation_model, video_shards, "vsr_latent_shards"], **TRAINING)
 def vsr_model(context: dg.AssetExecutionContext, training: TrainingSettings,
               pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The video super-resolution UNet's temporal layers; its folder holds the whole trained cascade."""

@@ -13,7 +13,8 @@ def lineage(key: str, home: Path) -> dict:
             continue
         kind, batch = manifest.parent.parent.name, manifest.parent.name
         folder = home / "curation" / batch
-        found = {"key": key, "kind": kind, "batch": batch, "shard": str(manifest.with_suffix(".tar"))}
+        found = {"key": key, "kind": kind, "batch": batch, "shard": str(manifest.with_suffix(".tar")),
+                 "latents": latents_of(key, home)}
         raw = pd.read_parquet(folder / "raw.parquet")
         if kind == "images":
             source = _row(raw, "sha256", key)
@@ -35,6 +36,17 @@ def lineage(key: str, home: Path) -> dict:
             "decision": "kept" if decision["keep"] else f"dropped: {decision['reason']}",
         }
     raise KeyError(f"no shard under {home / 'shards'} holds a sample {key!r}")
+
+
+def latents_of(key: str, home: Path) -> list[dict]:
+    """The latent shards (LAVIE_HOME/latents/FAMILY/BATCH) holding `key`: family, shard, the shard it encodes."""
+    found = []
+    for manifest in sorted((home / "latents").glob("*/*/*.json")):
+        record = json.loads(manifest.read_text())
+        if key in record.get("keys", []):
+            found.append({"family": record["family"], "shard": str(manifest.with_suffix(".tar")),
+                          "encodes": f"{record['source']['name']} (sha256 {record['source']['sha256']})"})
+    return found
 
 
 def _row(table: pd.DataFrame, column: str, value) -> dict:

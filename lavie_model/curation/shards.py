@@ -95,7 +95,7 @@ def json_safe(value):
     raise TypeError(f"cannot write a {type(value).__name__} ({value!r}) to a sample's .json")
 
 
-def _tar_member(name: str, size: int) -> tarfile.TarInfo:
+def tar_member(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, 0, 0o644
     info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
@@ -104,7 +104,7 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
 
 def _member_bytes(name: str, size: int) -> int:
     """Bytes a file takes in the tar: its header blocks and its data padded to whole blocks."""
-    header = len(_tar_member(name, size).tobuf(TAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+    header = len(tar_member(name, size).tobuf(TAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
     return header + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
@@ -172,7 +172,7 @@ def _write(samples: pd.DataFrame, out_dir, prefix: str, max_samples: int, max_by
                 for row in shard_rows:
                     caption, record = _caption_and_record(row)
                     for suffix, data in ((extension, read(Path(row["path"]))), ("txt", caption), ("json", record)):
-                        tar.addfile(_tar_member(f"{row[key]}.{suffix}", len(data)), io.BytesIO(data))
+                        tar.addfile(tar_member(f"{row[key]}.{suffix}", len(data)), io.BytesIO(data))
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
@@ -180,7 +180,7 @@ def _write(samples: pd.DataFrame, out_dir, prefix: str, max_samples: int, max_by
         shard = {"name": path.name, "path": str(path), "samples": len(keys), "bytes": path.stat().st_size,
                  "sha256": sha256_of(path), "first_key": keys[0], "last_key": keys[-1]}
         manifest = {name: shard[name] for name in ("name", "samples", "bytes", "sha256")} | {"keys": keys}
-        _write_atomically(out_dir / shard_name(prefix, number, "json"), json.dumps(manifest, indent=1) + "\n")
+        write_atomically(out_dir / shard_name(prefix, number, "json"), json.dumps(manifest, indent=1) + "\n")
         written.append(shard)
     return pd.DataFrame(written, columns=SHARD_COLUMNS)
 
@@ -195,7 +195,7 @@ def _remove_stale(out_dir: Path, prefix: str, keep: int) -> None:
             path.unlink()
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     try:
         partial.write_text(text)

@@ -136,6 +136,15 @@ class StageData:
         return (self.num_frames - 1) * self.frame_stride + 1
 
 
+def read_npy(sample: dict, name: str) -> np.ndarray:
+    """The array `{key}.{name}.npy` of a latent sample (no pickles)."""
+    data = sample.get(f"{name}.npy")
+    if data is None:
+        raise ValueError(f"sample {sample['__key__']} of {sample.get('__url__', 'a shard')} has no {name}.npy: "
+                         "not a latent shard (made by training/latents.py)")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def decode_video(data: bytes, key: str) -> torch.Tensor:
     """An mp4's frames as (f, 3, h, w) uint8."""
     import av
@@ -185,7 +194,8 @@ def frame_count(sample: dict) -> int | None:
     """The clip's frame count from its `.json` metadata, when recorded there."""
     if "json" not in sample:
         return None
-    value = json.loads(sample["json"]).get("frame_count")
+    record = json.loads(sample["json"])
+    value = record.get("frame_count", record.get("latent_frames"))  # latent samples record what they hold
     return int(value) if value is not None else None
 
 
@@ -199,15 +209,26 @@ class TrainingStream(IterableDataset):
     (`validation_percent`, see is_validation) are left out for evaluation, and with `stage.held_out` so are
     samples captioned with a held-out combination of the shapes grammar (scenes.HELD_OUT). Clips whose caption
     names a word of `exclude_words` are left out too (the ablation that keeps concepts out of the videos).
+
+    With `latents`, `videos` and `images` are latent shards (latents.py) mirroring the curated ones, and each
+    example holds, instead of pixels, the VAE posterior of the same frames and images and the stored caption
+    embeddings: {"mean", "std": (F, c, h, w), "text": (tokens, dim)} (vsr family: "low_res" (F, 3, h, w)),
+    with images {"image_mean", "image_std": (M, c, h, w), "image_text": (M, tokens, dim)}. The samples, frame
+    offsets and dropped captions ("") are those of the curated shards with the same seed.
     """
 
     def __init__(self, videos: list[Path], stage: StageData, seed: int, rank: int = 0, world_size: int = 1,
                  images: list[Path] | None = None, shuffle_buffer: int = 100, batch_size: int = 1,
-                 skip_batches: int = 0, validation_percent: float = 0.0, exclude_words: tuple[str, ...] = ()):
+                 skip_batches: int = 0, validation_percent: float = 0.0, exclude_words: tuple[str, ...] = (),
+                 latents: bool = False):
         super().__init__()
         if images and not stage.image_frames:
             raise ValueError(f"image shards were given, but the {stage.stage} stage takes no images "
                              "(image_frames is 0 or the stage is not base)")
+        if latents and stage.rendered_frames:
+            raise ValueError("stills rendered on the fly (rendered_frames) have no precomputed latents: "
+                             "train the stand-ins on pixels")
+        self.latents = latents
         self.videos, self.images, self.stage, self.seed = videos, images or [], stage, seed
         self.rank, self.world_size, self.buffer = rank, world_size, shuffle_buffer
         self.batch_size, self.skip_batches, self.validation_percent = batch_size, skip_batches, validation_percent
@@ -240,7 +261,7 @@ class TrainingStream(IterableDataset):
             frames = None
             known = frame_count(sample)
             if known is None:  # no metadata: decode to count
-                frames = decode_video(sample["mp4"], sample["__key__"])
+                frames = self.frames_of(sample)
                 known = len(frames)
             if known < self.stage.span:
                 skipped += 1
@@ -254,20 +275,52 @@ class TrainingStream(IterableDataset):
                 continue
             rng = seeded(self.seed, consumer, index)
             if frames is None:
-                frames = decode_video(sample["mp4"], sample["__key__"])
-            yield self.example(sample, frames, image_samples, rng, f"rendered/{self.seed}/{consumer}/{index}") \
+                frames = self.frames_of(sample)
+            make = self.latent_example if self.latents else self.example
+            yield make(sample, frames, image_samples, rng, f"rendered/{self.seed}/{consumer}/{index}") \
                 | {"skipped": skipped}
             skipped = 0
 
+    def frames_of(self, sample: dict):
+        """The clip's frames: (f, 3, h, w) uint8 decoded, or with `latents` the posterior's mean and std."""
+        if self.latents:
+            return read_npy(sample, "mean"), read_npy(sample, "std")
+        return decode_video(sample["mp4"], sample["__key__"])
+
+    def draw(self, sample: dict, frames: int, image_samples: list[dict], rng) -> tuple[slice, np.ndarray]:
+        """The frames this example takes from a clip of `frames` frames, and which captions it drops."""
+        stage = self.stage
+        if frames < stage.span:
+            raise ValueError(f"sample {sample['__key__']}: its metadata says at least {stage.span} frames, "
+                             f"its video has {frames}")
+        start = int(rng.integers(frames - stage.span + 1))
+        drop = rng.random(1 + len(image_samples) + stage.rendered_frames) < stage.text_drop
+        return slice(start, start + stage.span, stage.frame_stride), drop
+
+    def latent_example(self, sample: dict, frames, image_samples: list[dict], rng, rendered_key: str) -> dict:
+        mean, std = frames
+        pick, drop = self.draw(sample, len(mean), image_samples, rng)
+
+        def tensor(array):  # float16 as stored -> float32
+            return torch.from_numpy(np.ascontiguousarray(array)).float()
+
+        example = {"key": sample["__key__"], "mean": tensor(mean[pick]), "std": tensor(std[pick]),
+                   "text": tensor(read_npy(sample, "text")), "caption": "" if drop[0] else caption_of(sample)}
+        if "low_res.npy" in sample:
+            example["low_res"] = tensor(read_npy(sample, "low_res")[pick])
+        if image_samples:
+            example |= {
+                "image_mean": tensor(np.stack([read_npy(s, "mean")[0] for s in image_samples])),
+                "image_std": tensor(np.stack([read_npy(s, "std")[0] for s in image_samples])),
+                "image_text": tensor(np.stack([read_npy(s, "text") for s in image_samples])),
+                "image_keys": [s["__key__"] for s in image_samples],
+                "image_captions": ["" if d else caption_of(s) for s, d in zip(image_samples, drop[1:])]}
+        return example
+
     def example(self, sample: dict, frames: torch.Tensor, image_samples: list[dict], rng, rendered_key: str) -> dict:
         stage = self.stage
-        if len(frames) < stage.span:
-            raise ValueError(f"sample {sample['__key__']}: its metadata says at least {stage.span} frames, "
-                             f"its video has {len(frames)}")
-        start = int(rng.integers(len(frames) - stage.span + 1))
-        clip = frames[start:start + stage.span:stage.frame_stride]
-        drop = rng.random(1 + len(image_samples) + stage.rendered_frames) < stage.text_drop
-        example = {"key": sample["__key__"], "frames": resize_crop(clip, stage.size),
+        pick, drop = self.draw(sample, len(frames), image_samples, rng)
+        example = {"key": sample["__key__"], "frames": resize_crop(frames[pick], stage.size),
                    "caption": "" if drop[0] else caption_of(sample)}
         pictures = [resize_crop(decode_image(s["jpg"], s["__key__"])[None], stage.size)[0] for s in image_samples]
         keys, captions = [s["__key__"] for s in image_samples], [caption_of(s) for s in image_samples]

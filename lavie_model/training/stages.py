@@ -151,46 +151,79 @@ def per_sample(generators, shape, device, dtype) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, dtype)
 
 
-def encode(parts: StageParts, frames: torch.Tensor, generators) -> torch.Tensor:
-    """(b, f, 3, H, W) in [-1, 1] -> (b, c, f, h, w) scaled latents, sampled with each sample's generator."""
-    b, f = frames.shape[:2]
-    with torch.no_grad():
-        dist = parts.vae.encode(frames.flatten(0, 1).to(parts.vae.device, parts.vae.dtype)).latent_dist
-    mean, std = dist.mean.unflatten(0, (b, f)), dist.std.unflatten(0, (b, f))  # (b, f, c, h, w)
+def low_resolution(frames: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) in [-1, 1] -> (n, 3, H/4, W/4): what the super-resolution stages condition on."""
+    return F.interpolate(frames, scale_factor=0.25, mode="bicubic", antialias=True).clamp(-1, 1)
+
+
+def sampled_latents(parts: StageParts, mean: torch.Tensor, std: torch.Tensor, generators) -> torch.Tensor:
+    """The VAE posterior (b, n, c, h, w) -> (b, c, n, h, w) scaled latents, sampled with each sample's generator."""
     latents = mean + std * per_sample(generators, mean.shape[1:], mean.device, mean.dtype)
     return (latents * parts.vae.config.scaling_factor).transpose(1, 2)
 
 
-def embed(parts: StageParts, captions: list[str]) -> torch.Tensor:
-    return encode_prompts(parts.tokenizer, parts.text_encoder, captions, parts.text_encoder.device)
+def pixels(batch: dict) -> torch.Tensor:
+    """A pixel batch's frames then images: (b, n, 3, H, W) in [-1, 1]."""
+    images = batch.get("images")
+    return batch["frames"] if images is None else torch.cat([batch["frames"], images], dim=1)
+
+
+def posterior(parts: StageParts, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's mean and std of a batch's frames then images, (b, n, c, h, w) each: read from a
+    latent batch (latents.py), or encoded here from a pixel batch."""
+    device, dtype = parts.vae.device, parts.vae.dtype
+    if "mean" in batch:
+        mean, std = batch["mean"], batch["std"]
+        if "image_mean" in batch:
+            mean, std = torch.cat([mean, batch["image_mean"]], dim=1), torch.cat([std, batch["image_std"]], dim=1)
+        return mean.to(device, dtype), std.to(device, dtype)
+    frames = pixels(batch)
+    b, n = frames.shape[:2]
+    with torch.no_grad():
+        dist = parts.vae.encode(frames.flatten(0, 1).to(device, dtype)).latent_dist
+    return dist.mean.unflatten(0, (b, n)), dist.std.unflatten(0, (b, n))
+
+
+def embed(parts: StageParts, captions: list[str], stored: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(captions), tokens, dim): the captions' embeddings; with `stored` (a latent batch's), those, the
+    dropped captions ("") embedded here."""
+    device = parts.text_encoder.device
+    if stored is None:
+        return encode_prompts(parts.tokenizer, parts.text_encoder, captions, device)
+    stored = stored.to(device, parts.text_encoder.dtype)
+    dropped = [i for i, caption in enumerate(captions) if not caption]
+    if dropped:
+        stored = stored.clone()
+        stored[dropped] = encode_prompts(parts.tokenizer, parts.text_encoder, [""], device)
+    return stored
 
 
 def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_level: int = 350,
                   snr_gamma: float = 0.0) -> torch.Tensor:
-    """The stage's denoising loss on one micro-batch: the squared error against the scheduler's target, per
-    sample weighted by min(SNR, gamma) / SNR for epsilon or / (SNR + 1) for velocity targets when `snr_gamma`
-    is set (Min-SNR weighting; 0: unweighted)."""
+    """The stage's denoising loss on one micro-batch, of pixels or of precomputed latents (the same draws
+    either way): the squared error against the scheduler's target, per sample weighted by min(SNR, gamma) / SNR
+    for epsilon or / (SNR + 1) for velocity targets when `snr_gamma` is set (Min-SNR weighting; 0: unweighted)."""
     device, dtype = parts.vae.device, parts.vae.dtype
-    frames = batch["frames"]  # (b, f, 3, H, W)
-    b, f = frames.shape[:2]
-    text = embed(parts, batch["caption"]).to(dtype)  # (b, tokens, dim)
+    precomputed = "mean" in batch
+    b, f = batch["mean" if precomputed else "frames"].shape[:2]
+    text = embed(parts, batch["caption"], batch.get("text")).to(dtype)  # (b, tokens, dim)
     kwargs = {}
-    images = batch.get("images")
-    if images is not None:  # joint training: M images after the F frames, one caption each
-        m = images.shape[1]
-        frames = torch.cat([frames, images], dim=1)
-        image_text = embed(parts, [c for captions in batch["image_captions"] for c in captions]).to(dtype)
+    if "image_captions" in batch:  # joint training: M images after the F frames, one caption each
+        m = len(batch["image_captions"][0])
+        stored = batch["image_text"].flatten(0, 1) if precomputed else None
+        image_text = embed(parts, [c for captions in batch["image_captions"] for c in captions], stored).to(dtype)
         text = torch.cat([text[:, None].expand(-1, f, -1, -1), image_text.unflatten(0, (b, m))], dim=1)
         kwargs["num_image_frames"] = m  # text: (b, f + m, tokens, dim)
-    n = frames.shape[1]
+    mean, std = posterior(parts, batch)  # (b, n, c, h, w)
+    n = mean.shape[1]
     # a timestep per sample, or per still for a 2D UNet
     steps = parts.noise_scheduler.config.num_train_timesteps
     counts = n if parts.stage in STILLS else 1
     timesteps = torch.stack([torch.randint(steps, (counts,), generator=g) for g in generators]).to(device)  # (b, k)
 
     if parts.stage in SUPER_RESOLUTION:
-        low_res = F.interpolate(frames.flatten(0, 1), scale_factor=0.25, mode="bicubic", antialias=True)
-        low_res = low_res.clamp(-1, 1).unflatten(0, (b, n)).transpose(1, 2).to(device, dtype)  # (b, 3, n, h, w)
+        low_res = batch["low_res"] if precomputed else low_resolution(pixels(batch).flatten(0, 1)).unflatten(0, (b, n))
+        low_res = low_res.transpose(1, 2).to(device, dtype)  # (b, 3, n, h, w)
         levels = torch.stack([torch.randint(max_noise_level + 1, (counts,), generator=g)
                               for g in generators]).to(device)  # (b, k)
         noise = per_sample(generators, low_res.shape[1:], device, dtype)
@@ -201,13 +234,13 @@ def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_le
 
         low_res = parts.low_res_scheduler.add_noise(frame_major(low_res), frame_major(noise), per_frame)
         low_res = low_res.unflatten(0, (b, n)).transpose(1, 2)  # (b, 3, n, h, w), noise-augmented
-        latents = encode(parts, frames, generators)
+        latents = sampled_latents(parts, mean, std, generators)
         condition, kwargs["class_labels"] = low_res, levels
     elif parts.stage == "interpolation":
-        latents = encode(parts, frames, generators)  # (b, c, 4K-3, h, w)
+        latents = sampled_latents(parts, mean, std, generators)  # (b, c, 4K-3, h, w)
         condition = conditioning_latents(latents[:, :, ::4])
     else:
-        latents = encode(parts, frames, generators)
+        latents = sampled_latents(parts, mean, std, generators)
         condition = None
 
     noise = per_sample(generators, latents.shape[1:], device, latents.dtype)  # (b, c, n, h, w)

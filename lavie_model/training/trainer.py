@@ -8,7 +8,8 @@ nodes as it is given. Without CUDA it runs on the CPU (DS_ACCELERATOR=cpu, gloo)
                                    every `evaluate_every` steps the EMA weights' held-out scores ("probe")
     RUN_DIR/samples-rank{r}.jsonl  the sample keys each rank trained on, per step
     RUN_DIR/model/                 the input model folder with this stage's UNet replaced by its EMA weights
-    RUN_DIR/run.json               the settings and the exact shard list (names, SHA-256)
+    RUN_DIR/run.json               the settings, the exact shard list (names, SHA-256), and whether the run read
+                                   precomputed latents (`--latents`, see latents.py) or pixels, and why
 """
 
 import json
@@ -39,6 +40,7 @@ class TrainSettings:
     seed: int = 0
     train_2d: bool = False         # VSR: train the upscaler's 2D weights too
     gradient_checkpointing: bool = False
+    latents: str | None = None     # folder of latent shards (latents.py) to read instead of pixels when they match
 
 
 def override(name: str, value, default):
@@ -195,6 +197,32 @@ def shard_list(spec) -> list[dict]:
     return shards
 
 
+def training_inputs(settings: TrainSettings, parts, size: tuple[int, int]) -> tuple[list, list | None, dict]:
+    """The video and image shards the stream reads: the latent shards standing for the given shards when
+    `settings.latents` holds them for this model's VAE and text encoder at this size, else the given shards;
+    and {"inputs": "latents" or "pixels", "why": ...}."""
+    from .data import expand_shards
+    from .latents import FAMILY_OF, find_latents, weights_id
+
+    videos = expand_shards(settings.videos)
+    images = expand_shards(settings.images) if settings.images else None
+    family = FAMILY_OF.get(settings.stage)
+    if not settings.latents:
+        return videos, images, {"inputs": "pixels", "why": "no latent folder given (--latents)"}
+    if family is None:
+        return videos, images, {"inputs": "pixels", "why": f"the {settings.stage} stand-in renders stills on the fly"}
+    identity = {"vae": weights_id(parts.vae), "text_encoder": weights_id(parts.text_encoder)}
+    latent_videos, why = find_latents(shard_list(videos), settings.latents, family, size, identity)
+    latent_images, why_images = find_latents(shard_list(images), settings.latents, family, size, identity) \
+        if images else ([], "")
+    if latent_videos is None or latent_images is None:
+        reasons = [reason for found, reason in ((latent_videos, why), (latent_images, why_images)) if found is None]
+        return videos, images, {"inputs": "pixels", "why": "; ".join(reasons)}
+    return latent_videos, latent_images or None, {
+        "inputs": "latents", "why": why + (f"; images: {why_images}" if images else ""),
+        "latent_shards": [str(path) for path in latent_videos + latent_images]}
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 for a rendezvous."""
     with socket.socket() as s:
@@ -219,8 +247,9 @@ def truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def train(settings: TrainSettings, report=None) -> Path:
-    """Train one stage; returns the exported model folder. `report(record)` gets rank 0's logged metrics."""
+def train(settings: TrainSettings, report=None, log=print) -> Path:
+    """Train one stage; returns the exported model folder. `report(record)` gets rank 0's logged metrics, `log`
+    its messages."""
     preset = check(settings)
     training = preset["training"]
     single_rank_environment()
@@ -232,7 +261,7 @@ def train(settings: TrainSettings, report=None) -> Path:
     from tqdm.auto import tqdm
 
     from . import checkpoint
-    from .data import TrainingStream, collate, expand_shards
+    from .data import TrainingStream, collate
     from .export import ema_model, replace_component
     from ..evaluation.stand_ins import probe
     from .stages import UNET, load_parts, load_unet, sample_generators, stage_data, training_loss
@@ -246,14 +275,18 @@ def train(settings: TrainSettings, report=None) -> Path:
     max_steps = settings.max_steps or training["max_steps"]
     output = Path(settings.output)
     folder = output / "checkpoints"
+    parts = load_parts(settings.model, settings.stage)
+    data = stage_data(settings.stage, preset, parts.vae_scale)
+    videos, images, inputs = training_inputs(settings, parts, data.size)
+    parts.to(device, dtype)
     if rank == 0:
+        log(f"training inputs: {inputs['inputs']}: {inputs['why']}")
         folder.mkdir(parents=True, exist_ok=True)
         run = asdict(settings) | {"training": training, "world_size": world, "deepspeed": ds_config,
                                   "videos": shard_list(settings.videos),
-                                  "images": shard_list(settings.images) if settings.images else []}
+                                  "images": shard_list(settings.images) if settings.images else [], **inputs}
         (output / "run.json").write_text(json.dumps(run, indent=2) + "\n")
 
-    parts = load_parts(settings.model, settings.stage).to(device, dtype)
     unet = load_unet(settings.model, settings.stage, settings.train_2d).train()
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -286,11 +319,9 @@ def train(settings: TrainSettings, report=None) -> Path:
         raise ValueError(f"the run in {output} is already at step {step}, not below --max-steps {max_steps}")
 
     batch_size, accumulation = training["batch_size"], training["gradient_accumulation"]
-    data = stage_data(settings.stage, preset, parts.vae_scale)
-    stream = TrainingStream(expand_shards(settings.videos), data, settings.seed, rank, world,
-                            expand_shards(settings.images) if settings.images else None, training["shuffle_buffer"],
+    stream = TrainingStream(videos, data, settings.seed, rank, world, images, training["shuffle_buffer"],
                             batch_size, skip_batches=step * accumulation,
-                            validation_percent=training["validation_percent"])
+                            validation_percent=training["validation_percent"], latents=inputs["inputs"] == "latents")
     loader = iter(DataLoader(stream, batch_size=batch_size, num_workers=training["num_workers"], collate_fn=collate))
     max_noise_level = training["vsr"]["max_noise_level"]
 
