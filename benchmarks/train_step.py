@@ -2,7 +2,8 @@
 
     python benchmarks/train_step.py [--stage base|interpolation|vsr] [--preset tiny] [--steps 5] [--warmup 1]
         [--threads 2] [--device cpu|cuda] [--videos SHARDS --images SHARDS] [--model FOLDER]
-        [--workers N] [--loader-samples 40] [--fed-steps 0] [--gpu-paper [--paper-steps 3]] [--json out.json]
+        [--workers N] [--loader-samples 40] [--fed-steps 0] [--latent-steps 0] [--batch-size N]
+        [--gpu-paper [--paper-steps 3]] [--json out.json]
 
 1. Step rate. One fixed micro-batch (collated from `TrainingStream` over the shards) and the same per-sample
    generators (`sample_generators`) feed two copies of the stage's UNet (same starting weights):
@@ -36,7 +37,14 @@
    images: (2, 4, 16 + M, 40, 64) latents) on a randomly initialised paper UNet
    (`build_base_unet(load_preset('paper'))`), in a fresh process. No VAE or text encoder is loaded and
    nothing is downloaded: the latents and text embeddings (77 x 768 per frame) are random tensors of the
-   right shapes. Time per step, peak allocated memory, the card's name.
+   right shapes. Time per step, peak allocated memory, the card's name; and what reading pixels would add to
+   each step: an SD 1.4-shaped VAE encoder over the batch's frames at 320 x 512 and a CLIP ViT-L/14-shaped
+   text encoder over its captions (random weights), as a share of a pixel step.
+5. --latent-steps N: precomputed latents against pixels (training/latents.py). Latent shards of the shards
+   are built (the time and the bytes per clip are reported), then the same DeepSpeed engine runs N steps on
+   the fixed pixel batch against the same samples' latent batch, and N steps fed by a pixel loader against N
+   fed by a latent loader (the preset's workers), each pair alternating. The ratios pixels / latents are the
+   speed-up of reading latents.
 
 Without --videos a small shard set is built in a temporary folder (moving coloured squares, as
 tests/test_training.py's `shards` fixture; image shards too for the base stage); without --model a
@@ -167,11 +175,17 @@ class RssSampler:
 
 # ---------------------------------------------------------------------------------------------- steps
 
-def fixed_batch(videos, images, data, batch_size: int, seed: int, buffer: int) -> dict:
-    from lavie_model.training.data import TrainingStream, collate, expand_shards
+def stream_of(videos, images, data, seed: int, buffer: int, batch_size: int, latents: bool = False):
+    from lavie_model.training.data import TrainingStream, expand_shards
 
-    stream = TrainingStream(expand_shards(videos), data, seed, images=expand_shards(images) if images else None,
-                            shuffle_buffer=buffer, batch_size=batch_size)
+    return TrainingStream(expand_shards(videos), data, seed, images=expand_shards(images) if images else None,
+                          shuffle_buffer=buffer, batch_size=batch_size, latents=latents)
+
+
+def fixed_batch(videos, images, data, batch_size: int, seed: int, buffer: int, latents: bool = False) -> dict:
+    from lavie_model.training.data import collate
+
+    stream = stream_of(videos, images, data, seed, buffer, batch_size, latents)
     return collate([example for example, _ in zip(stream, range(batch_size))])
 
 
@@ -283,14 +297,13 @@ def ratios(over: dict, under: dict) -> dict:
             "min": over["min_s"] / under["min_s"], "cpu_median": over["median_cpu_s"] / under["median_cpu_s"]}
 
 
-def loader_rate(videos, images, data, batch_size, workers, seed, buffer, samples) -> dict:
+def loader_rate(videos, images, data, batch_size, workers, seed, buffer, samples, latents: bool = False) -> dict:
     """Samples/s of TrainingStream + DataLoader over `samples` samples after the first batch."""
     from torch.utils.data import DataLoader
 
-    from lavie_model.training.data import TrainingStream, collate, expand_shards
+    from lavie_model.training.data import collate
 
-    stream = TrainingStream(expand_shards(videos), data, seed, images=expand_shards(images) if images else None,
-                            shuffle_buffer=buffer, batch_size=batch_size)
+    stream = stream_of(videos, images, data, seed, buffer, batch_size, latents)
     loader = iter(DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate))
     start = time.perf_counter()
     next(loader)
@@ -320,7 +333,7 @@ def run_tiny(args) -> dict:
 
     from lavie_model.config import load_preset
     from lavie_model.model_folder import init_random
-    from lavie_model.training.data import TrainingStream, collate, expand_shards
+    from lavie_model.training.data import collate
     from lavie_model.training.stages import load_parts, load_unet, stage_data
     from lavie_model.training.trainer import TrainSettings, deepspeed_config, single_rank_environment
 
@@ -333,6 +346,8 @@ def run_tiny(args) -> dict:
     dtype = torch.bfloat16 if cuda else torch.float32
     preset = load_preset(args.preset)
     training = preset["training"]
+    if args.batch_size:
+        training["batch_size"] = args.batch_size
     if args.stage != "base":
         training["image_frames"] = 0  # only the base stage reads images
     workers = training["num_workers"] if args.workers is None else args.workers
@@ -398,9 +413,7 @@ def run_tiny(args) -> dict:
             # ... and feeding the DeepSpeed steps as in the trainer, against the fixed batch, alternating
             fed = None
             if args.fed_steps:
-                stream = TrainingStream(expand_shards(videos), data, args.seed,
-                                        images=expand_shards(images) if images else None, shuffle_buffer=buffer,
-                                        batch_size=batch_size)
+                stream = stream_of(videos, images, data, args.seed, buffer, batch_size)
                 loader = iter(DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate))
                 next(loader)  # the loader's start-up (worker, shuffle buffer) is not timed
                 fed_loops = {"deepspeed, fixed batch": loops["deepspeed"],
@@ -412,6 +425,14 @@ def run_tiny(args) -> dict:
                 fed["ratio"] = ratios(fed["deepspeed, fed by loader"], fed["deepspeed, fixed batch"])
                 progress(began, "2. loader-fed steps timed")
 
+            # 5. the same engine on precomputed latents against pixels: fixed batches, then fed by their loaders
+            latent = None
+            if args.latent_steps:
+                latent = latents_against_pixels(args, model, preset, data, videos, images, batch, ds_step, workers,
+                                                root, sync, sampler, cuda, samples_per_step,
+                                                args.warmup + args.steps + args.fed_steps)
+                progress(began, "5. latents against pixels timed")
+
         return {
             "stage": args.stage, "preset": args.preset, "device": str(device), "threads": args.threads,
             "batch": {"micro_batch": batch_size, "gradient_accumulation": training["gradient_accumulation"],
@@ -419,10 +440,64 @@ def run_tiny(args) -> dict:
             "deepspeed_config": ds_config, "deepspeed_version": deepspeed.__version__,
             "torch_version": torch.__version__, "steps": steps, "overhead": ratios(steps["deepspeed"], steps["plain"]),
             "rss_before_steps_mb": rss_before / 2**20, "peak_rss_process_mb": peak_rss_bytes() / 2**20,
-            "loaders": loaders, "fed": fed, "default_workers": workers,
+            "loaders": loaders, "fed": fed, "default_workers": workers, "latents": latent,
             "trainable_parameters": sum(p.numel() for p in ds_unet.parameters() if p.requires_grad),
             "cuda": cuda, "wall_s": time.perf_counter() - began,
         }
+
+
+def latents_against_pixels(args, model, preset, data, videos, images, pixel_batch, ds_step, workers, root, sync,
+                           sampler, cuda, samples_per_step, first_index) -> dict:
+    """Section 5: build latent shards of the shards (timed, sized), then time the DeepSpeed step on the pixel
+    batch against the same samples' latent batch, and fed by a pixel loader against a latent loader (the preset's
+    workers), each pair alternating (AB BA ...). The step on latents skips the VAE and the text encoder; its
+    loader reads arrays instead of decoding and resizing video."""
+    from torch.utils.data import DataLoader
+
+    from lavie_model.training.data import collate, expand_shards
+    from lavie_model.training.latents import FAMILY_OF, Encoders, encode_shards
+
+    batch_size, buffer = len(pixel_batch["key"]), preset["training"]["shuffle_buffer"]
+    encoders = Encoders.load(model, FAMILY_OF[args.stage], preset, device="cuda" if cuda else "cpu")
+    started = time.perf_counter()
+    made = encode_shards(expand_shards(videos), root / "latents" / "videos", encoders, "video")
+    made_images = encode_shards(expand_shards(images), root / "latents" / "images", encoders, "image") if images else []
+    build_s = time.perf_counter() - started
+    latent_videos = [root / "latents" / "videos" / m["name"] for m in made]
+    latent_images = [root / "latents" / "images" / m["name"] for m in made_images] or None
+    latent_batch = fixed_batch(latent_videos, latent_images, data, batch_size, args.seed, buffer, latents=True)
+    if latent_batch["key"] != pixel_batch["key"]:
+        raise RuntimeError("the latent and pixel streams gave different samples: the comparison would be unfair")
+
+    fixed_loops = {"pixels, fixed batch": lambda i: ds_step(i, lambda: pixel_batch),
+                   "latents, fixed batch": lambda i: ds_step(i, lambda: latent_batch)}
+    fixed = abba(fixed_loops, args.latent_steps, first_index, sync, sampler, cuda)
+    loaders = {name: iter(DataLoader(stream_of(shards, pictures, data, args.seed, buffer, batch_size, name == "latents"),
+                                     batch_size=batch_size, num_workers=workers, collate_fn=collate))
+               for name, shards, pictures in (("pixels", videos, images), ("latents", latent_videos, latent_images))}
+    for loader in loaders.values():
+        next(loader)  # start-up (workers, shuffle buffer) untimed
+    fed_loops = {"pixels, fed by loader": lambda i: ds_step(i, lambda: next(loaders["pixels"])),
+                 "latents, fed by loader": lambda i: ds_step(i, lambda: next(loaders["latents"]))}
+    fed = abba(fed_loops, args.latent_steps, first_index + args.latent_steps, sync, sampler, cuda)
+    del loaders
+    rows = {name: summary(times[name], samples_per_step, sampler, name)
+            for times, loops in ((fixed, fixed_loops), (fed, fed_loops)) for name in loops}
+    clips, frames = sum(m["samples"] for m in made), sum(m["frames"] for m in made)
+    rates = {name: loader_rate(shards, pictures, data, batch_size, workers, args.seed, buffer, args.loader_samples,
+                               latents=name == "latents")
+             for name, shards, pictures in (("pixels", videos, images), ("latents", latent_videos, latent_images))}
+    return {
+        "steps": rows, "workers": workers,
+        "speedup_fixed": ratios(rows["pixels, fixed batch"], rows["latents, fixed batch"]),
+        "speedup_fed": ratios(rows["pixels, fed by loader"], rows["latents, fed by loader"]),
+        "loaders": rates, "build_s": build_s, "clips": clips, "frames": frames, "images": sum(
+            m["samples"] for m in made_images),
+        "bytes": sum(m["bytes"] for m in made + made_images),
+        "kb_per_clip": sum(m["bytes"] for m in made) / clips / 1024,
+        "build_s_per_clip": sum(m["seconds"] for m in made) / clips,
+        "curated_kb_per_clip": sum(Path(p).stat().st_size for p in expand_shards(videos)) / clips / 1024,
+    }
 
 
 def progress(began: float, what: str) -> None:
@@ -498,6 +573,8 @@ def paper_steps(preset_name, steps, images, device_name="cuda") -> dict:
 
     step()  # warm-up
     sync()
+    scale = 2 ** (len(SD_VAE["block_out_channels"]) - 1)
+    encode_s = encoder_seconds(b * (f + m), (h * scale, w * scale), b * (1 + m), device, dtype)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     values = []
@@ -513,7 +590,47 @@ def paper_steps(preset_name, steps, images, device_name="cuda") -> dict:
             "samples_per_s": b / statistics.median(values),
             "max_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
             "peak_rss_mb": peak_rss_bytes() / 2**20,
-            "inputs": "random latents and text embeddings (no VAE, no text encoder, no weights)"}
+            "inputs": "random latents and text embeddings (no VAE, no text encoder, no weights)",
+            "encode_s": encode_s, "encode_frames": b * (f + m), "encode_size": [h * scale, w * scale],
+            "vae_share": encode_s / (encode_s + statistics.median(values))}
+
+
+# Stable Diffusion 1.4's autoencoder and CLIP ViT-L/14 text encoder, as configs: random weights, nothing loaded
+SD_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+          "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4,
+          "norm_num_groups": 32, "sample_size": 512}
+SD_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+           "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu"}
+
+
+def encoder_seconds(frames: int, size: tuple[int, int], captions: int, device, dtype, repeats: int = 3) -> float:
+    """Median seconds of what the pixel path adds to each step at paper size and precomputed latents remove: the
+    SD-shaped VAE encoder over `frames` frames of `size` and the text encoder over `captions` captions, in one
+    call each, as training_loss makes them."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(**SD_VAE).to(device, dtype).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD_TEXT)).to(device, dtype).eval()
+    pixels = torch.randn(frames, 3, *size, device=device, dtype=dtype)
+    tokens = torch.randint(SD_TEXT["vocab_size"], (captions, 77), device=device)
+    cuda = torch.device(device).type == "cuda"
+
+    def run():
+        with torch.no_grad():
+            vae.encode(pixels).latent_dist.sample()
+            text_encoder(tokens)[0]
+        if cuda:
+            torch.cuda.synchronize()
+
+    run()  # warm-up
+    values = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        values.append(time.perf_counter() - start)
+    return statistics.median(values)
 
 
 def run_paper(args) -> dict:
@@ -584,6 +701,20 @@ def report(results: dict, paper: dict | None) -> None:
     if cuda:
         print(f"   CUDA max allocated: DeepSpeed steps {steps['deepspeed']['cuda_max_allocated_mb']:.0f} MB, plain "
               f"steps {steps['plain']['cuda_max_allocated_mb']:.0f} MB")
+    latent = results["latents"]
+    if latent:
+        print()
+        print(f"5. precomputed latents against pixels, the same DeepSpeed engine and samples "
+              f"({latent['workers']} loader worker(s)), alternating:")
+        print(f"   latent shards of {latent['clips']} clips ({latent['frames']} frames) and {latent['images']} "
+              f"images built in {latent['build_s']:.1f} s ({latent['build_s_per_clip'] * 1000:.0f} ms per clip); "
+              f"{latent['kb_per_clip']:.0f} kB per clip (the curated mp4 shards: "
+              f"{latent['curated_kb_per_clip']:.0f} kB per clip)")
+        step_table(latent["steps"], cuda)
+        ratio_lines("speed-up on the fixed batch, pixels / latents", latent["speedup_fixed"])
+        ratio_lines("speed-up fed by the loaders, pixels / latents", latent["speedup_fed"])
+        print("   loaders alone: " + ", ".join(f"{name} {rate['samples_per_s']:.1f} samples/s"
+                                              for name, rate in latent["loaders"].items()))
     if paper is None:
         return
     print()
@@ -602,6 +733,10 @@ def report(results: dict, paper: dict | None) -> None:
                      if paper["max_allocated_mb"] is not None else "")
         print(f"   {paper['median_s']:.3f} s/step (median of {len(paper['seconds'])}), "
               f"{paper['samples_per_s']:.2f} samples/s, {allocated}peak RSS {paper['peak_rss_mb'] / 1024:.1f} GiB")
+        size = " x ".join(map(str, paper["encode_size"]))
+        print(f"   pixels instead of latents would add {paper['encode_s']:.3f} s per step (the SD-shaped VAE over "
+              f"{paper['encode_frames']} frames of {size} and the text encoder): {paper['vae_share']:.0%} of a pixel "
+              f"step, the share precomputed latents remove")
 
 
 def step_table(rows: dict, cuda: bool) -> None:
@@ -641,6 +776,9 @@ def main():
     parser.add_argument("--fed-steps", type=int, default=0,
                         help="DeepSpeed steps fed by the loader, alternating with as many on the fixed batch "
                              "(0: none)")
+    parser.add_argument("--latent-steps", type=int, default=0,
+                        help="steps per loop of section 5, precomputed latents against pixels (0: skip it)")
+    parser.add_argument("--batch-size", type=int, help="micro-batch (default: the preset's training.batch_size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu-paper", action="store_true", help="also time the paper-size base step (CUDA)")
     parser.add_argument("--paper-steps", type=int, default=3)

@@ -29,8 +29,10 @@ from .pretraining import PRETRAINING_ASSETS
 from .training import TRAINING_ASSETS, TrainingSettings
 
 ASSETS = {"videos": (VIDEO_ASSETS, video_batches), "images": (IMAGE_ASSETS, image_batches)}
-# Optimizer steps per stage, of batches of 8: the base stage gets most of the demo's time on two cores.
-DEMO_STEPS = {"base": 200, "interpolation": 40, "vsr": 20}
+# Optimizer steps per stage, of batches of 8: the base stage gets most of the demo's time on two cores. Read from
+# precomputed latents a step takes 1/1.16 (base), 1/1.15 (interpolation) and 1/1.44 (vsr) of its time on pixels
+# (benchmarks/train_step.py --latent-steps), so the same minutes hold these steps instead of 200, 40 and 20.
+DEMO_STEPS = {"base": 230, "interpolation": 46, "vsr": 28}
 DEMO_OVERRIDES = ["batch_size=8"]
 PROMPT = "a red circle moving left on a gray background"
 SAMPLE_STEPS = 25  # denoising steps per stage for the sample
