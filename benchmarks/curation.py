@@ -7,16 +7,18 @@
 Generates N synthetic H.264 videos (a textured background panning under a moving square; every third
 video has two hard cuts), then times, over all of them, one stage after the other in one process:
 decoding every frame with PyAV (the speed limit), probe, shot detection, probe and shot detection in one
-decode (`probe_and_detect_shots`; its results are checked against the separate passes), cutting and
-transcoding, motion scoring (the decode and optical flow of each clip that `score_clips` does; CLIP itself
-is left out) and sharding. The whole is the sum of the one-decode probe and the stages after it; the
-whole with separate probe and shot detection passes is given too. Beside them, the floor of any curation
+decode (`probe_and_detect_shots`, which the probed_videos asset runs; its results are checked against the
+separate passes), cutting and transcoding, motion scoring (the decode and optical flow of each clip that
+`score_clips` does; CLIP itself is left out) and sharding. The whole, as the assets run it, is the sum of
+the one-decode probe and the stages after it; the whole with separate probe and shot detection passes (the
+assets before they fused them) is given too. Beside them, the floor of any curation
 that writes H.264 clips: one ffmpeg transcode of each whole source to the clip size and frame rate with the
 clip encoder's settings, and with x264's fastest preset (`ultrafast`), no cuts. Wall and CPU seconds (this process and
 its finished children) are reported; CPU seconds are steadier on a shared machine. Clip settings come
 from the preset's `curation` section (paper: short side 320, 24 fps, clips of 2.6-10 s); the options
 override them. Peak memory is sampled every 20 ms: the resident set of this process and of its ffmpeg
-children (cutting and transcoding run there). Target: the whole within 4x of decode-only time.
+children (cutting and transcoding run there). Target: the whole within 1.3x of the encode floor (the transcode
+with the clip encoder's settings).
 """
 
 import argparse
@@ -190,7 +192,7 @@ def main() -> None:
                        [pd.DataFrame(clips)])[0]
         after_probe = ["cutting and transcoding", "motion scoring", "sharding"]
         for name, first in (("whole, separate probe and shot detection", ["probe", "shot detection"]),
-                            ("whole", ["probe + shot detection, one decode"])):
+                            ("whole, as the assets run it", ["probe + shot detection, one decode"])):
             timings[name] = sum(timings[stage] for stage in first + after_probe)
             cpu[name] = sum(cpu[stage] for stage in first + after_probe)
         memory.done.set()
@@ -209,11 +211,13 @@ def main() -> None:
               f"| {cpu[name]:.2f} | {cpu[name] / cpu['decode only (PyAV)']:.2f} |")
     print(f"\npeak RSS: this process {memory.own:.0f} MB ({memory.start_rss:.0f} MB before the first stage, most of "
           f"it torch and open_clip, which the scores module imports), its ffmpeg children {memory.children:.0f} MB")
-    verdict = "within" if timings["whole"] <= 4 * decode else "NOT within"
-    print(f"whole / decode-only = {timings['whole'] / decode:.2f}: {verdict} the 4x target")
-    floor = [timings[name] / decode for name in timings if name.startswith("floor")]
-    print(f"one transcode per source alone / decode-only = {floor[0]:.2f} with the clip encoder, "
-          f"{floor[1]:.2f} with ultrafast")
+    whole = timings["whole, as the assets run it"]
+    floor = [timings[name] for name in timings if name.startswith("floor")]
+    print(f"one transcode per source alone / decode-only = {floor[0] / decode:.2f} with the clip encoder, "
+          f"{floor[1] / decode:.2f} with ultrafast")
+    verdict = "within" if whole <= 1.3 * floor[0] else "NOT within"
+    print(f"whole, as the assets run it / decode-only = {whole / decode:.2f}; / the encode floor (one transcode "
+          f"per source, clip encoder) = {whole / floor[0]:.2f}: {verdict} the 1.3x target")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,17 @@ import pandas as pd
 from lavie_model.config import load_preset
 from lavie_model.curation import store
 from lavie_model.curation.captioner import CaptionerConfig, caption_clips
-from lavie_model.curation.clips import ClipConfig, ClipRow, DropRow, make_clips
+from lavie_model.curation.clips import (
+    SHOT_COLUMNS,
+    ClipConfig,
+    ClipRow,
+    DropRow,
+    make_clips,
+    probe_with_shots,
+    stored_shots,
+)
 from lavie_model.curation.filtering import FilterConfig, decide
-from lavie_model.curation.probe import ProbeConfig, ProbeResult, probe
+from lavie_model.curation.probe import ProbeConfig, ProbeResult
 from lavie_model.curation.report import histogram_png, preview_gif
 from lavie_model.curation.scores import ScoreConfig, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
@@ -117,12 +125,15 @@ MAX_QUARANTINE_FRACTION = 0.2  # above this, a batch warns: something upstream m
           check_specs=[dg.AssetCheckSpec("quarantine_fraction", asset="probed_videos",
                                          description=f"Warns above {MAX_QUARANTINE_FRACTION:.0%} quarantined.")])
 def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
-    """Every file decode-validated with PyAV; unusable ones go to the quarantine table with a reason."""
+    """Every file decode-validated with PyAV; unusable ones go to the quarantine table with a reason. Shot
+    detection rides on the same decode; video_clips cuts at the shots it found."""
     folder = settings.batch_dir(context.partition_key)
     raw = pd.read_parquet(folder / "raw.parquet")
     with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-        results = list(pool.map(probe, raw["stored_path"], [ProbeConfig()] * len(raw), raw["sha256"]))
-    table = pd.DataFrame([asdict(r) for r in results]).assign(name=raw["name"].values, run_id=context.run.run_id)
+        rows = list(pool.map(probe_with_shots, raw["stored_path"], [ProbeConfig()] * len(raw),
+                             [settings.clip_config()] * len(raw), raw["sha256"]))
+    table = pd.DataFrame(rows, columns=[f.name for f in fields(ProbeResult)] + list(SHOT_COLUMNS))
+    table = table.assign(name=raw["name"].values, run_id=context.run.run_id)
     write_table(table[table["ok"]], folder / "probe.parquet")
     quarantine = table[~table["ok"]][["sha256", "name", "path", "reason", "run_id"]]
     write_table(quarantine, folder / "quarantine.parquet")
@@ -143,7 +154,8 @@ def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings)
 
 def _clips_of(args):
     row, out_dir, config = args
-    result = make_clips(ProbeResult(**row), out_dir, config)
+    probed = ProbeResult(**{f.name: row[f.name] for f in fields(ProbeResult)})
+    result = make_clips(probed, out_dir, config, stored_shots(row, config))
     return [asdict(c) for c in result.clips], [asdict(d) for d in result.drops]
 
 

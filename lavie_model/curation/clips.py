@@ -11,7 +11,7 @@ clip). Every piece of a source ends as a clip row or a drop row.
 import math
 import os
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -161,6 +161,32 @@ def probe_and_detect_shots(path, probe_config: ProbeConfig = ProbeConfig(), conf
     if not result.ok or detector.error is not None:
         return result, None
     return result, detector.shots(path)
+
+
+# Columns the probe table gains from the shot detection that rode on probe's decode (`probe_with_shots`)
+SHOT_COLUMNS = ("shot_ranges", "frame_times", "shot_threshold", "shot_min_frames")
+
+
+def probe_with_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: ClipConfig = ClipConfig(),
+                     sha256: str | None = None) -> dict:
+    """A probe row (ProbeResult's fields) with the shots found in the same decode, as SHOT_COLUMNS (None where
+    the file was quarantined or shot detection failed); `stored_shots` reads them back for `make_clips`."""
+    result, shots = probe_and_detect_shots(path, probe_config, config, sha256)
+    row = dict.fromkeys(SHOT_COLUMNS)
+    if shots is not None:
+        row |= {"shot_ranges": [list(r) for r in shots.ranges], "frame_times": shots.times,
+                "shot_threshold": config.threshold, "shot_min_frames": config.min_scene_frames}
+    return asdict(result) | row
+
+
+def stored_shots(row: dict, config: ClipConfig) -> Shots | None:
+    """The shots a probe row holds when they were found with `config`'s detector settings; else None (detect
+    them again)."""
+    ranges = row.get("shot_ranges")
+    if ranges is None or (row.get("shot_threshold"), row.get("shot_min_frames")) != (config.threshold,
+                                                                                     config.min_scene_frames):
+        return None
+    return Shots([(int(start), int(end)) for start, end in ranges], [float(t) for t in row["frame_times"]])
 
 
 def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
