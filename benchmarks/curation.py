@@ -2,7 +2,7 @@
 
     python benchmarks/curation.py [--n 40] [--seconds 10] [--width 640] [--height 360] [--fps 25]
                                   [--preset paper] [--short-side PX] [--clip-fps FPS] [--min-seconds S]
-                                  [--max-seconds S]
+                                  [--max-seconds S] [--stream-copy]
 
 Generates N synthetic H.264 videos (a textured background panning under a moving square; every third
 video has two hard cuts), then times, over all of them, one stage after the other in one process:
@@ -17,7 +17,9 @@ clip encoder's settings, and with x264's fastest preset (`ultrafast`), no cuts. 
 its finished children) are reported; CPU seconds are steadier on a shared machine. Clip settings come
 from the preset's `curation` section (paper: short side 320, 24 fps, clips of 2.6-10 s); the options
 override them. Peak memory is sampled every 20 ms: the resident set of this process and of its ffmpeg
-children (cutting and transcoding run there). Target: the whole within 1.3x of the encode floor (the transcode
+children (cutting and transcoding run there). With --stream-copy, N more videos are made at the clip size and
+rate and cut twice: re-encoded, and with ClipConfig.stream_copy (pieces from keyframe to keyframe keep the
+source's packets). Target: the whole within 1.3x of the encode floor (the transcode
 with the clip encoder's settings).
 """
 
@@ -38,8 +40,8 @@ import pandas as pd
 import psutil
 
 from lavie_model.config import load_preset
-from lavie_model.curation.clips import (ClipConfig, clip_name, clip_size, cut_clips, detect_shots, plan_pieces,
-                                        probe_and_detect_shots)
+from lavie_model.curation.clips import (ClipConfig, clip_name, clip_size, copyable, cut_clips, detect_shots,
+                                        plan_pieces, probe_and_detect_shots)
 from lavie_model.curation.probe import open_input, probe
 from lavie_model.curation.scores import ScoreConfig, read_clip
 from lavie_model.curation.shards import write_shards
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--clip-fps", type=float, help="frame rate of the clips (0: the source's)")
     parser.add_argument("--min-seconds", type=float, help="shortest clip")
     parser.add_argument("--max-seconds", type=float, help="longest clip")
+    parser.add_argument("--stream-copy", action="store_true",
+                        help="also cut sources made at the clip size and rate, re-encoded and by stream copy")
     args = parser.parse_args()
     overrides = {"short_side": args.short_side, "fps": args.clip_fps, "min_seconds": args.min_seconds,
                  "max_seconds": args.max_seconds}
@@ -188,6 +192,28 @@ def main() -> None:
                                          scoring.motion_pairs)
 
         timed("motion scoring", motion, clips)
+        if args.stream_copy:  # sources already at the clip size and rate: re-encoded pieces against copied ones
+            width, height = sizes[paths[0]]
+            rate = round(config.fps or args.fps)
+            ready = [work / f"ready_{index:03d}.mp4" for index in range(args.n)]
+            for index, path in enumerate(ready):
+                make_video(path, args.seconds, width, height, rate, cuts=2 if index % 3 == 0 else 0, seed=index)
+            plans = {}
+            for path in ready:
+                result, found = probe_and_detect_shots(path, config=config)
+                pieces, _ = plan_pieces(found, config)
+                flags = copyable(result, found, pieces, (width, height), dataclasses.replace(config, stream_copy=True))
+                plans[path] = (result, found, pieces, flags)
+            copies = sum(sum(plan[3]) for plan in plans.values())
+            pieces_total = sum(len(plan[2]) for plan in plans.values())
+            for name, copy in ((f"at the clip size: cutting, re-encoded ({pieces_total} pieces)", False),
+                               (f"at the clip size: cutting, stream copy ({copies} of {pieces_total} pieces)", True)):
+                def cut_ready(path, copy=copy):
+                    result, found, pieces, flags = plans[path]
+                    names = [clip_name(result.sha256, piece) for piece in pieces]
+                    cut_clips(path, pieces, names, (width, height), work / "ready", config,
+                              flags if copy else None, found.times)
+                timed(name, cut_ready, ready)
         shards = timed("sharding", lambda table: write_shards(table, work / "shards", prefix="bench"),
                        [pd.DataFrame(clips)])[0]
         after_probe = ["cutting and transcoding", "motion scoring", "sharding"]

