@@ -319,6 +319,33 @@ def test_long_shot_is_windowed_and_resampled(tmp_path):
         assert abs(len(decoded(clip.path)) - 10) <= 1  # 2.5 s at 4 fps
 
 
+@pytest.mark.parametrize("kind", ["cuts", "variable frame rate", "windows resampled"])
+def test_clips_encoded_in_runs_that_seek_equal_those_of_one_run(kind, tmp_path, monkeypatch):
+    """A source's clips re-encoded at most MAX_ENCODERS per ffmpeg run, each later run seeking to just before its
+    first piece: the same rows and, frame for frame, the same pictures as one run over the whole source."""
+    from lavie_model.curation import clips as clips_module
+
+    if kind == "cuts":
+        frames = np.concatenate([solid_frames(20, RED), solid_frames(20, BLUE), solid_frames(24, GREEN)])
+        path, config = write_video(tmp_path / "cuts.mp4", frames), ClipConfig(short_side=64)
+    elif kind == "variable frame rate":
+        times_ms = np.cumsum([0] + [50, 150] * 15)[:30].tolist()
+        path = write_video(tmp_path / "vfr.mp4", solid_frames(30, GREEN), times_ms=times_ms)
+        config = ClipConfig(short_side=64, max_seconds=1.0, min_seconds=0.5)
+    else:
+        path = write_video(tmp_path / "long.mp4", solid_frames(100, GREEN))
+        config = ClipConfig(short_side=64, max_seconds=3.0, fps=4)
+    whole = make_clips(probe(path), tmp_path / "one", config).clips
+    monkeypatch.setattr(clips_module, "MAX_ENCODERS", 1)
+    runs = make_clips(probe(path), tmp_path / "runs", config).clips
+    assert len(whole) >= 3
+    assert [{k: v for k, v in vars(c).items() if k != "path"} for c in runs] == \
+        [{k: v for k, v in vars(c).items() if k != "path"} for c in whole]
+    for a, b in zip(whole, runs):
+        first, second = yuv_frames(a.path), yuv_frames(b.path)
+        assert len(first) == len(second) and all(np.array_equal(x, y) for x, y in zip(first, second))
+
+
 def test_windows_and_drops_cover_every_frame():
     times = [index / 10 for index in range(101)]  # 100 frames at 10 fps, then the end
     shots = Shots([(0, 8), (8, 100)], times)

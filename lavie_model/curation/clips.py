@@ -4,8 +4,10 @@ Frames are addressed by their index in decode order, which is exact for variable
 shot detection decodes every frame with PyAV (recording each frame's time), in a decode of its own or in
 probe's (`probe_and_detect_shots`), and feeds PySceneDetect's ContentDetector; the cuts are then made by
 ffmpeg's `trim` filter on those frame indices, after a full decode, so no boundary snaps to a keyframe.
-One ffmpeg process per source decodes it once and writes every clip (split -> trim -> fps -> scale per
-clip). Every piece of a source ends as a clip row or a drop row.
+An ffmpeg process decodes the source once and writes its clips (split -> trim -> fps -> scale per clip), up
+to MAX_ENCODERS of them; a source with more clips gets more runs, each seeking to just before its first
+clip. With `stream_copy`, pieces that need no re-encoding keep the source's packets. Every piece of a
+source ends as a clip row or a drop row.
 """
 
 import math
@@ -52,6 +54,12 @@ class ClipConfig:
             raise ValueError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds} and {self.max_seconds}")
         if self.short_side < 2 or self.short_side % 2:
             raise ValueError(f"short_side must be even (yuv420p), got {self.short_side}")
+
+
+# Clips one ffmpeg run re-encodes at once: each holds an x264 encoder (about 28 MB at 568 x 320), so a long
+# source's clips are encoded in runs of this many. A 10-minute source's 60 clips: 1,686 MB in one run, 480 MB
+# in runs of 16, for 21% more time (benchmarks/curation.py).
+MAX_ENCODERS = 16
 
 
 @dataclass
@@ -267,7 +275,7 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
     try:
         if not all(copied):
             encode_pieces(path, [p for p, c in zip(pieces, copied) if not c],
-                          [p for p, c in zip(partials, copied) if not c], size, config)
+                          [p for p, c in zip(partials, copied) if not c], size, config, times)
         for partial, final in zip(partials, finals):
             os.replace(partial, final)
     finally:
@@ -276,10 +284,31 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
     return finals
 
 
-def encode_pieces(path, pieces: list[Piece], partials: list[Path], size: tuple[int, int], config: ClipConfig
-                  ) -> None:
-    """Re-encode each piece of `path` into its partial file in one ffmpeg run (split -> trim -> fps -> scale)."""
-    video = ffmpeg.input(f"file:{Path(path).absolute()}").video.split()
+def encode_pieces(path, pieces: list[Piece], partials: list[Path], size: tuple[int, int], config: ClipConfig,
+                  times: list[float] | None = None) -> None:
+    """Re-encode the pieces of `path` (in source order) into their partial files, at most MAX_ENCODERS in one
+    ffmpeg run (split -> trim -> fps -> scale), so that memory does not grow with the clips in a source. A run
+    after the first seeks to just before its first piece (`times`: the shots' frame times), so the source is
+    decoded about once in all."""
+    origin = None
+    for first in range(0, len(pieces), MAX_ENCODERS):
+        group = pieces[first:first + MAX_ENCODERS]
+        start = group[0].start_frame
+        seek = {}
+        if start and times is not None:  # halfway between the frame before and the first frame of the group
+            if origin is None:  # the source's first frame: times are counted from it
+                origin = first_frame(path).time or 0.0
+            seek = {"ss": f"{origin + (times[start - 1] + times[start]) / 2:.6f}", "seek_timestamp": 1}
+        else:
+            start = 0  # frames are counted from the source's first
+        encode_run(path, [Piece(p.shot, p.start_frame - start, p.end_frame - start) for p in group],
+                   partials[first:first + MAX_ENCODERS], size, config, seek)
+
+
+def encode_run(path, pieces: list[Piece], partials: list[Path], size: tuple[int, int], config: ClipConfig,
+               seek: dict) -> None:
+    """One ffmpeg run: each piece (frames counted from the first frame the input gives) into its partial file."""
+    video = ffmpeg.input(f"file:{Path(path).absolute()}", **seek).video.split()
     outputs = []
     for index, (piece, partial) in enumerate(zip(pieces, partials)):
         stream = video[index].trim(start_frame=piece.start_frame, end_frame=piece.end_frame)
