@@ -24,8 +24,15 @@ def sd_x4_upscaler_unet_config() -> dict:
     return json.loads(resources.files("lavie_model.configs").joinpath("sd_x4_upscaler_unet.json").read_text())
 
 
+WEIGHT_KEYS = ("ema", "state_dict", "module", "model")  # where training code puts the weights, in preference
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and DeepSpeed, torch.compile
+
+
 def load_checkpoint(path) -> dict:
-    """The state dict of a released checkpoint: `{"ema": state_dict}` or a bare state dict."""
+    """The state dict of a checkpoint: a bare state dict, or the one under `ema` (the released checkpoints),
+    `state_dict`, `module` or `model` beside whatever else a training loop saved (optimizer state, steps);
+    a training wrapper's `module.` or `_orig_mod.` prefix on every key is removed. See standalone_tensors for
+    how shared, non-contiguous and half-precision tensors are taken."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -35,14 +42,40 @@ def load_checkpoint(path) -> dict:
         raise ValueError(f"cannot read checkpoint {path}: {error}") from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict")
-    state_dict = checkpoint.get("ema", checkpoint)
+    key = next((key for key in WEIGHT_KEYS if key in checkpoint), None)
+    state_dict = checkpoint if key is None else checkpoint[key]
     if not isinstance(state_dict, dict):
-        raise ValueError(f"checkpoint {path}: 'ema' holds a {type(state_dict).__name__}, not a state dict")
-    not_tensors = sorted(k for k, v in state_dict.items() if not torch.is_tensor(v))
+        raise ValueError(f"checkpoint {path}: {key!r} holds a {type(state_dict).__name__}, not a state dict")
+    not_tensors = sorted(str(k) for k, v in state_dict.items() if not torch.is_tensor(v))
     if not_tensors:
-        raise ValueError(f"checkpoint {path} is not a state dict: entries that are not tensors: "
-                         f"{_first(not_tensors)}")
-    return state_dict
+        where = f"its {key!r} entry holds" if key else "it holds"
+        raise ValueError(f"checkpoint {path} is not a state dict: {where} entries that are not tensors: "
+                         f"{_first(not_tensors)}. Give a checkpoint of the model's weights alone, or with them "
+                         "under 'ema', 'state_dict', 'module' or 'model'")
+    for prefix in WRAPPER_PREFIXES:
+        if state_dict and all(name.startswith(prefix) for name in state_dict):
+            state_dict = {name[len(prefix):]: tensor for name, tensor in state_dict.items()}
+    return standalone_tensors(state_dict)
+
+
+def standalone_tensors(state_dict: dict) -> dict:
+    """Every tensor contiguous, in float32 where it is floating point, and in a storage of its own. A checkpoint
+    saved by other code may share one tensor between modules (the official UNet saved with rotary-embedding-torch
+    0.9.1 keeps one rotary `freqs` in every block), hold views and transposes, or be in half precision: the
+    model would then share or view those storages too, which safetensors refuses to save. Float32 is exact for
+    fp16 and bf16 values."""
+    seen, out = set(), {}
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            tensor = tensor.float()  # a new storage
+        else:
+            storage = tensor.untyped_storage()
+            whole = tensor.is_contiguous() and storage.nbytes() == tensor.numel() * tensor.element_size()
+            if storage.data_ptr() in seen or not whole:
+                tensor = tensor.contiguous().clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[name] = tensor
+    return out
 
 
 def check_state_dict(expected: dict, found: dict, what: str) -> None:

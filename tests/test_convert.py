@@ -73,6 +73,52 @@ def test_cli_conversion_round_trip(unet2d, tmp_path, wrap_in_ema):
                                    rtol=0, atol=1e-5)
 
 
+def foreign_layout(state_dict: dict) -> dict:
+    """The state dict as the official code saves it with rotary-embedding-torch 0.9.1 (one rotary `freqs`
+    tensor shared by every block), with a transposed (non-contiguous) weight, in half precision."""
+    foreign = {name: tensor.half() for name, tensor in state_dict.items()}
+    shared = next(tensor for name, tensor in foreign.items() if name.endswith("rotary_emb.freqs"))
+    foreign |= {name: shared for name in foreign if name.endswith("rotary_emb.freqs")}
+    name = "conv_in.weight"
+    foreign[name] = foreign[name].flatten(1).t().contiguous().t().unflatten(1, foreign[name].shape[1:])
+    assert not foreign[name].is_contiguous()
+    return foreign
+
+
+@pytest.mark.parametrize("wrapping", ["bare", "module prefix beside optimizer state", "state_dict key"])
+def test_foreign_checkpoints_with_shared_half_precision_and_wrapped_tensors_convert(unet2d, tmp_path, wrapping):
+    """What torch.save keeps of a LaVie UNet saved by other code: tensors sharing storage (safetensors refuses to
+    save those), non-contiguous and fp16 tensors, a training wrapper's `module.` prefix, optimizer state beside
+    the weights. The converted model holds the checkpoint's values (in float32)."""
+    original = official_checkpoint(unet2d, tmp_path / "unused.pt", wrap_in_ema=False)
+    foreign = foreign_layout(original.state_dict())
+    if wrapping == "module prefix beside optimizer state":
+        checkpoint = {"module": {f"module.{k}": v for k, v in foreign.items()},
+                      "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-5}]},
+                      "global_steps": 3}
+    elif wrapping == "state_dict key":
+        checkpoint = {"state_dict": foreign, "optimizer_states": [{"lr": 1e-5}], "epoch": 1}
+    else:
+        checkpoint = foreign
+    torch.save(checkpoint, tmp_path / "foreign.pt")
+    (tmp_path / "config.json").write_text(json.dumps(dict(unet2d.config)))
+    result = run_cli("convert-checkpoint", "--stage", "base", "--input", tmp_path / "foreign.pt",
+                     "--output", tmp_path / "converted", "--unet-config", tmp_path / "config.json")
+    assert result.returncode == 0, result.stderr
+    converted = UNet3DConditionModel.from_pretrained(tmp_path / "converted").state_dict()
+    for name, tensor in original.state_dict().items():
+        assert converted[name].dtype == torch.float32
+        assert torch.equal(converted[name], tensor.half().float()), name
+
+
+def test_a_checkpoint_without_recognisable_weights_says_what_to_do(unet2d, tmp_path):
+    weights = UNet3DConditionModel.from_pretrained_2d(unet2d).state_dict()
+    torch.save(weights | {"optimizer": {"lr": 1e-5}, "step": 3}, tmp_path / "mixed.pt")
+    result = run_cli("convert-checkpoint", "--stage", "base", "--input", tmp_path / "mixed.pt", "--output", tmp_path)
+    assert result.returncode == 1
+    assert "optimizer, step" in result.stderr and "'ema', 'state_dict', 'module' or 'model'" in result.stderr
+
+
 def test_strictness_names_the_offending_keys(unet2d, tmp_path):
     good = UNet3DConditionModel.from_pretrained_2d(unet2d).state_dict()
     config = dict(unet2d.config)
