@@ -17,6 +17,10 @@ def ingest(args):
         instance = DagsterInstance.get()
     except DagsterHomeNotSetError as error:
         raise ValueError("DAGSTER_HOME is not set: export DAGSTER_HOME=$PWD/dagster_home (an absolute path)") from error
+    if args.table:
+        return ingest_table(args, instance)
+    if not args.paths:
+        raise ValueError("give files or folders to ingest, or --table FILE for a table of URLs")
     kind = "images" if args.images else "videos"
     batch = store.ingest(args.paths, kind=kind, captions=args.captions)
     for skipped in batch.skipped:
@@ -29,13 +33,35 @@ def ingest(args):
     print(batch.key)
 
 
+def ingest_table(args, instance) -> None:
+    from lavie_model.curation import store
+    from lavie_model.curation.url_tables import TableColumns, register_url_table
+
+    if args.paths or args.images or args.captions:
+        raise ValueError("--table takes no files, --images or --captions: the table names the videos and captions")
+    columns = TableColumns(args.url_column, args.caption_column, args.start_column, args.end_column)
+    keys = register_url_table(args.table, store.lavie_home(), columns, args.chunk_size)
+    instance.add_dynamic_partitions("url_tables", keys)
+    print(f"registered {args.table} as {len(keys)} chunk(s) of at most {args.chunk_size} rows; materialize "
+          "downloaded_videos for each (it registers the video batch to curate); partition keys:", file=sys.stderr)
+    for key in keys:
+        print(key)
+
+
 def add_data_commands(commands) -> None:
     p = commands.add_parser("ingest", help="register videos (or images) as a new batch for curation",
                             description="Copy files into LAVIE_HOME's store (by SHA-256: the same bytes are kept "
                             "once) and register them as a Dagster partition; prints the partition key.")
-    p.add_argument("paths", nargs="+", help="files, or folders to search")
+    p.add_argument("paths", nargs="*", help="files, or folders to search")
     p.add_argument("--captions", help="CSV or Parquet with `path,caption` columns (default: sidecar .txt files)")
     p.add_argument("--images", action="store_true", help="the inputs are images for joint fine-tuning")
+    p.add_argument("--table", help="a CSV, TSV or Parquet table of video URLs and captions (optionally start and "
+                   "end seconds: one clip per span) instead of files; registered as url_tables partitions")
+    p.add_argument("--url-column", default="url", help="the table's URL column (WebVid: contentUrl)")
+    p.add_argument("--caption-column", default="caption", help="the table's caption column (WebVid: name)")
+    p.add_argument("--start-column", default="start", help="the table's span start column, seconds (if any)")
+    p.add_argument("--end-column", default="end", help="the table's span end column, seconds (if any)")
+    p.add_argument("--chunk-size", type=int, default=1000, help="rows per url_tables partition")
     p.set_defaults(func=ingest)
 
 

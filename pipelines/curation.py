@@ -18,6 +18,7 @@ import pandas as pd
 
 from lavie_model.config import load_preset
 from lavie_model.curation import store
+from lavie_model.curation import url_tables as url_tables_module
 from lavie_model.curation.captioner import CaptionerConfig, caption_clips
 from lavie_model.curation.clips import (
     SHOT_COLUMNS,
@@ -28,6 +29,7 @@ from lavie_model.curation.clips import (
     probe_with_shots,
     stored_shots,
 )
+from lavie_model.curation.download import Download, DownloadConfig, download_all
 from lavie_model.curation.filtering import FilterConfig, decide
 from lavie_model.curation.probe import ProbeConfig, ProbeResult
 from lavie_model.curation.report import histogram_png, preview_gif
@@ -36,6 +38,7 @@ from lavie_model.curation.shards import verify_shards, write_image_shards, write
 from lavie_model.report import table
 
 video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
+url_tables = dg.DynamicPartitionsDefinition(name="url_tables")  # chunks of URL tables (`lavie ingest --table`)
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
 # Default processes per asset that probe or cut files (CurationSettings.workers); each works on one file at a
 # time and holds one decoded frame of it (cuts run in an ffmpeg subprocess). They fork from the step's process:
@@ -108,6 +111,56 @@ def reasons_table(frame: pd.DataFrame, column: str = "reason") -> dg.MetadataVal
     return markdown_table(pd.DataFrame({"reason": counts.index, "count": counts.values}))
 
 
+class DownloadSettings(dg.Config):
+    """How `downloaded_videos` fetches; defaults: lavie_model.curation.download.DownloadConfig."""
+
+    workers: int = DownloadConfig.workers
+    timeout: float = DownloadConfig.timeout
+    retries: int = DownloadConfig.retries
+    backoff: float = DownloadConfig.backoff
+    max_bytes: int = DownloadConfig.max_bytes
+
+
+@dg.asset(partitions_def=url_tables, group_name="curation", kinds={"parquet"})
+def downloaded_videos(context: dg.AssetExecutionContext, config: DownloadSettings,
+                      settings: CurationSettings) -> dg.MaterializeResult:
+    """A URL table chunk's videos downloaded into the store and registered as a video batch (its captions and
+    spans on the files); every row's outcome in `downloads.parquet`, the failures in `quarantine.parquet`. A
+    rerun fetches only what is missing."""
+    key, home = context.partition_key, settings.home()
+    rows = url_tables_module.read_chunk(key, home)
+    folder = settings.batch_dir(key)
+    previous = folder / "downloads.parquet"
+    done = {}
+    if previous.is_file():
+        done = {r.url: Download(r.url, bool(r.ok), r.path, r.sha256, int(r.bytes), r.reason, int(r.attempts))
+                for r in pd.read_parquet(previous).itertuples() if r.ok}
+    problems = [url_tables_module.span_problem(start, end) for start, end in zip(rows["start"], rows["end"])]
+    wanted = [url for url, problem in zip(rows["url"], problems) if problem is None]
+    got = iter(download_all(wanted, home / "store" / "videos", DownloadConfig(**config.model_dump()), done,
+                            progress=lambda r: context.log.info(f"{'downloaded' if r.ok else 'failed'} {r.url}"
+                                                                + ("" if r.ok else f": {r.reason}"))))
+    results = [Download(url, False, reason=problem) if problem else next(got)
+               for url, problem in zip(rows["url"], problems)]
+    table = rows.assign(**{name: [getattr(r, name) for r in results]
+                           for name in ("ok", "path", "sha256", "bytes", "reason", "attempts")})
+    batch, table = url_tables_module.video_batch(table, home, Path(rows["table"].iloc[0]).name)
+    write_table(table.assign(run_id=context.run.run_id), previous)
+    quarantine = table[~table["ok"].astype(bool)]
+    write_table(quarantine[["row", "url", "reason"]].assign(run_id=context.run.run_id), folder / "quarantine.parquet")
+    if batch is not None:
+        context.instance.add_dynamic_partitions(video_batches.name, [batch.key])
+        (folder / "video_batch.txt").write_text(batch.key + "\n")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": int(table["ok"].astype(bool).sum()), "rows": len(table),
+        "quarantined": len(quarantine), "quarantine_reasons": reasons_table(quarantine),
+        "video_batch": batch.key if batch else "none (nothing new)",
+        "videos": len(batch.files) if batch else 0, "megabytes": round(float(table["bytes"].sum()) / 2**20, 2),
+        "statuses": markdown_table(table["status"].str.replace(r"batch \S+", "batch", regex=True)
+                                   .value_counts().rename_axis("status").reset_index()),
+    })
+
+
 @dg.asset(partitions_def=video_batches, group_name="curation", kinds={"parquet"})
 def raw_videos(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
     """The batch as ingested: each file's SHA-256, name, managed copy and source caption."""
@@ -156,9 +209,9 @@ def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings)
 
 
 def _clips_of(args):
-    row, out_dir, config = args
+    row, out_dir, config, spans = args
     probed = ProbeResult(**{f.name: row[f.name] for f in fields(ProbeResult)})
-    result = make_clips(probed, out_dir, config, stored_shots(row, config))
+    result = make_clips(probed, out_dir, config, stored_shots(row, config), spans)
     return [asdict(c) for c in result.clips], [asdict(d) for d in result.drops]
 
 
@@ -169,7 +222,10 @@ def video_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -
     probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
     out_dir = settings.home() / "clips" / context.partition_key
     config = settings.clip_config()
-    jobs = [(row, out_dir, config) for row in probed.to_dict("records")]
+    raw = pd.read_parquet(folder / "raw.parquet")
+    spans = dict(zip(raw["sha256"], raw["spans"])) if "spans" in raw else {}
+    jobs = [(row, out_dir, config, url_tables_module.spans_of(spans.get(row["sha256"])))
+            for row in probed.to_dict("records")]
     with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
         results = list(pool.map(_clips_of, jobs))
     # Explicit columns: a batch with no usable file still gives well-formed (empty) tables downstream.
@@ -192,8 +248,15 @@ def captioned_clips(context: dg.AssetExecutionContext, settings: CurationSetting
     with `recaption`); the caption's origin is recorded."""
     folder = settings.batch_dir(context.partition_key)
     clips = pd.read_parquet(folder / "clips.parquet")
-    raw = pd.read_parquet(folder / "raw.parquet")[["sha256", "caption", "caption_source"]]
-    table = clips.merge(raw, left_on="source_sha256", right_on="sha256", how="left").drop(columns=["sha256"])
+    raw = pd.read_parquet(folder / "raw.parquet")
+    table = clips.merge(raw[["sha256", "caption", "caption_source"]], left_on="source_sha256", right_on="sha256",
+                        how="left").drop(columns=["sha256"])
+    if "spans" in raw:  # clips cut from a URL table's spans take their span's caption
+        spans = dict(zip(raw["sha256"], raw["spans"]))
+        for index, clip in table.iterrows():
+            found = url_tables_module.spans_of(spans.get(clip["source_sha256"]))
+            if found and found[clip["shot"]]["caption"]:
+                table.loc[index, ["caption", "caption_source"]] = [found[clip["shot"]]["caption"], "table span"]
     table["caption_source"] = table["caption_source"].where(table["caption"].notna(), None)
     wanted = table["caption"].isna() | settings.recaption
     if settings.captioner_path and wanted.any():
@@ -342,5 +405,7 @@ def image_shards(context: dg.AssetExecutionContext, settings: CurationSettings) 
 
 VIDEO_ASSETS = [raw_videos, probed_videos, video_clips, captioned_clips, clip_scores, filtered_clips, video_shards]
 IMAGE_ASSETS = [raw_images, image_shards]
+URL_ASSETS = [downloaded_videos]
 curate_videos = dg.define_asset_job("curate_videos", selection=VIDEO_ASSETS, partitions_def=video_batches)
 curate_images = dg.define_asset_job("curate_images", selection=IMAGE_ASSETS, partitions_def=image_batches)
+download_videos = dg.define_asset_job("download_videos", selection=URL_ASSETS)

@@ -5,10 +5,12 @@ import dagster as dg
 from .ablations import ABLATION_ASSETS, AblationSettings
 from .curation import (
     IMAGE_ASSETS,
+    URL_ASSETS,
     VIDEO_ASSETS,
     CurationSettings,
     curate_images,
     curate_videos,
+    download_videos,
 )
 from .evaluation import EVALUATION_ASSETS, EvaluationSettings
 from .latents import LATENT_ASSETS, encode_image_latents, encode_video_latents
@@ -32,9 +34,9 @@ executor = dg.multiprocess_executor.configured({
 })
 
 defs = dg.Definitions(
-    assets=[*VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *LATENT_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS,
+    assets=[*URL_ASSETS, *VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *LATENT_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS,
             *ABLATION_ASSETS],
-    jobs=[curate_videos, curate_images, encode_video_latents, encode_image_latents, train_cascade],
+    jobs=[download_videos, curate_videos, curate_images, encode_video_latents, encode_image_latents, train_cascade],
     schedules=[retrain_schedule],
     sensors=[inbox_sensor, new_shards_sensor],
     resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient(),

@@ -225,6 +225,27 @@ def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[P
     return pieces, dropped
 
 
+def span_pieces(shots: Shots, spans: list[dict], config: ClipConfig = ClipConfig()
+                ) -> tuple[list[Piece], list[tuple[Piece, str]]]:
+    """One piece per span (`start`, `end` seconds from a URL table): the frames whose time falls within it, its
+    index as the piece's `shot`; spans that hold no frame or are shorter than `min_seconds`, with a reason."""
+    times, frames = shots.times, len(shots.times) - 1
+    pieces, dropped = [], []
+    for index, span in enumerate(spans):
+        start, end = float(span["start"]), float(span["end"])
+        first = bisect_left(times, start - 1e-3, 0, frames)  # the first frame at or after the start
+        last = bisect_left(times, end - 1e-3, 0, frames)  # ... and at or after the end (exclusive)
+        piece = Piece(index, first, last)
+        if first >= frames:
+            dropped.append((piece, f"span {start:g}-{end:g} s starts after the video ends ({times[-1]:.2f} s)"))
+        elif times[last] - times[first] < config.min_seconds:
+            seconds = times[last] - times[first]
+            dropped.append((piece, f"too short: span {start:g}-{end:g} s holds {seconds:.2f} s < {config.min_seconds} s"))
+        else:
+            pieces.append(piece)
+    return pieces, dropped
+
+
 def _windows(times: list[float], start: int, end: int, max_seconds: float) -> list[tuple[int, int]]:
     """Frames [start, end) split at the fewest equally spaced times that keep every window within max_seconds.
 
@@ -370,7 +391,7 @@ def copy_piece(path, piece: Piece, times: list[float], partial: Path) -> bool:
                "-ss", f"{middle:.6f}", "-i", f"file:{Path(path).absolute()}", "-map", "0:v:0", "-copyts",
                "-avoid_negative_ts", "make_zero", "-frames:v", str(count), "-c", "copy", "-an", "-map_metadata", "-1",
                "-f", "mp4", f"file:{Path(partial).absolute()}"]
-    if subprocess.run(command, capture_output=True).returncode != 0:
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
         return False
     try:
         with open_input(partial) as container:
@@ -382,11 +403,13 @@ def copy_piece(path, piece: Piece, times: list[float], partial: Path) -> bool:
         return False
 
 
-def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), shots: Shots | None = None
-               ) -> ClipsResult:
+def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), shots: Shots | None = None,
+               spans: list[dict] | None = None) -> ClipsResult:
     """Shots, windows and clip files of a probed video; every piece ends as a clip row or a drop row.
 
     shots: those `probe_and_detect_shots` found with the same config; None detects them here.
+    spans: a URL table's time spans of this video: one clip per span (its index is the clip's `shot`) instead
+    of the shots' windows.
     """
     if not probed.ok:
         raise ValueError(f"{probed.path} was quarantined by probe ({probed.reason}); it has no clips")
@@ -404,7 +427,7 @@ def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), 
         return DropRow(*source, piece.shot, piece.start_frame, piece.end_frame,
                        times[piece.start_frame], times[piece.end_frame], reason)
 
-    pieces, dropped = plan_pieces(shots, config)
+    pieces, dropped = plan_pieces(shots, config) if spans is None else span_pieces(shots, spans, config)
     drops = [drop(piece, reason) for piece, reason in dropped]
     if not pieces:
         return ClipsResult([], drops)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .url_tables import spans_of
+
 
 def lineage(key: str, home: Path) -> dict:
     """Everything recorded about the sample `key` of any shard under `home`; KeyError when no shard holds it."""
@@ -24,6 +26,10 @@ def lineage(key: str, home: Path) -> dict:
         scores = _row(pd.read_parquet(folder / "scores.parquet"), "clip_id", key)
         decision = _row(pd.read_parquet(folder / "filtered.parquet"), "clip_id", key)
         source = _row(raw, "sha256", clip["source_sha256"])
+        spans = spans_of(source.get("spans"))
+        if spans:  # cut from a URL table's span
+            span = spans[int(clip["shot"])]
+            found["span"] = f"{span['start']:g}-{span['end']:g} s, row {span['row']} of the URL table ({span['url']})"
         return found | {
             "source_file": source["source_path"], "source_sha256": clip["source_sha256"],
             "stored_copy": source["stored_path"],

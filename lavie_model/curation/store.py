@@ -43,7 +43,9 @@ class BatchFile:
     source_path: str  # where it was ingested from
     stored_path: str  # the managed copy under LAVIE_HOME/store
     caption: str | None  # the source caption, when one came with it
-    caption_source: str | None  # "sidecar" or the captions file's path
+    caption_source: str | None  # "sidecar", the captions file's path, or "table NAME" (a URL table)
+    # from a URL table: the rows' time spans, each cut as one clip: {"start", "end", "caption", "row", "url"}
+    spans: list[dict] | None = None
 
 
 @dataclass
