@@ -149,8 +149,12 @@ def downloaded_videos(context: dg.AssetExecutionContext, config: DownloadSetting
     quarantine = table[~table["ok"].astype(bool)]
     write_table(quarantine[["row", "url", "reason"]].assign(run_id=context.run.run_id), folder / "quarantine.parquet")
     if batch is not None:
-        context.instance.add_dynamic_partitions(video_batches.name, [batch.key])
         (folder / "video_batch.txt").write_text(batch.key + "\n")
+    # every batch the rows went into has its partition (also one a crashed run wrote but did not register)
+    batches = set(table["status"].str.extract(r"in batch (\S+)$")[0].dropna())
+    known = set(context.instance.get_dynamic_partitions(video_batches.name))
+    if batches - known:
+        context.instance.add_dynamic_partitions(video_batches.name, sorted(batches - known))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": int(table["ok"].astype(bool).sum()), "rows": len(table),
         "quarantined": len(quarantine), "quarantine_reasons": reasons_table(quarantine),

@@ -62,8 +62,10 @@ def read_url_table(path, columns: TableColumns = TableColumns()) -> pd.DataFrame
             return np.nan
         return pd.to_numeric(table[name].replace("", np.nan), errors="coerce")
 
-    return pd.DataFrame({"row": np.arange(len(table)), "url": table[columns.url].astype(str).str.strip(),
-                         "caption": table[columns.caption].astype(str).str.strip(),
+    def text(name):
+        return table[name].fillna("").astype(str).str.strip()
+
+    return pd.DataFrame({"row": np.arange(len(table)), "url": text(columns.url), "caption": text(columns.caption),
                          "start": seconds(columns.start), "end": seconds(columns.end)})
 
 
