@@ -13,7 +13,7 @@ from .curation import (
     download_videos,
 )
 from .evaluation import EVALUATION_ASSETS, EvaluationSettings
-from .latents import LATENT_ASSETS, encode_image_latents, encode_video_latents
+from .latents import LATENT_ASSETS, encode_image_latents, encode_video_latents, latents_sensor
 from .pretraining import PRETRAINING_ASSETS
 from .sensors import inbox_sensor
 from .training import (
@@ -38,7 +38,7 @@ defs = dg.Definitions(
             *ABLATION_ASSETS],
     jobs=[download_videos, curate_videos, curate_images, encode_video_latents, encode_image_latents, train_cascade],
     schedules=[retrain_schedule],
-    sensors=[inbox_sensor, new_shards_sensor],
+    sensors=[inbox_sensor, new_shards_sensor, latents_sensor],
     resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient(),
                "evaluation_settings": EvaluationSettings(), "ablations": AblationSettings()},
     executor=executor,
