@@ -212,7 +212,7 @@ def main() -> None:
                     result, found, pieces, flags = plans[path]
                     names = [clip_name(result.sha256, piece) for piece in pieces]
                     cut_clips(path, pieces, names, (width, height), work / "ready", config,
-                              flags if copy else None, found.times)
+                              flags if copy else None, found)
                 timed(name, cut_ready, ready)
         shards = timed("sharding", lambda table: write_shards(table, work / "shards", prefix="bench"),
                        [pd.DataFrame(clips)])[0]

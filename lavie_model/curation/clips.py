@@ -67,6 +67,7 @@ class Shots:
     ranges: list[tuple[int, int]]  # [start, end) frame indices of each shot
     times: list[float]  # start time of every frame in seconds from the first, then the end of the video
     keyframes: list[int] = field(default_factory=list)  # indices of the frames that decode on their own
+    origin: float = 0.0  # the first frame's time in the source's own timestamps (seeking needs it)
 
 
 @dataclass
@@ -153,7 +154,7 @@ class ShotDetector:
         cuts = self.cuts + [cut.frame_num for cut in self.detector.post_process(last)]
         bounds = [0] + sorted(cut for cut in set(cuts) if 0 < cut < len(times)) + [len(times)]
         times = [time - times[0] for time in times + [end_time(times, self.last_duration, float(self.rate))]]
-        return Shots(list(zip(bounds[:-1], bounds[1:])), times, self.keyframes)
+        return Shots(list(zip(bounds[:-1], bounds[1:])), times, self.keyframes, self.times[0])
 
 
 def detect_shots(path, config: ClipConfig = ClipConfig()) -> Shots:
@@ -183,7 +184,7 @@ def probe_and_detect_shots(path, probe_config: ProbeConfig = ProbeConfig(), conf
 
 
 # Columns the probe table gains from the shot detection that rode on probe's decode (`probe_with_shots`)
-SHOT_COLUMNS = ("shot_ranges", "frame_times", "keyframes", "shot_threshold", "shot_min_frames")
+SHOT_COLUMNS = ("shot_ranges", "frame_times", "keyframes", "frame_origin", "shot_threshold", "shot_min_frames")
 
 
 def probe_with_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: ClipConfig = ClipConfig(),
@@ -194,20 +195,20 @@ def probe_with_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: Cl
     row = dict.fromkeys(SHOT_COLUMNS)
     if shots is not None:
         row |= {"shot_ranges": [list(r) for r in shots.ranges], "frame_times": shots.times,
-                "keyframes": shots.keyframes, "shot_threshold": config.threshold,
+                "keyframes": shots.keyframes, "frame_origin": shots.origin, "shot_threshold": config.threshold,
                 "shot_min_frames": config.min_scene_frames}
     return asdict(result) | row
 
 
 def stored_shots(row: dict, config: ClipConfig) -> Shots | None:
     """The shots a probe row holds when they were found with `config`'s detector settings; else None (detect
-    them again)."""
-    ranges = row.get("shot_ranges")
-    if ranges is None or (row.get("shot_threshold"), row.get("shot_min_frames")) != (config.threshold,
-                                                                                     config.min_scene_frames):
+    them again, as for a row written before a column of SHOT_COLUMNS existed)."""
+    if any(row.get(name) is None for name in SHOT_COLUMNS):
         return None
-    return Shots([(int(start), int(end)) for start, end in ranges], [float(t) for t in row["frame_times"]],
-                 [int(k) for k in row["keyframes"]] if row.get("keyframes") is not None else [])
+    if (row["shot_threshold"], row["shot_min_frames"]) != (config.threshold, config.min_scene_frames):
+        return None
+    return Shots([(int(start), int(end)) for start, end in row["shot_ranges"]],
+                 [float(t) for t in row["frame_times"]], [int(k) for k in row["keyframes"]], float(row["frame_origin"]))
 
 
 def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
@@ -238,8 +239,7 @@ def span_pieces(shots: Shots, spans: list[dict], config: ClipConfig = ClipConfig
         piece = Piece(index, first, last)
         if first >= frames:
             dropped.append((piece, f"span {start:g}-{end:g} s starts after the video ends ({times[-1]:.2f} s)"))
-        elif times[last] - times[first] < config.min_seconds:
-            seconds = times[last] - times[first]
+        elif (seconds := times[last] - times[first]) < config.min_seconds:
             dropped.append((piece, f"too short: span {start:g}-{end:g} s holds {seconds:.2f} s < {config.min_seconds} s"))
         else:
             pieces.append(piece)
@@ -278,9 +278,9 @@ def clip_name(sha256: str, piece: Piece) -> str:
 
 def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int], out_dir,
               config: ClipConfig = ClipConfig(), copy: list[bool] | None = None,
-              times: list[float] | None = None) -> list[Path]:
+              shots: Shots | None = None) -> list[Path]:
     """Write each piece of `path` to `out_dir/name` (H.264, yuv420p, no audio): the pieces marked in `copy`
-    by copying their packets (see copyable; `times` from the shots), checked, the others (and any copy that
+    by copying their packets (see copyable; `shots`: the source's), checked, the others (and any copy that
     fails its check) re-encoded in one ffmpeg run.
 
     Each file is written under a temporary name and renamed into place once ffmpeg has finished all of
@@ -291,12 +291,12 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
     out_dir.mkdir(parents=True, exist_ok=True)
     finals = [out_dir / name for name in names]
     partials = [out_dir / f".{Path(name).stem}.partial.mp4" for name in names]  # renamed once complete
-    copied = [bool(copy and copy[i]) and copy_piece(path, piece, times, partials[i])
+    copied = [bool(copy and copy[i]) and copy_piece(path, piece, shots, partials[i])
               for i, piece in enumerate(pieces)]
     try:
         if not all(copied):
             encode_pieces(path, [p for p, c in zip(pieces, copied) if not c],
-                          [p for p, c in zip(partials, copied) if not c], size, config, times)
+                          [p for p, c in zip(partials, copied) if not c], size, config, shots)
         for partial, final in zip(partials, finals):
             os.replace(partial, final)
     finally:
@@ -306,20 +306,18 @@ def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int]
 
 
 def encode_pieces(path, pieces: list[Piece], partials: list[Path], size: tuple[int, int], config: ClipConfig,
-                  times: list[float] | None = None) -> None:
+                  shots: Shots | None = None) -> None:
     """Re-encode the pieces of `path` (in source order) into their partial files, at most MAX_ENCODERS in one
     ffmpeg run (split -> trim -> fps -> scale), so that memory does not grow with the clips in a source. A run
-    after the first seeks to just before its first piece (`times`: the shots' frame times), so the source is
-    decoded about once in all."""
-    origin = None
+    after the first seeks to just before its first piece (by the times in `shots`), so the source is decoded
+    about once in all."""
     for first in range(0, len(pieces), MAX_ENCODERS):
         group = pieces[first:first + MAX_ENCODERS]
         start = group[0].start_frame
         seek = {}
-        if start and times is not None:  # halfway between the frame before and the first frame of the group
-            if origin is None:  # the source's first frame: times are counted from it
-                origin = first_frame(path).time or 0.0
-            seek = {"ss": f"{origin + (times[start - 1] + times[start]) / 2:.6f}", "seek_timestamp": 1}
+        if start and shots is not None:  # halfway between the frame before and the first frame of the group
+            middle = shots.origin + (shots.times[start - 1] + shots.times[start]) / 2
+            seek = {"ss": f"{middle:.6f}", "seek_timestamp": 1}
         else:
             start = 0  # frames are counted from the source's first
         encode_run(path, [Piece(p.shot, p.start_frame - start, p.end_frame - start) for p in group],
@@ -378,11 +376,11 @@ def first_frame(path, at: float | None = None):
         return next(container.decode(stream))
 
 
-def copy_piece(path, piece: Piece, times: list[float], partial: Path) -> bool:
-    """Copy the packets of `piece` (keyframe to keyframe) from `path` into `partial` without re-encoding;
-    whether the copy holds exactly its frames (its frame count, and its first frame equal to the source's)."""
-    start = first_frame(path)
-    origin = start.time or 0.0  # the source's first frame: times are counted from it
+def copy_piece(path, piece: Piece, shots: Shots, partial: Path) -> bool:
+    """Copy the packets of `piece` (keyframe to keyframe) from `path` (whose `shots` they are) into `partial`
+    without re-encoding; whether the copy holds exactly its frames (its frame count, and its first frame equal
+    to the source's)."""
+    times, origin = shots.times, shots.origin
     middle = origin + (times[piece.start_frame] + times[piece.start_frame + 1]) / 2  # inside the piece's first frame
     count = piece.end_frame - piece.start_frame
     # seek to the keyframe at or before `middle` (the piece's first frame), keep the source's timestamps (an
@@ -435,7 +433,7 @@ def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), 
     names = [clip_name(probed.sha256, piece) for piece in pieces]
     try:
         paths = cut_clips(probed.path, pieces, names, size, out_dir, config,
-                          copyable(probed, shots, pieces, size, config), times)
+                          copyable(probed, shots, pieces, size, config), shots)
     except RuntimeError as error:
         return ClipsResult([], drops + [drop(piece, f"transcode failed: {error}") for piece in pieces])
     clips = []
