@@ -123,8 +123,8 @@ def encode_shard(source: Path, out_dir: Path, encoders: Encoders, identity: dict
     same shard contents by the same encoders at the same size is kept as it is. Returns the manifest."""
     source = Path(source)
     source_manifest = source.with_suffix(".json")
-    source_sha = (json.loads(source_manifest.read_text()).get("sha256") if source_manifest.is_file() else None) \
-        or sha256_of(source)
+    curated = json.loads(source_manifest.read_text()) if source_manifest.is_file() else {}
+    source_sha = curated.get("sha256") or sha256_of(source)
     header = {"family": encoders.family, "kind": kind, "size": list(encoders.size), **identity,
               "source": {"name": source.name, "sha256": source_sha}, "dtype": "float16"}
     path, manifest_path = Path(out_dir) / source.name, (Path(out_dir) / source.name).with_suffix(".json")
@@ -163,7 +163,7 @@ def encode_shard(source: Path, out_dir: Path, encoders: Encoders, identity: dict
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    source_keys = json.loads(source_manifest.read_text()).get("keys") if source_manifest.is_file() else None
+    source_keys = curated.get("keys")
     if source_keys is not None and source_keys != keys:
         path.unlink()
         raise ValueError(f"{source} holds {len(keys)} samples, its manifest lists {len(source_keys)}: the shard "

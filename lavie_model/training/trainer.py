@@ -197,10 +197,12 @@ def shard_list(spec) -> list[dict]:
     return shards
 
 
-def training_inputs(settings: TrainSettings, parts, size: tuple[int, int]) -> tuple[list, list | None, dict]:
+def training_inputs(settings: TrainSettings, parts, size: tuple[int, int], video_list: list[dict] | None,
+                    image_list: list[dict] | None) -> tuple[list, list | None, dict]:
     """The video and image shards the stream reads: the latent shards standing for the given shards when
     `settings.latents` holds them for this model's VAE and text encoder at this size, else the given shards;
-    and {"inputs": "latents" or "pixels", "why": ...}."""
+    and {"inputs": "latents" or "pixels", "why": ...}. `video_list`, `image_list`: the shards' shard_list rows,
+    needed with `settings.latents`."""
     from .data import expand_shards
     from .latents import FAMILY_OF, find_latents, weights_id
 
@@ -212,8 +214,8 @@ def training_inputs(settings: TrainSettings, parts, size: tuple[int, int]) -> tu
     if family is None:
         return videos, images, {"inputs": "pixels", "why": f"the {settings.stage} stand-in renders stills on the fly"}
     identity = {"vae": weights_id(parts.vae), "text_encoder": weights_id(parts.text_encoder)}
-    latent_videos, why = find_latents(shard_list(videos), settings.latents, family, size, identity)
-    latent_images, why_images = find_latents(shard_list(images), settings.latents, family, size, identity) \
+    latent_videos, why = find_latents(video_list, settings.latents, family, size, identity)
+    latent_images, why_images = find_latents(image_list, settings.latents, family, size, identity) \
         if images else ([], "")
     if latent_videos is None or latent_images is None:
         reasons = [reason for found, reason in ((latent_videos, why), (latent_images, why_images)) if found is None]
@@ -277,14 +279,16 @@ def train(settings: TrainSettings, report=None, log=print) -> Path:
     folder = output / "checkpoints"
     parts = load_parts(settings.model, settings.stage)
     data = stage_data(settings.stage, preset, parts.vae_scale)
-    videos, images, inputs = training_inputs(settings, parts, data.size)
+    listed = rank == 0 or bool(settings.latents)  # each shard's SHA-256: for run.json, and to match latents
+    video_list = shard_list(settings.videos) if listed else None
+    image_list = (shard_list(settings.images) if settings.images else []) if listed else None
+    videos, images, inputs = training_inputs(settings, parts, data.size, video_list, image_list)
     parts.to(device, dtype)
     if rank == 0:
         log(f"training inputs: {inputs['inputs']}: {inputs['why']}")
         folder.mkdir(parents=True, exist_ok=True)
         run = asdict(settings) | {"training": training, "world_size": world, "deepspeed": ds_config,
-                                  "videos": shard_list(settings.videos),
-                                  "images": shard_list(settings.images) if settings.images else [], **inputs}
+                                  "videos": video_list, "images": image_list, **inputs}
         (output / "run.json").write_text(json.dumps(run, indent=2) + "\n")
 
     unet = load_unet(settings.model, settings.stage, settings.train_2d).train()
