@@ -87,3 +87,18 @@ def demo_shards(tmp_path_factory):
         assert dg.materialize(assets, partition_key=batch.key, instance=instance,
                               resources={"settings": settings}).success
     return {"videos": str(home / "shards" / "videos"), "images": str(home / "shards" / "images")}
+
+
+@pytest.fixture
+def data_homes(tmp_path, monkeypatch):
+    """DAGSTER_HOME (an instance with the project's dagster.yaml) and LAVIE_HOME under tmp_path, as `lavie ingest`
+    needs them; returns LAVIE_HOME."""
+    import shutil
+    from pathlib import Path
+
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", dagster_home)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.setenv("LAVIE_HOME", str(tmp_path / "data"))
+    return tmp_path / "data"

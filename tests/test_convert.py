@@ -57,12 +57,18 @@ def run_cli(*args):
     return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 
 
+def cli_convert(unet2d, checkpoint: Path, output: Path):
+    """`lavie convert-checkpoint --stage base` of `checkpoint` into `output`, with unet2d's config."""
+    config = checkpoint.with_name("config.json")
+    config.write_text(json.dumps(dict(unet2d.config)))
+    return run_cli("convert-checkpoint", "--stage", "base", "--input", checkpoint, "--output", output,
+                   "--unet-config", config)
+
+
 @pytest.mark.parametrize("wrap_in_ema", [True, False])
 def test_cli_conversion_round_trip(unet2d, tmp_path, wrap_in_ema):
     original = official_checkpoint(unet2d, tmp_path / "lavie_base.pt", wrap_in_ema)
-    (tmp_path / "config.json").write_text(json.dumps(dict(unet2d.config)))
-    result = run_cli("convert-checkpoint", "--stage", "base", "--input", tmp_path / "lavie_base.pt",
-                     "--output", tmp_path / "converted", "--unet-config", tmp_path / "config.json")
+    result = cli_convert(unet2d, tmp_path / "lavie_base.pt", tmp_path / "converted")
     assert result.returncode == 0, result.stderr
     converted = UNet3DConditionModel.from_pretrained(tmp_path / "converted").eval()
     for name, tensor in original.state_dict().items():
@@ -101,9 +107,7 @@ def test_foreign_checkpoints_with_shared_half_precision_and_wrapped_tensors_conv
     else:
         checkpoint = foreign
     torch.save(checkpoint, tmp_path / "foreign.pt")
-    (tmp_path / "config.json").write_text(json.dumps(dict(unet2d.config)))
-    result = run_cli("convert-checkpoint", "--stage", "base", "--input", tmp_path / "foreign.pt",
-                     "--output", tmp_path / "converted", "--unet-config", tmp_path / "config.json")
+    result = cli_convert(unet2d, tmp_path / "foreign.pt", tmp_path / "converted")
     assert result.returncode == 0, result.stderr
     converted = UNet3DConditionModel.from_pretrained(tmp_path / "converted").state_dict()
     for name, tensor in original.state_dict().items():
@@ -134,9 +138,7 @@ def test_strictness_names_the_offending_keys(unet2d, tmp_path):
     assert "conv_in.weight: checkpoint (32, 8, 3, 3) vs model (32, 4, 3, 3)" in message
 
     torch.save({"ema": damaged}, tmp_path / "damaged.pt")
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    result = run_cli("convert-checkpoint", "--stage", "base", "--input", tmp_path / "damaged.pt",
-                     "--output", tmp_path / "out", "--unet-config", tmp_path / "config.json")
+    result = cli_convert(unet2d, tmp_path / "damaged.pt", tmp_path / "out")
     assert result.returncode == 1 and "attn_fcross.to_q.weight" in result.stderr
     assert not (tmp_path / "out").exists()
 

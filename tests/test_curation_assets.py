@@ -143,12 +143,7 @@ def test_ingest_stores_each_content_once(corpus, tmp_path):
     assert not (Path.cwd() / "pwned").exists()
 
 
-def test_lavie_ingest_registers_a_partition(corpus, tmp_path, monkeypatch, capsys):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("LAVIE_HOME", str(tmp_path / "data"))
+def test_lavie_ingest_registers_a_partition(corpus, tmp_path, monkeypatch, capsys, data_homes):
     captions = tmp_path / "captions.csv"
     captions.write_text(f"path,caption\n{corpus.images[0]},a photo given by a captions file\n")
     assert lavie(["ingest", "--images", "--captions", str(captions), str(corpus.images[0])]) == 0

@@ -1,7 +1,6 @@
 """URL tables end to end: `lavie ingest --table`, downloaded_videos against a real HTTP server on 127.0.0.1, then
 the curation assets cutting one clip per span, every row accounted for, lineage back to the URL and span."""
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -15,9 +14,6 @@ from pipelines.cli import main as lavie
 from pipelines.curation import VIDEO_ASSETS, CurationSettings, DownloadSettings, downloaded_videos
 from tests.test_curation_core import BLUE, GREEN, RED, solid_frames, write_video
 from tests.test_download import Server
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 class Videos(Server):
     """Serves two real videos: /a.mp4, 6 s at 10 fps (2 s each of red, blue, green), and /b.mp4, 3 s of green."""
@@ -42,13 +38,8 @@ def videos(tmp_path_factory):
     return Path(a).read_bytes(), Path(b).read_bytes()
 
 
-def test_a_url_table_is_downloaded_and_cut_one_clip_per_span(videos, tmp_path, monkeypatch, capsys):
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", dagster_home)
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    monkeypatch.setenv("LAVIE_HOME", str(tmp_path / "data"))
-    home = tmp_path / "data"
+def test_a_url_table_is_downloaded_and_cut_one_clip_per_span(videos, tmp_path, capsys, data_homes):
+    home = data_homes
     with Videos(*videos) as server:
         rows = [  # WebVid-like column names; spans in seconds
             (server.url("a.mp4"), "a red square", 0.0, 2.0),
