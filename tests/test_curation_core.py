@@ -3,10 +3,12 @@
 import hashlib
 import os
 import shutil
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import imageio_ffmpeg
 import numpy as np
 import pytest
 
@@ -17,11 +19,14 @@ from lavie_model.curation.clips import (
     detect_shots,
     make_clips,
     plan_pieces,
+    probe_and_cut,
     probe_with_shots,
     stored_shots,
 )
-from lavie_model.curation.demo_corpus import build_demo_corpus, main as demo_corpus_main, wheel_file
+from lavie_model.curation.demo_corpus import build_demo_corpus, wheel_file
+from lavie_model.curation.demo_corpus import main as demo_corpus_main
 from lavie_model.curation.probe import ProbeConfig, probe
+from lavie_model.curation.writer import FrameSpill, resample
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 
@@ -289,6 +294,7 @@ def test_stream_copy_keeps_pieces_from_keyframe_to_keyframe_and_re_encodes_the_r
     result = make_clips(probed, tmp_path / "clips", config)
     plain = make_clips(probed, tmp_path / "plain", ClipConfig(short_side=96))
     assert not result.drops and [(c.start_frame, c.end_frame) for c in result.clips] == [(0, 30), (30, 64)]
+    assert result.copied == ([c.clip_id for c in result.clips] if copied else []) and plain.copied == []
     strip = ("path",)
     assert [{k: v for k, v in vars(c).items() if k not in strip} for c in result.clips] == \
         [{k: v for k, v in vars(c).items() if k not in strip} for c in plain.clips]
@@ -319,31 +325,82 @@ def test_long_shot_is_windowed_and_resampled(tmp_path):
         assert abs(len(decoded(clip.path)) - 10) <= 1  # 2.5 s at 4 fps
 
 
-@pytest.mark.parametrize("kind", ["cuts", "variable frame rate", "windows resampled"])
-def test_clips_encoded_in_runs_that_seek_equal_those_of_one_run(kind, tmp_path, monkeypatch):
-    """A source's clips re-encoded at most MAX_ENCODERS per ffmpeg run, each later run seeking to just before its
-    first piece: the same rows and, frame for frame, the same pictures as one run over the whole source."""
-    from lavie_model.curation import clips as clips_module
-
+def source_of(kind, tmp_path):
+    """A source with cuts, one with a variable frame rate, or a long shot resampled to 4 fps, and its ClipConfig."""
     if kind == "cuts":
         frames = np.concatenate([solid_frames(20, RED), solid_frames(20, BLUE), solid_frames(24, GREEN)])
-        path, config = write_video(tmp_path / "cuts.mp4", frames), ClipConfig(short_side=64)
-    elif kind == "variable frame rate":
+        return write_video(tmp_path / "cuts.mp4", frames), ClipConfig(short_side=64)
+    if kind == "variable frame rate":
         times_ms = np.cumsum([0] + [50, 150] * 15)[:30].tolist()
         path = write_video(tmp_path / "vfr.mp4", solid_frames(30, GREEN), times_ms=times_ms)
-        config = ClipConfig(short_side=64, max_seconds=1.0, min_seconds=0.5)
-    else:
-        path = write_video(tmp_path / "long.mp4", solid_frames(100, GREEN))
-        config = ClipConfig(short_side=64, max_seconds=3.0, fps=4)
-    whole = make_clips(probe(path), tmp_path / "one", config).clips
-    monkeypatch.setattr(clips_module, "MAX_ENCODERS", 1)
-    runs = make_clips(probe(path), tmp_path / "runs", config).clips
-    assert len(whole) >= 3
-    assert [{k: v for k, v in vars(c).items() if k != "path"} for c in runs] == \
-        [{k: v for k, v in vars(c).items() if k != "path"} for c in whole]
-    for a, b in zip(whole, runs):
-        first, second = yuv_frames(a.path), yuv_frames(b.path)
-        assert len(first) == len(second) and all(np.array_equal(x, y) for x, y in zip(first, second))
+        return path, ClipConfig(short_side=64, max_seconds=1.0, min_seconds=0.5)
+    return write_video(tmp_path / "long.mp4", solid_frames(100, GREEN)), ClipConfig(short_side=64, max_seconds=3.0, fps=4)
+
+
+@pytest.mark.parametrize("kind", ["cuts", "variable frame rate", "windows resampled"])
+def test_one_decode_cuts_what_separate_decodes_cut(kind, tmp_path):
+    """probe_and_cut (probe, shots and clips in one decode) against probe_with_shots then make_clips, with the
+    stored shots and with shots found again: the same probe row, clip rows, motion and, frame for frame, the same
+    pictures; the spill never held more than the open shot and two pieces (one being written, one waiting), and
+    nothing is left beside the clips."""
+    path, config = source_of(kind, tmp_path)
+    row, one = probe_and_cut(path, tmp_path / "one", config=config)
+    assert row == probe_with_shots(path, config=config)
+    stored = make_clips(probe(path), tmp_path / "stored", config, stored_shots(row, config))
+    again = make_clips(probe(path), tmp_path / "again", config)
+    assert len(one.clips) >= 3 and not one.drops
+    shot_frames = max(end - start for start, end in row["shot_ranges"])
+    piece_frames = max(c.end_frame - c.start_frame for c in one.clips)
+    assert one.peak_frames <= shot_frames + 2 * piece_frames + config.min_scene_frames
+    for other in (stored, again):
+        assert [{k: v for k, v in vars(c).items() if k != "path"} for c in other.clips] == \
+            [{k: v for k, v in vars(c).items() if k != "path"} for c in one.clips]
+        assert other.motion == one.motion and set(one.motion) == {c.clip_id for c in one.clips}
+        for a, b in zip(one.clips, other.clips):
+            first, second = yuv_frames(a.path), yuv_frames(b.path)
+            assert len(first) == len(second) == a.frame_count
+            assert all(np.array_equal(x, y) for x, y in zip(first, second))
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(Path(c.path).name for c in one.clips)
+
+
+@pytest.mark.parametrize("source_fps, times_ms, fps", [(25, None, 24), (10, None, 4), (10, None, 15),
+                                                      (10, np.cumsum([0] + [50, 150] * 15)[:30].tolist(), 6)])
+def test_resampling_picks_the_frames_ffmpegs_fps_filter_picks(source_fps, times_ms, fps, tmp_path):
+    """writer.resample against ffmpeg's fps filter on the same source: each frame's index is written in its
+    brightness, and the frames ffmpeg outputs are read back."""
+    count = 30
+    frames = np.repeat(np.arange(count, dtype=np.uint8)[:, None, None, None] * 8, 96 * 128 * 3).reshape(count, 96, 128, 3)
+    path = write_video(tmp_path / "source.mp4", frames, fps=source_fps, times_ms=times_ms)
+
+    def brightness(filters):  # the mean grey level of each frame ffmpeg outputs
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(path), "-vf", filters,
+                   "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "gray", "-"]
+        grey = np.frombuffer(subprocess.run(command, capture_output=True, check=True).stdout, np.uint8)
+        return grey.reshape(-1, 96 * 128).mean(1)
+
+    levels = brightness("null")  # each source frame's own level
+    assert len(levels) == count
+    picked = [int(np.abs(levels - level).argmin()) for level in brightness(f"fps={fps}")]
+    times = detect_shots(path).times
+    assert resample(times, 0, count, fps) == picked
+
+
+def test_the_spill_keeps_only_the_frames_still_needed(tmp_path):
+    spill = FrameSpill(tmp_path, 8, 4, memory_bytes=5 * 48)  # five frames in memory, the older ones on disk
+    for index in range(10, 40):
+        spill.append(index, av.VideoFrame.from_ndarray(np.full((6, 8), index, np.uint8), format="yuv420p"))
+    assert (spill.first, spill.on_disk, len(spill.recent)) == (10, 25, 5)
+    assert [spill.frame(i).to_ndarray(format="yuv420p")[0, 0] for i in (10, 34, 35, 39)] == [10, 34, 35, 39]
+    spill.forget_before(30)  # more forgotten than kept on disk: the file is compacted
+    assert (spill.first, spill.count) == (30, 10) and os.fstat(spill.file.fileno()).st_size == 5 * 48
+    assert [spill.frame(i).to_ndarray(format="yuv420p")[0, 0] for i in range(30, 40)] == list(range(30, 40))
+    with pytest.raises(IndexError, match="frame 29 is not held"):
+        spill.frame(29)
+    with pytest.raises(ValueError, match="frame 41 appended after frame 39"):
+        spill.append(41, av.VideoFrame.from_ndarray(np.zeros((6, 8), np.uint8), format="yuv420p"))
+    spill.forget_before(37)  # the file is emptied
+    assert (spill.first, spill.on_disk, len(spill.recent)) == (37, 0, 3) and os.fstat(spill.file.fileno()).st_size == 0
+    spill.close()
 
 
 def test_windows_and_drops_cover_every_frame():

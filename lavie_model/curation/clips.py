@@ -1,32 +1,50 @@
-"""Clips: shots found with PySceneDetect, cut into windows, transcoded frame-accurately with ffmpeg.
+"""Clips: shots found with PySceneDetect, cut into windows, written frame-accurately in the same decode.
 
-Frames are addressed by their index in decode order, which is exact for variable frame rate files too:
-shot detection decodes every frame with PyAV (recording each frame's time), in a decode of its own or in
-probe's (`probe_and_detect_shots`), and feeds PySceneDetect's ContentDetector; the cuts are then made by
-ffmpeg's `trim` filter on those frame indices, after a full decode, so no boundary snaps to a keyframe.
-An ffmpeg process decodes the source once and writes its clips (split -> trim -> fps -> scale per clip), up
-to MAX_ENCODERS of them; a source with more clips gets more runs, each seeking to just before its first
-clip. With `stream_copy`, pieces that need no re-encoding keep the source's packets. Every piece of a
-source ends as a clip row or a drop row.
+Frames are addressed by their index in decode order, which is exact for variable frame rate files too. A
+source is decoded once (`probe_and_cut`, riding on probe's decode; `make_clips` decodes a probed file again):
+every frame feeds PySceneDetect's ContentDetector and is scaled to the clip size into a spill file; as soon
+as a shot ends, its windows are resampled, measured (motion) and encoded from the spill (writer.py), so no
+boundary snaps to a keyframe and the spill holds about one shot. With `stream_copy`, pieces that need no
+re-encoding keep the source's packets. Every piece of a source ends as a clip row or a drop row.
 """
 
 import math
-import os
+import queue
+import shutil
 import subprocess
+import tempfile
+import threading
 from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import ffmpeg
 import imageio_ffmpeg
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from scenedetect import FrameTimecode
 from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
-from .probe import ProbeConfig, ProbeResult, end_time, frame_duration, frame_time, open_input, probe
+from .probe import (
+    ProbeConfig,
+    ProbeResult,
+    end_time,
+    frame_duration,
+    frame_time,
+    open_input,
+    probe,
+)
+from .writer import (
+    ClipMeasure,
+    Encoder,
+    FrameSpill,
+    clip_size,
+    resample,
+    upright,
+    write_clip,
+)
 
 
 @dataclass(frozen=True)
@@ -44,22 +62,19 @@ class ClipConfig:
     # on benchmarks/curation.py's grainy synthetic videos: about 20% less CPU, 60-80% more bytes.
     x264_params: str = "mbtree=1:rc-lookahead=10"
     # Copy a piece's H.264 packets instead of re-encoding them where the source already is what a clip would be
-    # (H.264 yuv420p, upright, at the clip size and constant rate) and the piece runs from a keyframe to a
-    # keyframe or the end: no generation loss, no encode. Off by default: the clips then keep the source's
+    # (H.264 yuv420p, upright, at the clip size, and at the clip rate over the piece) and the piece runs from
+    # a keyframe to a keyframe or the end: no generation loss, no encode. Off by default: the clips then keep the source's
     # bitrate and GOP instead of `crf` and `preset`.
     stream_copy: bool = False
+
+    def encoder(self) -> Encoder:
+        return Encoder(self.crf, self.preset, self.x264_params)
 
     def __post_init__(self):
         if not 0 < self.min_seconds <= self.max_seconds:
             raise ValueError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds} and {self.max_seconds}")
         if self.short_side < 2 or self.short_side % 2:
             raise ValueError(f"short_side must be even (yuv420p), got {self.short_side}")
-
-
-# Clips one ffmpeg run re-encodes at once: each holds an x264 encoder (about 28 MB at 568 x 320), so a long
-# source's clips are encoded in runs of this many. A 10-minute source's 60 clips: 1,686 MB in one run, 480 MB
-# in runs of 16, for 21% more time (benchmarks/curation.py).
-MAX_ENCODERS = 16
 
 
 @dataclass
@@ -110,6 +125,9 @@ class DropRow:
 class ClipsResult:
     clips: list[ClipRow]
     drops: list[DropRow]
+    motion: dict[str, float] = field(default_factory=dict)  # clip_id: motion (writer.py), measured while writing
+    peak_frames: int = 0  # the most frames the spill held at once
+    copied: list[str] = field(default_factory=list)  # clip_ids that kept the source's packets (stream_copy)
 
 
 class ShotDetector:
@@ -117,13 +135,14 @@ class ShotDetector:
     downscaled as PySceneDetect does; `shots()` gives the result once every frame has been fed.
 
     An error on a frame (the errors `make_clips` records as a failed shot detection) stops it and `shots()`
-    raises it, so that, fed by `probe`, a failure of shot detection never changes probe's verdict.
+    raises it, so that, fed by `probe`, a failure of shot detection never changes probe's verdict. With
+    `detect=False` it only records the frames' times and keyframes (the shots are known already).
     """
 
-    def __init__(self, config: ClipConfig = ClipConfig()):
+    def __init__(self, config: ClipConfig = ClipConfig(), detect: bool = True):
         self.detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_frames)
         self.times, self.cuts, self.size, self.rate, self.last_duration, self.error = [], [], None, None, None, None
-        self.keyframes = []
+        self.keyframes, self.detect, self.reformatter = [], detect, VideoReformatter()
 
     def __call__(self, index: int, frame: av.VideoFrame, rate: Fraction) -> None:
         if self.error is not None:
@@ -137,8 +156,11 @@ class ShotDetector:
             self.last_duration = frame_duration(frame)
             if frame.key_frame:
                 self.keyframes.append(index)
-            # one swscale thread: PyAV's default (a thread pool per call) is several times slower here
-            pixels = frame.to_ndarray(width=self.size[0], height=self.size[1], format="bgr24", threads=1)
+            if not self.detect:
+                return
+            # one reformatter for every frame (a new one per frame costs more than the detector) and one swscale
+            # thread (PyAV's default, a thread pool per call, is several times slower here)
+            pixels = self.reformatter.reformat(frame, *self.size, "bgr24", threads=1).to_ndarray()  # (h, w, 3)
             self.cuts += [cut.frame_num for cut in self.detector.process_frame(FrameTimecode(index, rate), pixels)]
         except (av.error.FFmpegError, OSError, ValueError) as error:
             self.error = error
@@ -151,7 +173,7 @@ class ShotDetector:
         if not times:
             raise ValueError(f"no video frame decodes in {path}")
         last = FrameTimecode(len(times) - 1, self.rate)
-        cuts = self.cuts + [cut.frame_num for cut in self.detector.post_process(last)]
+        cuts = self.cuts + ([cut.frame_num for cut in self.detector.post_process(last)] if self.detect else [])
         bounds = [0] + sorted(cut for cut in set(cuts) if 0 < cut < len(times)) + [len(times)]
         times = [time - times[0] for time in times + [end_time(times, self.last_duration, float(self.rate))]]
         return Shots(list(zip(bounds[:-1], bounds[1:])), times, self.keyframes, self.times[0])
@@ -191,7 +213,11 @@ def probe_with_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: Cl
                      sha256: str | None = None) -> dict:
     """A probe row (ProbeResult's fields) with the shots found in the same decode, as SHOT_COLUMNS (None where
     the file was quarantined or shot detection failed); `stored_shots` reads them back for `make_clips`."""
-    result, shots = probe_and_detect_shots(path, probe_config, config, sha256)
+    return shot_row(*probe_and_detect_shots(path, probe_config, config, sha256), config)
+
+
+def shot_row(result: ProbeResult, shots: Shots | None, config: ClipConfig) -> dict:
+    """A probe row: the result's fields, and the shots found with `config` as SHOT_COLUMNS (None without them)."""
     row = dict.fromkeys(SHOT_COLUMNS)
     if shots is not None:
         row |= {"shot_ranges": [list(r) for r in shots.ranges], "frame_times": shots.times,
@@ -213,37 +239,41 @@ def stored_shots(row: dict, config: ClipConfig) -> Shots | None:
 
 def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
     """Each shot cut into equal windows of at most `max_seconds`; pieces under `min_seconds` with a reason."""
-    pieces, dropped = [], []
-    times = shots.times
-    for shot, (start, end) in enumerate(shots.ranges):
-        for window_start, window_end in _windows(times, start, end, config.max_seconds):
-            piece = Piece(shot, window_start, window_end)
-            seconds = times[window_end] - times[window_start]
-            if seconds < config.min_seconds:
-                dropped.append((piece, f"too short: {seconds:.2f} s < {config.min_seconds} s"))
-            else:
-                pieces.append(piece)
-    return pieces, dropped
+    planned = [item for shot, (start, end) in enumerate(shots.ranges)
+               for item in shot_pieces(shots.times, shot, start, end, config)]
+    return [piece for piece, reason in planned if not reason], [(piece, reason) for piece, reason in planned if reason]
+
+
+def shot_pieces(times: list[float], shot: int, start: int, end: int, config: ClipConfig) -> list[tuple[Piece, str]]:
+    """The windows of shot frames [start, end) (times up to times[end]), each with why it is dropped, or ""."""
+    planned = []
+    for window_start, window_end in _windows(times, start, end, config.max_seconds):
+        seconds = times[window_end] - times[window_start]
+        short = f"too short: {seconds:.2f} s < {config.min_seconds} s" if seconds < config.min_seconds else ""
+        planned.append((Piece(shot, window_start, window_end), short))
+    return planned
 
 
 def span_pieces(shots: Shots, spans: list[dict], config: ClipConfig = ClipConfig()
                 ) -> tuple[list[Piece], list[tuple[Piece, str]]]:
     """One piece per span (`start`, `end` seconds from a URL table): the frames whose time falls within it, its
     index as the piece's `shot`; spans that hold no frame or are shorter than `min_seconds`, with a reason."""
-    times, frames = shots.times, len(shots.times) - 1
-    pieces, dropped = [], []
-    for index, span in enumerate(spans):
-        start, end = float(span["start"]), float(span["end"])
-        first = bisect_left(times, start - 1e-3, 0, frames)  # the first frame at or after the start
-        last = bisect_left(times, end - 1e-3, 0, frames)  # ... and at or after the end (exclusive)
-        piece = Piece(index, first, last)
-        if first >= frames:
-            dropped.append((piece, f"span {start:g}-{end:g} s starts after the video ends ({times[-1]:.2f} s)"))
-        elif (seconds := times[last] - times[first]) < config.min_seconds:
-            dropped.append((piece, f"too short: span {start:g}-{end:g} s holds {seconds:.2f} s < {config.min_seconds} s"))
-        else:
-            pieces.append(piece)
-    return pieces, dropped
+    planned = [span_piece(shots.times, len(shots.times) - 1, index, span, config) for index, span in enumerate(spans)]
+    return [piece for piece, reason in planned if not reason], [(piece, reason) for piece, reason in planned if reason]
+
+
+def span_piece(times: list[float], frames: int, index: int, span: dict, config: ClipConfig) -> tuple[Piece, str]:
+    """Span `index` as frames of `times` (the first `frames` are frame starts): its piece, and why it is dropped, or
+    "". Exact as soon as a frame at or after the span's end is among them."""
+    start, end = float(span["start"]), float(span["end"])
+    first = bisect_left(times, start - 1e-3, 0, frames)  # the first frame at or after the start
+    last = bisect_left(times, end - 1e-3, 0, frames)  # ... and at or after the end (exclusive)
+    piece = Piece(index, first, last)
+    if first >= frames:
+        return piece, f"span {start:g}-{end:g} s starts after the video ends ({times[-1]:.2f} s)"
+    if (seconds := times[last] - times[first]) < config.min_seconds:
+        return piece, f"too short: span {start:g}-{end:g} s holds {seconds:.2f} s < {config.min_seconds} s"
+    return piece, ""
 
 
 def _windows(times: list[float], start: int, end: int, max_seconds: float) -> list[tuple[int, int]]:
@@ -264,107 +294,8 @@ def _windows(times: list[float], start: int, end: int, max_seconds: float) -> li
         count += 1
 
 
-def clip_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Display size scaled so that the short side is `short_side`, the long side rounded to even."""
-    scale = short_side / min(width, height)
-    if width <= height:
-        return short_side, max(2, round(height * scale / 2) * 2)
-    return max(2, round(width * scale / 2) * 2), short_side
-
-
 def clip_name(sha256: str, piece: Piece) -> str:
     return f"{sha256}_{piece.start_frame:06d}_{piece.end_frame:06d}.mp4"
-
-
-def cut_clips(path, pieces: list[Piece], names: list[str], size: tuple[int, int], out_dir,
-              config: ClipConfig = ClipConfig(), copy: list[bool] | None = None,
-              shots: Shots | None = None) -> list[Path]:
-    """Write each piece of `path` to `out_dir/name` (H.264, yuv420p, no audio): the pieces marked in `copy`
-    by copying their packets (see copyable; `shots`: the source's), checked, the others (and any copy that
-    fails its check) re-encoded in one ffmpeg run.
-
-    Each file is written under a temporary name and renamed into place once ffmpeg has finished all of
-    them. ffmpeg rotates frames upright (its default autorotate), so `size` is the display size.
-    Raises RuntimeError with ffmpeg's message when it fails.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    finals = [out_dir / name for name in names]
-    partials = [out_dir / f".{Path(name).stem}.partial.mp4" for name in names]  # renamed once complete
-    copied = [bool(copy and copy[i]) and copy_piece(path, piece, shots, partials[i])
-              for i, piece in enumerate(pieces)]
-    try:
-        if not all(copied):
-            encode_pieces(path, [p for p, c in zip(pieces, copied) if not c],
-                          [p for p, c in zip(partials, copied) if not c], size, config, shots)
-        for partial, final in zip(partials, finals):
-            os.replace(partial, final)
-    finally:
-        for partial in partials:
-            partial.unlink(missing_ok=True)
-    return finals
-
-
-def encode_pieces(path, pieces: list[Piece], partials: list[Path], size: tuple[int, int], config: ClipConfig,
-                  shots: Shots | None = None) -> None:
-    """Re-encode the pieces of `path` (in source order) into their partial files, at most MAX_ENCODERS in one
-    ffmpeg run (split -> trim -> fps -> scale), so that memory does not grow with the clips in a source. A run
-    after the first seeks to just before its first piece (by the times in `shots`), so the source is decoded
-    about once in all."""
-    for first in range(0, len(pieces), MAX_ENCODERS):
-        group = pieces[first:first + MAX_ENCODERS]
-        start = group[0].start_frame
-        seek = {}
-        if start and shots is not None:  # halfway between the frame before and the first frame of the group
-            middle = shots.origin + (shots.times[start - 1] + shots.times[start]) / 2
-            seek = {"ss": f"{middle:.6f}", "seek_timestamp": 1}
-        else:
-            start = 0  # frames are counted from the source's first
-        encode_run(path, [Piece(p.shot, p.start_frame - start, p.end_frame - start) for p in group],
-                   partials[first:first + MAX_ENCODERS], size, config, seek)
-
-
-def encode_run(path, pieces: list[Piece], partials: list[Path], size: tuple[int, int], config: ClipConfig,
-               seek: dict) -> None:
-    """One ffmpeg run: each piece (frames counted from the first frame the input gives) into its partial file."""
-    video = ffmpeg.input(f"file:{Path(path).absolute()}", **seek).video.split()
-    outputs = []
-    for index, (piece, partial) in enumerate(zip(pieces, partials)):
-        stream = video[index].trim(start_frame=piece.start_frame, end_frame=piece.end_frame)
-        stream = stream.setpts("PTS-STARTPTS")
-        if config.fps:
-            stream = stream.filter("fps", fps=config.fps)
-        stream = stream.filter("scale", size[0], size[1]).filter("setsar", 1)
-        options = {"x264-params": config.x264_params} if config.x264_params else {}
-        outputs.append(ffmpeg.output(
-            stream, f"file:{partial}", f="mp4", vcodec="libx264", pix_fmt="yuv420p", crf=config.crf,
-            preset=config.preset, fps_mode="passthrough", an=None, map_metadata=-1, **options,
-        ))
-    command = ffmpeg.merge_outputs(*outputs).global_args("-nostdin", "-loglevel", "error")
-    try:
-        command.run(cmd=imageio_ffmpeg.get_ffmpeg_exe(), capture_stdout=True, capture_stderr=True,
-                    overwrite_output=True)
-    except ffmpeg.Error as error:
-        message = error.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"ffmpeg failed on {path}: {message[-1] if message else error}") from error
-
-
-def copyable(probed: ProbeResult, shots: Shots, pieces: list[Piece], size: tuple[int, int], config: ClipConfig
-             ) -> list[bool]:
-    """Which pieces can keep the source's packets (ClipConfig.stream_copy): the source is H.264 yuv420p,
-    upright, at the clip size and constant rate, and the piece runs from a keyframe to a keyframe or the end."""
-    if not config.stream_copy or not pieces:
-        return [False] * len(pieces)
-    fps_matches = config.fps is None or abs(config.fps - probed.fps) <= 1e-3 * config.fps
-    if not (probed.codec == "h264" and probed.rotation == 0 and not probed.variable_frame_rate and fps_matches
-            and size == (probed.width, probed.height)):
-        return [False] * len(pieces)
-    with open_input(Path(probed.path)) as container:
-        if container.streams.video[0].codec_context.pix_fmt != "yuv420p":
-            return [False] * len(pieces)
-    keyframes, frames = set(shots.keyframes), len(shots.times) - 1
-    return [piece.start_frame in keyframes and (piece.end_frame in keyframes or piece.end_frame == frames)
-            for piece in pieces]
 
 
 def first_frame(path, at: float | None = None):
@@ -376,11 +307,10 @@ def first_frame(path, at: float | None = None):
         return next(container.decode(stream))
 
 
-def copy_piece(path, piece: Piece, shots: Shots, partial: Path) -> bool:
-    """Copy the packets of `piece` (keyframe to keyframe) from `path` (whose `shots` they are) into `partial`
-    without re-encoding; whether the copy holds exactly its frames (its frame count, and its first frame equal
-    to the source's)."""
-    times, origin = shots.times, shots.origin
+def copy_piece(path, piece: Piece, times: list[float], origin: float, partial: Path) -> bool:
+    """Copy the packets of `piece` (keyframe to keyframe) from `path` (`times`: its frames' times from the first,
+    whose own timestamp is `origin`) into `partial` without re-encoding; whether the copy holds exactly its frames
+    (its frame count, and its first frame equal to the source's)."""
     middle = origin + (times[piece.start_frame] + times[piece.start_frame + 1]) / 2  # inside the piece's first frame
     count = piece.end_frame - piece.start_frame
     # seek to the keyframe at or before `middle` (the piece's first frame), keep the source's timestamps (an
@@ -401,49 +331,273 @@ def copy_piece(path, piece: Piece, shots: Shots, partial: Path) -> bool:
         return False
 
 
-def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), shots: Shots | None = None,
-               spans: list[dict] | None = None) -> ClipsResult:
-    """Shots, windows and clip files of a probed video; every piece ends as a clip row or a drop row.
+# what a failure to decode, scale, spill or encode raises (a clip's own failure becomes its drop row)
+CUT_ERRORS = (av.error.FFmpegError, OSError, ValueError, IndexError)
 
-    shots: those `probe_and_detect_shots` found with the same config; None detects them here.
+
+class Cutter:
+    """A frame hook (for `probe`, or a decode of its own in `make_clips`) that writes a video's clips while it
+    decodes. Each frame is scaled upright to the clip size into a spill file (writer.FrameSpill); a piece is
+    written as soon as its frames are all in: a shot's windows once the detector has found the shot's end (the
+    cuts it reports never go back), a span's once a frame at or after its end has decoded, a given plan's once
+    its last frame has. A thread of its own encodes the pieces while decoding goes on, at most one piece
+    behind (decoding waits for it), so the spill stays about a shot long. Files are written under partial
+    names in a folder of their own; `finish` renames them into place once the whole video has decoded,
+    `discard` removes them. It never raises from a frame: the first error stops it, and `finish` turns it into
+    drop rows."""
+
+    def __init__(self, path, out_dir, config: ClipConfig, measure: ClipMeasure, shots: Shots | None = None,
+                 spans: list[dict] | None = None):
+        self.path, self.out_dir, self.config, self.measure, self.spans = Path(path), Path(out_dir), config, measure, spans
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix=".cutting-", dir=self.out_dir))
+        self.detector = ShotDetector(config, detect=shots is None)
+        self.given = shots
+        self.next_shot, self.boundary, self.spans_done = 0, 0, set()  # what planning has covered
+        self.planned: list[tuple[Piece, str]] = []  # pieces planned and not yet written, with drop reasons
+        if shots is not None:  # the whole plan is known before the first frame
+            self.planned = self._plan(shots.times, len(shots.times) - 1, final=True)
+        self.written: list[tuple[Piece, Path, int, float]] = []  # piece, partial file, frames, motion
+        self.copied: set[tuple[int, int]] = set()  # the pieces' frames
+        self.drops: list[tuple[Piece, str]] = []
+        self.times: list[float] = []  # each decoded frame's time from the first
+        self.spill, self.error, self.copy_source, self.peak_frames = None, None, None, 0
+        self.final = False  # whether the whole video has decoded (and times ends with its end)
+        self.reformatter = VideoReformatter()
+        self.jobs: queue.Queue = queue.Queue(maxsize=1)  # pieces for the writer thread; None ends it
+        self.writer: threading.Thread | None = None
+        self.in_flight: list[Piece] = []  # pieces given to the writer and not written yet
+        self.lock = threading.Lock()  # guards the spill and in_flight
+
+    def __call__(self, index: int, frame: av.VideoFrame, rate: Fraction) -> None:
+        self.detector(index, frame, rate)
+        if self.error is not None or self.detector.error is not None:
+            return
+        try:
+            if self.spill is None:
+                self._start(frame, rate)
+            self.times.append(self.detector.times[-1] - self.detector.times[0])
+            picture = upright(frame, self.reformatter, self.spill_size, self.rotation)
+            with self.lock:
+                self.spill.append(index, picture)
+                self.peak_frames = max(self.peak_frames, self.spill.count)
+            if self.given is None:
+                self.planned += self._plan(self.times, len(self.times), final=False)
+            self._write_ready(final=False)
+        except CUT_ERRORS as error:
+            self.error = error
+
+    def _start(self, frame: av.VideoFrame, rate: Fraction) -> None:
+        self.rotation = round(frame.rotation / 90) % 4 * 90
+        width, height = (frame.height, frame.width) if self.rotation in (90, 270) else (frame.width, frame.height)
+        self.display = (width, height)
+        self.spill_size = clip_size(width, height, self.config.short_side)
+        self.spill = FrameSpill(self.work, *self.spill_size)
+        self.rate, self.time_base = rate, frame.time_base or Fraction(1, 90000)
+        if self.config.stream_copy:  # what the stream holds, for copyable(): its codec and pixel format
+            with open_input(self.path) as container:
+                context = container.streams.video[0].codec_context
+                self.copy_source = (context.name, context.pix_fmt)
+
+    def _plan(self, times: list[float], frames: int, final: bool) -> list[tuple[Piece, str]]:
+        """Pieces newly known: over `frames` frame starts in `times` (then the end when `final`)."""
+        if self.spans is not None:
+            ready = [i for i, span in enumerate(self.spans) if i not in self.spans_done
+                     and (final or (frames and times[frames - 1] >= float(span["end"]) - 1e-3))]
+            self.spans_done.update(ready)
+            return [span_piece(times, frames, i, self.spans[i], self.config) for i in ready]
+        if final:  # the shots the detector gives at the end (or the given ones), from where planning stopped
+            shots = self.given or self.detector.shots(self.path)
+            if self.boundary and shots.ranges[self.next_shot][0] != self.boundary:  # never seen: cuts only go forward
+                raise ValueError(f"the detector's shots of {self.path} differ from the cuts it reported while decoding")
+            ranges = list(enumerate(shots.ranges))[self.next_shot:]
+        else:  # the shots the detector's cuts have closed so far
+            cuts = sorted(c for c in set(self.detector.cuts) if self.boundary < c < frames)
+            ranges = list(enumerate(zip([self.boundary] + cuts[:-1], cuts), start=self.next_shot))
+        if ranges:
+            self.next_shot, self.boundary = ranges[-1][0] + 1, ranges[-1][1][1]
+        return [item for shot, (start, end) in ranges for item in shot_pieces(times, shot, start, end, self.config)]
+
+    def _needed_from(self, frames: int) -> int:
+        """The first frame a piece not written yet (or not planned yet) may need."""
+        starts = [piece.start_frame for piece, _ in self.planned] + [piece.start_frame for piece in self.in_flight]
+        if self.given is None and self.spans is None:
+            starts.append(self.boundary)
+        elif self.spans is not None:
+            starts += [bisect_left(self.times, float(span["start"]) - 1e-3) for i, span in enumerate(self.spans)
+                       if i not in self.spans_done]
+        return min(starts, default=frames)
+
+    def _write_ready(self, final: bool) -> None:
+        frames = len(self.times) - (1 if final else 0)  # when final, times ends with the end of the video
+        waiting = []
+        for piece, reason in self.planned:
+            if reason:
+                self.drops.append((piece, reason))
+            elif final or piece.end_frame < frames:  # frame end has decoded: the piece's end time is known
+                self._submit(piece)
+            else:
+                waiting.append((piece, reason))
+        self.planned = waiting
+        with self.lock:
+            self.spill.forget_before(self._needed_from(frames))
+
+    def _submit(self, piece: Piece) -> None:
+        """Give `piece` to the writer thread (started on the first); waits while it is a piece behind."""
+        job = (piece, self._copyable(piece), self.times)
+        with self.lock:
+            self.in_flight.append(piece)
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._write_all, name=f"clips of {self.path.name}", daemon=True)
+            self.writer.start()
+        self.jobs.put(job)
+
+    def _write_all(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                self._write(*job)
+            except Exception as error:  # the thread's edge: a piece that fails in any way becomes a drop row
+                self.drops.append((job[0], f"transcode failed: {error}"))
+            finally:
+                with self.lock:
+                    self.in_flight.remove(job[0])
+
+    def _drain(self) -> None:
+        """Wait until the writer thread has written every piece given to it, and end it."""
+        if self.writer is not None:
+            self.jobs.put(None)
+            self.writer.join()
+            self.writer = None
+
+    def _frame(self, index: int) -> av.VideoFrame:
+        with self.lock:
+            return self.spill.frame(index)
+
+    def _write(self, piece: Piece, copy: bool, times: list[float]) -> None:
+        """Write one piece from the spill (in the writer thread): copied, or resampled and encoded; measured."""
+        start, end, fps = piece.start_frame, piece.end_frame, self.config.fps
+        partial = self.work / f"{start:06d}_{end:06d}.mp4"
+        sources = resample(times, start, end, fps) if fps else list(range(start, end))
+        encoder, size = self.config.encoder(), self.spill_size
+        try:
+            if copy and copy_piece(self.path, piece, times, self.detector.times[0], partial):
+                motion = write_clip(self._frame, size, sources, [], self.time_base, self.rate, None, self.measure, None)
+                self.copied.add((start, end))
+            elif fps:
+                rate = Fraction(fps).limit_denominator(1_001_000)
+                motion = write_clip(self._frame, size, sources, list(range(len(sources))), 1 / rate, rate, encoder,
+                                    self.measure, partial)
+            else:
+                pts = [round((times[i] - times[start]) / self.time_base) for i in sources]
+                motion = write_clip(self._frame, size, sources, pts, self.time_base, self.rate, encoder, self.measure,
+                                    partial)
+        except (av.error.FFmpegError, OSError) as error:
+            partial.unlink(missing_ok=True)
+            self.drops.append((piece, f"transcode failed: {error}"))
+            return
+        self.written.append((piece, partial, len(sources), motion))
+
+    def _copyable(self, piece: Piece) -> bool:
+        """Whether `piece` can keep the source's packets (ClipConfig.stream_copy): H.264 yuv420p, upright, at the
+        clip size, at the clip rate over the piece, from a keyframe to a keyframe or the end of the video."""
+        if not self.config.stream_copy or self.copy_source != ("h264", "yuv420p") or self.rotation:
+            return False
+        if self.spill_size != self.display:
+            return False
+        keyframes, start, end = self.detector.keyframes, piece.start_frame, piece.end_frame
+        last = self.final and end == len(self.times) - 1  # the piece ends with the video
+        if start not in keyframes or not (end in keyframes or last):
+            return False
+        gaps = np.diff(self.times[start:end + 1])
+        return self.config.fps is None or bool(np.all(np.abs(gaps * self.config.fps - 1) <= 1e-3))
+
+    def finish(self, probed: ProbeResult) -> ClipsResult:
+        """The clip rows (their files renamed into place) and drop rows of a video that decoded to the end."""
+        source = (probed.sha256, probed.path)
+        try:
+            if self.detector.error is not None or not self.detector.times:
+                error = self.detector.error or ValueError(f"no video frame decodes in {self.path}")
+                end = probed.frame_count or 0
+                return ClipsResult([], [DropRow(*source, 0, 0, end, 0.0, probed.duration or 0.0,
+                                                f"shot detection failed: {error}")])
+            shots = self.given or self.detector.shots(self.path)
+            self.times, self.final = shots.times, True  # the frames' times, then the end of the video
+            if self.error is None:
+                try:
+                    if self.given is None:
+                        self.planned += self._plan(self.times, len(self.times) - 1, final=True)
+                    self._write_ready(final=True)
+                except CUT_ERRORS as error:
+                    self.error = error
+            self._drain()
+            if self.error is not None:  # everything not written yet fails with it
+                self.drops += [(piece, reason or f"transcode failed: {self.error}") for piece, reason in self.planned]
+                self.drops += [(piece, f"transcode failed: {self.error}") for piece, *_ in self.written]
+                self.written, self.planned = [], []
+            times = self.times
+            clips, motion = [], {}
+            for piece, partial, frame_count, value in sorted(self.written, key=lambda item: item[0].start_frame):
+                path = self.out_dir / clip_name(probed.sha256, piece)
+                partial.replace(path)
+                seconds = times[piece.end_frame] - times[piece.start_frame]
+                clips.append(ClipRow(
+                    path.stem, *source, piece.shot, piece.start_frame, piece.end_frame, times[piece.start_frame],
+                    times[piece.end_frame], self.config.fps or frame_count / seconds, *self.spill_size, frame_count,
+                    str(path)))
+                motion[path.stem] = value
+            drops = [DropRow(*source, piece.shot, piece.start_frame, piece.end_frame, times[piece.start_frame],
+                             times[piece.end_frame], reason)
+                     for piece, reason in sorted(self.drops, key=lambda item: item[0].start_frame)]
+            copied = [clip.clip_id for clip in clips if (clip.start_frame, clip.end_frame) in self.copied]
+            return ClipsResult(clips, drops, motion, self.peak_frames, copied)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the spill and every partial file."""
+        self._drain()
+        if self.spill is not None:
+            self.spill.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), shots: Shots | None = None,
+               spans: list[dict] | None = None, measure: ClipMeasure = ClipMeasure()) -> ClipsResult:
+    """Shots, windows and clip files of a probed video, in a decode of its own; every piece ends as a clip row or
+    a drop row.
+
+    shots: those `probe_with_shots` found with the same config; None detects them in the same decode.
     spans: a URL table's time spans of this video: one clip per span (its index is the clip's `shot`) instead
     of the shots' windows.
+    measure: what the clips' motion is measured with (ScoreConfig.measure()), and which frames are keyframes.
     """
     if not probed.ok:
         raise ValueError(f"{probed.path} was quarantined by probe ({probed.reason}); it has no clips")
-    source = (probed.sha256, probed.path)
+    cutter = Cutter(probed.path, out_dir, config, measure, shots, spans)
     try:
-        if shots is None:
-            shots = detect_shots(probed.path, config)
-    except (av.error.FFmpegError, OSError, ValueError) as error:
-        end = probed.frame_count or 0
-        return ClipsResult([], [DropRow(*source, 0, 0, end, 0.0, probed.duration or 0.0,
-                                        f"shot detection failed: {error}")])
-    times = shots.times
-
-    def drop(piece: Piece, reason: str) -> DropRow:
-        return DropRow(*source, piece.shot, piece.start_frame, piece.end_frame,
-                       times[piece.start_frame], times[piece.end_frame], reason)
-
-    pieces, dropped = plan_pieces(shots, config) if spans is None else span_pieces(shots, spans, config)
-    drops = [drop(piece, reason) for piece, reason in dropped]
-    if not pieces:
-        return ClipsResult([], drops)
-    size = clip_size(probed.width, probed.height, config.short_side)
-    names = [clip_name(probed.sha256, piece) for piece in pieces]
-    try:
-        paths = cut_clips(probed.path, pieces, names, size, out_dir, config,
-                          copyable(probed, shots, pieces, size, config), shots)
-    except RuntimeError as error:
-        return ClipsResult([], drops + [drop(piece, f"transcode failed: {error}") for piece in pieces])
-    clips = []
-    for piece, path in zip(pieces, paths):
-        with open_input(path) as container:
+        with open_input(Path(probed.path)) as container:
             stream = container.streams.video[0]
-            frame_count, width, height = stream.frames, stream.width, stream.height
-        seconds = times[piece.end_frame] - times[piece.start_frame]
-        clips.append(ClipRow(
-            path.stem, *source, piece.shot, piece.start_frame, piece.end_frame, times[piece.start_frame],
-            times[piece.end_frame], config.fps or frame_count / seconds, width, height, frame_count, str(path),
-        ))
-    return ClipsResult(clips, drops)
+            stream.thread_type = "AUTO"
+            rate = stream.average_rate or Fraction(25)
+            for index, frame in enumerate(container.decode(stream)):
+                cutter(index, frame, rate)
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as error:
+        if shots is None:  # the file changed since it was probed: its shots cannot be told
+            cutter.detector.error = error
+        else:
+            cutter.error = cutter.error or error
+    return cutter.finish(probed)
+
+
+def probe_and_cut(path, out_dir, probe_config: ProbeConfig = ProbeConfig(), config: ClipConfig = ClipConfig(),
+                  measure: ClipMeasure = ClipMeasure(), sha256: str | None = None,
+                  spans: list[dict] | None = None) -> tuple[dict, ClipsResult]:
+    """`probe_with_shots` and `make_clips` in one decode: the probe row (with the shots, as SHOT_COLUMNS) and the
+    clips; a quarantined file has no clip and no drop row (its probe row says why)."""
+    cutter = Cutter(path, out_dir, config, measure, spans=spans)
+    result = probe(path, probe_config, sha256, on_frame=cutter)
+    if not result.ok:
+        cutter.discard()
+        return shot_row(result, None, config), ClipsResult([], [])
+    shots = cutter.detector.shots(path) if cutter.detector.error is None else None
+    return shot_row(result, shots, config), cutter.finish(result)

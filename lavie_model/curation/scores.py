@@ -7,7 +7,8 @@
     aesthetic       a LAION-style head (one linear layer, or the LAION MLP) on clip_embedding; NaN without a head
     motion          mean Farneback optical-flow magnitude in pixels per frame, on grey frames whose short side
                     is `motion_size` pixels (so clips of any resolution are comparable), over `motion_pairs`
-                    evenly spaced pairs of consecutive frames (every pair of a shorter clip)
+                    evenly spaced pairs of consecutive frames (every pair of a shorter clip); as the clip writer
+                    measured it (writer.py) where it used these settings, else measured here on the clip file
     width, height, duration, and the labels of the models that produced the scores
 
 Nothing is downloaded: CLIP weights come from a local open_clip checkpoint, or, with `clip_weights=None`,
@@ -20,8 +21,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 import open_clip
 import pandas as pd
 import torch
@@ -30,9 +29,9 @@ from open_clip.model import set_model_preprocess_cfg
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file
 
-from .clips import clip_size
 from .filtering import has_caption
 from .probe import open_input
+from .writer import ClipMeasure, Motion, sample_indices
 
 # An open_clip model config with CLIP's tokenizer. Its image is one 32 x 32 patch, so that, untrained, it acts
 # about like a random projection of the pixels and only frames that look alike get near-duplicate embeddings
@@ -44,8 +43,6 @@ TINY_CLIP = {
 }
 TINY_CLIP_SEED = 0  # the tiny CLIP is the same model on every call
 TINY_CLIP_LABEL = "tiny-random"
-# Farneback parameters (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags): OpenCV's usual ones
-FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
 SCORE_COLUMNS = ["clip_id", "clip_score", "clip_embedding", "aesthetic", "motion", "width", "height", "duration",
                  "clip_model", "aesthetic_model"]
 NEEDED_COLUMNS = ["clip_id", "path", "caption", "frame_count", "width", "height", "start_time", "end_time"]
@@ -58,15 +55,19 @@ class ScoreConfig:
     clip_model: str = "ViT-L-14"
     clip_weights: str | None = None  # local open_clip checkpoint; None: the tiny random CLIP (tests, demo)
     aesthetic_weights: str | None = None  # LAION-style head (.pth or .safetensors state dict); None: no aesthetic
-    motion_size: int = 64  # short side of the frames optical flow runs on
-    motion_pairs: int = 24  # pairs of consecutive frames optical flow runs on, evenly spaced over the clip
-    frames_per_clip: int = 3  # frames CLIP sees, evenly spaced: first, middle, last
+    motion_size: int = ClipMeasure.motion_size  # short side of the frames optical flow runs on
+    motion_pairs: int = ClipMeasure.motion_pairs  # pairs of consecutive frames, evenly spaced over the clip
+    frames_per_clip: int = ClipMeasure.frames_per_clip  # frames CLIP sees, evenly spaced: first, middle, last
     batch_size: int = 48  # frames per CLIP forward pass
     device: str = "cpu"
 
     def __post_init__(self):
         if self.frames_per_clip < 1 or self.batch_size < 1 or self.motion_size < 8 or self.motion_pairs < 1:
             raise ValueError(f"need frames_per_clip, batch_size, motion_pairs >= 1 and motion_size >= 8, got {self}")
+
+    def measure(self) -> ClipMeasure:
+        """What the clip writer measures for these scores: motion, and the frames CLIP sees as keyframes."""
+        return ClipMeasure(self.motion_size, self.motion_pairs, self.frames_per_clip)
 
 
 def require_file(path, what: str) -> Path:
@@ -129,49 +130,57 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def sample_indices(frame_count: int, count: int) -> list[int]:
-    """`count` evenly spaced frame indices from the first to the last (fewer for very short clips)."""
-    return sorted({round(float(index)) for index in np.linspace(0, frame_count - 1, count)})
-
-
-def pair_starts(frame_count: int, pairs: int | None) -> set[int]:
-    """First frames of the pairs (i, i + 1) that motion is measured on: `pairs` evenly spaced ones, or all (None)."""
-    if frame_count < 2:
-        return set()
-    return set(range(frame_count - 1)) if pairs is None else set(sample_indices(frame_count - 1, pairs))
-
-
 def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int,
-              motion_pairs: int | None = None) -> tuple[list, float]:
+              motion_pairs: int | None = None, motion: float | None = None) -> tuple[list, float]:
     """The sampled frames (PIL images) and the mean optical-flow magnitude of a clip, in one decode.
 
     Every frame is decoded; only those of the measured pairs (all pairs when motion_pairs is None) are
-    converted to grey and run through optical flow.
+    converted to grey and run through optical flow. With `motion` (the clip writer's), only the sampled frames
+    are decoded, each from the keyframe at or before it (the writer makes them keyframes).
     """
     wanted = sample_indices(frame_count, frames_per_clip)
-    starts = pair_starts(frame_count, motion_pairs)
-    images, magnitudes, previous, size = {}, [], None, None
+    if motion is not None:
+        return seek_frames(path, wanted), motion
+    measured, images = Motion(frame_count, motion_pairs, motion_size), {}
     with open_input(Path(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
-            if index in starts or index - 1 in starts:
-                size = size or clip_size(frame.width, frame.height, motion_size)
-                grey = frame.to_ndarray(width=size[0], height=size[1], format="gray", threads=1)  # (h, w) uint8
-                if index - 1 in starts:  # `previous` is frame index - 1
-                    flow = cv2.calcOpticalFlowFarneback(previous, grey, None, *FARNEBACK)  # (h, w, 2) pixels
-                    magnitudes.append(float(np.linalg.norm(flow, axis=2).mean()))
-                previous = grey
+            measured(index, frame)
             if index in wanted:
                 images[index] = frame.to_image()
     missing = [index for index in wanted if index not in images]
     if missing:
         raise ValueError(f"{path} decoded fewer frames than the {frame_count} its clip row lists")
-    return [images[index] for index in wanted], float(np.mean(magnitudes)) if magnitudes else math.nan
+    return [images[index] for index in wanted], measured.value()
 
 
-def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig()) -> pd.DataFrame:
-    """One row of scores per clip (columns SCORE_COLUMNS); models load once, CLIP runs on batches of frames."""
+def seek_frames(path, indices: list[int]) -> list:
+    """Frames `indices` (in presentation order) of a clip as PIL images, each decoded from the keyframe at or
+    before it; the packets' timestamps (read without decoding) tell where each frame is."""
+    with open_input(Path(path)) as container:
+        stream = container.streams.video[0]
+        stamps = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None)
+        if indices and indices[-1] >= len(stamps):
+            raise ValueError(f"{path} holds {len(stamps)} frames, fewer than its clip row lists")
+        images = []
+        for index in indices:
+            container.seek(stamps[index], stream=stream, backward=True)
+            frame = next((frame for frame in container.decode(stream) if frame.pts >= stamps[index]), None)
+            if frame is None or frame.pts != stamps[index]:
+                raise ValueError(f"{path}: frame {index} does not decode at its timestamp")
+            images.append(frame.to_image())
+    return images
+
+
+def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig(),
+                motion: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row of scores per clip (columns SCORE_COLUMNS); models load once, CLIP runs on batches of frames.
+
+    motion: clip_id to the motion the clip writer measured with `config.measure()`; those clips' frames are read
+    by seeking, the others' motion is measured on the clip file.
+    """
+    stored = motion or {}
     missing = [column for column in NEEDED_COLUMNS if column not in clips.columns]
     if missing:
         raise ValueError(f"the clips table lacks the columns {missing}")
@@ -187,8 +196,8 @@ def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig()) -> pd.
     clips_per_batch = max(1, config.batch_size // config.frames_per_clip)
     for start in range(0, len(clips), clips_per_batch):
         group = clips.iloc[start:start + clips_per_batch]
-        frames, motions = zip(*(read_clip(row.path, int(row.frame_count), config.frames_per_clip,
-                                          config.motion_size, config.motion_pairs) for row in group.itertuples()))
+        frames, motions = zip(*(read_clip(row.path, int(row.frame_count), config.frames_per_clip, config.motion_size,
+                                          config.motion_pairs, stored.get(row.clip_id)) for row in group.itertuples()))
         captioned = [has_caption(caption) for caption in group.caption]
         texts = [caption if ok else "" for caption, ok in zip(group.caption, captioned)]
         images = torch.stack([preprocess(image) for clip in frames for image in clip])  # (n, 3, s, s)
@@ -198,14 +207,14 @@ def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig()) -> pd.
             per_clip = image_embeddings.cpu().split([len(clip) for clip in frames])  # each (k, d)
             embeddings = F.normalize(torch.stack([clip.mean(0) for clip in per_clip]), dim=-1)  # (g, d)
             aesthetics = head(embeddings).squeeze(1).tolist() if head is not None else [math.nan] * len(group)
-        for row, clip, text, embedding, aesthetic, motion, ok in zip(
+        for row, clip, text, embedding, aesthetic, clip_motion, ok in zip(
                 group.itertuples(), per_clip, text_embeddings.cpu(), embeddings, aesthetics, motions, captioned):
             rows.append({
                 "clip_id": row.clip_id,
                 "clip_score": float((clip @ text).mean()) if ok else math.nan,
                 "clip_embedding": embedding.numpy(),  # (d,) float32
                 "aesthetic": float(aesthetic),
-                "motion": motion,
+                "motion": clip_motion,
                 "width": int(row.width),
                 "height": int(row.height),
                 "duration": float(row.end_time - row.start_time),

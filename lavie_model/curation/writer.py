@@ -1,0 +1,204 @@
+"""Clip files written in-process from frames decoded once: a spill file holds the source's frames at the clip
+size until a clip's cut points are known; each clip is then resampled, measured (motion) and encoded with
+libx264 through PyAV, with keyframes at the frames CLIP will look at, so that scoring decodes only those.
+
+Motion, as `clip_scores` reports it: the mean Farneback optical-flow magnitude in pixels per frame, on grey
+frames whose short side is `motion_size` pixels, over `motion_pairs` evenly spaced pairs of consecutive clip
+frames (every pair of a shorter clip). Measured here on the frames as they go into the encoder.
+"""
+
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
+
+# Farneback parameters (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags): OpenCV's usual ones
+FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+@dataclass(frozen=True)
+class ClipMeasure:
+    """What the clip writer measures for `clip_scores` (ScoreConfig.measure() gives the scorer's settings)."""
+
+    motion_size: int = 64  # short side of the frames optical flow runs on
+    motion_pairs: int = 24  # pairs of consecutive frames optical flow runs on, evenly spaced over the clip
+    frames_per_clip: int = 3  # frames CLIP sees, evenly spaced: first, middle, last (encoded as keyframes)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """libx264 settings of a clip file (ClipConfig's crf, preset, x264_params)."""
+
+    crf: int
+    preset: str
+    x264_params: str
+
+
+def sample_indices(frame_count: int, count: int) -> list[int]:
+    """`count` evenly spaced frame indices from the first to the last (fewer for very short clips)."""
+    return sorted({round(float(index)) for index in np.linspace(0, frame_count - 1, count)})
+
+
+def pair_starts(frame_count: int, pairs: int | None) -> set[int]:
+    """First frames of the pairs (i, i + 1) that motion is measured on: `pairs` evenly spaced ones, or all (None)."""
+    if frame_count < 2:
+        return set()
+    return set(range(frame_count - 1)) if pairs is None else set(sample_indices(frame_count - 1, pairs))
+
+
+def clip_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Display size scaled so that the short side is `short_side`, the long side rounded to even."""
+    scale = short_side / min(width, height)
+    if width <= height:
+        return short_side, max(2, round(height * scale / 2) * 2)
+    return max(2, round(width * scale / 2) * 2), short_side
+
+
+class Motion:
+    """Mean optical-flow magnitude over the pairs of consecutive frames that start at `starts`, fed frame by frame."""
+
+    def __init__(self, frame_count: int, pairs: int | None, short_side: int):
+        self.starts, self.short_side = pair_starts(frame_count, pairs), short_side
+        self.reformatter, self.previous, self.size, self.magnitudes = VideoReformatter(), None, None, []
+
+    def __call__(self, index: int, frame: av.VideoFrame) -> None:
+        if index not in self.starts and index - 1 not in self.starts:
+            return
+        self.size = self.size or clip_size(frame.width, frame.height, self.short_side)
+        # one swscale thread: PyAV's default (a thread pool per call) is several times slower here
+        grey = self.reformatter.reformat(frame, *self.size, "gray", threads=1).to_ndarray()  # (h, w) uint8
+        if index - 1 in self.starts:  # `previous` is frame index - 1
+            flow = cv2.calcOpticalFlowFarneback(self.previous, grey, None, *FARNEBACK)  # (h, w, 2) pixels
+            self.magnitudes.append(float(np.linalg.norm(flow, axis=2).mean()))
+        self.previous = grey
+
+    def value(self) -> float:
+        return float(np.mean(self.magnitudes)) if self.magnitudes else math.nan
+
+
+class FrameSpill:
+    """yuv420p frames of one size, from frame `first` on: the newest in memory (as they are), up to `memory_bytes`,
+    the older ones in an unlinked temporary file. Frames that no clip needs any more are forgotten and the file is
+    compacted, so that it holds about one shot (less the frames in memory) at a time."""
+
+    def __init__(self, folder: Path, width: int, height: int, memory_bytes: int = 256 * 2**20):
+        self.width, self.height, self.frame_bytes = width, height, width * height * 3 // 2
+        self.folder, self.file, self.memory_frames = folder, None, max(1, memory_bytes // self.frame_bytes)
+        self.first, self.on_disk, self.offset = 0, 0, 0  # frames [first, first + on_disk) are in the file at offset
+        self.recent: list[av.VideoFrame] = []  # then these, in memory
+
+    @property
+    def count(self) -> int:
+        return self.on_disk + len(self.recent)
+
+    def append(self, index: int, frame: av.VideoFrame) -> None:
+        """Hold frame `index` (yuv420p at the spill's size); frames are appended in order, without gaps."""
+        if self.count == 0:
+            self.first = index
+        elif index != self.first + self.count:
+            raise ValueError(f"frame {index} appended after frame {self.first + self.count - 1}")
+        self.recent.append(frame)
+        if len(self.recent) > self.memory_frames:  # the oldest frame in memory goes to the end of the file
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(dir=self.folder, buffering=0)
+            pixels = self.recent.pop(0).to_ndarray()  # (h * 3 / 2, w) uint8
+            os.pwrite(self.file.fileno(), pixels.data, self.offset + self.on_disk * self.frame_bytes)
+            self.on_disk += 1
+
+    def frame(self, index: int) -> av.VideoFrame:
+        if not self.first <= index < self.first + self.count:
+            raise IndexError(f"frame {index} is not held (frames {self.first} to {self.first + self.count - 1} are)")
+        position = index - self.first
+        if position >= self.on_disk:
+            return self.recent[position - self.on_disk]
+        data = os.pread(self.file.fileno(), self.frame_bytes, self.offset + position * self.frame_bytes)
+        pixels = np.frombuffer(data, np.uint8).reshape(self.height * 3 // 2, self.width)
+        return av.VideoFrame.from_ndarray(pixels, format="yuv420p")
+
+    def forget_before(self, index: int) -> None:
+        """Frames before `index` are needed no more; the file is emptied, or compacted once the frames forgotten
+        in it outnumber those kept."""
+        drop = min(max(0, index - self.first), self.count)
+        from_disk = min(drop, self.on_disk)
+        self.first, self.on_disk, self.offset = self.first + drop, self.on_disk - from_disk, self.offset + from_disk * self.frame_bytes
+        del self.recent[:drop - from_disk]
+        if self.file is not None and (self.on_disk == 0 or self.offset // self.frame_bytes > self.on_disk):
+            kept = os.pread(self.file.fileno(), self.on_disk * self.frame_bytes, self.offset) if self.on_disk else b""
+            self.file.truncate(0)
+            os.pwrite(self.file.fileno(), kept, 0)
+            self.offset = 0
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.recent = []
+
+
+def upright(frame: av.VideoFrame, reformatter: VideoReformatter, size: tuple[int, int],
+            rotation: int) -> av.VideoFrame:
+    """A decoded frame as yuv420p scaled to the display `size` (bicubic, as ffmpeg's scale filter) and turned
+    upright by its display rotation (degrees counter-clockwise)."""
+    turns = round(rotation / 90) % 4
+    width, height = size if turns % 2 == 0 else size[::-1]  # the stored picture's size before turning
+    scaled = reformatter.reformat(frame, width, height, "yuv420p", interpolation=Interpolation.BICUBIC, threads=1)
+    if not turns:
+        return scaled
+    pixels = scaled.to_ndarray()  # (h * 3 / 2, w)
+    luma, chroma = pixels[:height], pixels[height:].reshape(2, height // 2, width // 2)
+    luma, chroma = np.rot90(luma, turns), np.rot90(chroma, turns, axes=(1, 2))
+    pixels = np.concatenate([luma.reshape(-1), chroma.reshape(-1)]).reshape(size[1] * 3 // 2, size[0])
+    return av.VideoFrame.from_ndarray(pixels, format="yuv420p")
+
+
+def resample(times: list[float], start: int, end: int, fps: float) -> list[int]:
+    """The source frame shown at each output frame when frames [start, end) (times in seconds, times[end] the end of
+    frame end - 1) are resampled to `fps` as ffmpeg's fps filter does: output frame n shows the last source frame
+    whose time, in output frames from the start, rounds (half away from zero) to at most n; the output lasts the
+    rounded duration (at least one frame)."""
+    origin = times[start]
+    count = max(1, math.floor((times[end] - origin) * fps + 0.5 + 1e-9))
+    slots = [math.floor((times[i] - origin) * fps + 0.5 + 1e-9) for i in range(start, end)]
+    shown, source = [], start
+    for n in range(count):
+        while source + 1 < end and slots[source + 1 - start] <= n:
+            source += 1
+        shown.append(source)
+    return shown
+
+
+def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], sources: list[int], pts: list[int],
+               time_base: Fraction, rate: Fraction, encoder: Encoder | None, measure: ClipMeasure,
+               path: Path | None) -> float:
+    """Encode the frames `frame_of(source)` (yuv420p at `size`) for `sources` (in order, one per output frame, with
+    `pts` in `time_base`) into `path` (mp4, H.264 yuv420p; keyframes at the frames CLIP samples), or only measure
+    them when `encoder` is None; returns the clip's motion."""
+    motion = Motion(len(sources), measure.motion_pairs, measure.motion_size)
+    keyframes = set(sample_indices(len(sources), measure.frames_per_clip))
+    if encoder is None:
+        for n, source in enumerate(sources):
+            motion(n, frame_of(source))
+        return motion.value()
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        (stream.width, stream.height), stream.pix_fmt = size, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = time_base
+        stream.codec_context.thread_count = 0  # x264's own threads, as many as it sees fit (libavcodec's default: 1)
+        stream.options = {"crf": str(encoder.crf), "preset": encoder.preset} | (
+            {"x264-params": encoder.x264_params} if encoder.x264_params else {})
+        for n, (source, stamp) in enumerate(zip(sources, pts)):
+            frame = frame_of(source)
+            motion(n, frame)
+            frame.pts, frame.time_base = stamp, time_base
+            if n in keyframes:
+                frame.pict_type = av.video.frame.PictureType.I
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return motion.value()
