@@ -340,8 +340,9 @@ class Cutter:
     decodes. Each frame is scaled upright to the clip size into a spill file (writer.FrameSpill); a piece is
     written as soon as its frames are all in: a shot's windows once the detector has found the shot's end (the
     cuts it reports never go back), a span's once a frame at or after its end has decoded, a given plan's once
-    its last frame has. A thread of its own encodes the pieces while decoding goes on, at most one piece
-    behind (decoding waits for it), so the spill stays about a shot long. Files are written under partial
+    its last frame has. A thread of its own encodes the pieces while decoding goes on; decoding waits for it
+    while the spill holds pieces not yet written and more frames than fit in its memory, so the spill stays
+    about a shot long. Files are written under partial
     names in a folder of their own; `finish` renames them into place once the whole video has decoded,
     `discard` removes them. It never raises from a frame: the first error stops it, and `finish` turns it into
     drop rows."""
@@ -364,10 +365,10 @@ class Cutter:
         self.spill, self.error, self.copy_source, self.peak_frames = None, None, None, 0
         self.final = False  # whether the whole video has decoded (and times ends with its end)
         self.reformatter = VideoReformatter()
-        self.jobs: queue.Queue = queue.Queue(maxsize=1)  # pieces for the writer thread; None ends it
+        self.jobs: queue.Queue = queue.Queue()  # pieces for the writer thread; None ends it
         self.writer: threading.Thread | None = None
         self.in_flight: list[Piece] = []  # pieces given to the writer and not written yet
-        self.lock = threading.Lock()  # guards the spill and in_flight
+        self.lock = threading.Condition()  # guards the spill and in_flight; notified when a piece is written
 
     def __call__(self, index: int, frame: av.VideoFrame, rate: Fraction) -> None:
         self.detector(index, frame, rate)
@@ -384,6 +385,10 @@ class Cutter:
             if self.given is None:
                 self.planned += self._plan(self.times, len(self.times), final=False)
             self._write_ready(final=False)
+            with self.lock:  # the writer is behind: wait for it
+                while self.in_flight and self.spill.count > self.spill.memory_frames:
+                    self.lock.wait()
+                    self.spill.forget_before(self._needed_from(len(self.times)))
         except CUT_ERRORS as error:
             self.error = error
 
@@ -461,6 +466,7 @@ class Cutter:
             finally:
                 with self.lock:
                     self.in_flight.remove(job[0])
+                    self.lock.notify()
 
     def _drain(self) -> None:
         """Wait until the writer thread has written every piece given to it, and end it."""
@@ -491,7 +497,7 @@ class Cutter:
                 pts = [round((times[i] - times[start]) / self.time_base) for i in sources]
                 motion = write_clip(self._frame, size, sources, pts, self.time_base, self.rate, encoder, self.measure,
                                     partial)
-        except (av.error.FFmpegError, OSError) as error:
+        except (av.error.FFmpegError, OSError, RuntimeError) as error:
             partial.unlink(missing_ok=True)
             self.drops.append((piece, f"transcode failed: {error}"))
             return

@@ -1,12 +1,15 @@
-"""Clip files written in-process from frames decoded once: a spill file holds the source's frames at the clip
-size until a clip's cut points are known; each clip is then resampled, measured (motion) and encoded with
-libx264 through PyAV, with keyframes at the frames CLIP will look at, so that scoring decodes only those.
+"""Clip files written in-process from frames decoded once: a spill holds the source's frames at the clip size
+until a clip's cut points are known; each clip is then resampled, measured (motion) and encoded with libx264
+through PyAV, with keyframes at the frames CLIP will look at, so that scoring decodes only those.
 
 Motion, as `clip_scores` reports it: the mean Farneback optical-flow magnitude in pixels per frame, on grey
 frames whose short side is `motion_size` pixels, over `motion_pairs` evenly spaced pairs of consecutive clip
 frames (every pair of a shorter clip). Measured here on the frames as they go into the encoder.
 """
 
+import ctypes
+import ctypes.util
+import functools
 import math
 import os
 import tempfile
@@ -18,6 +21,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 
 # Farneback parameters (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags): OpenCV's usual ones
@@ -84,15 +88,21 @@ class Motion:
         return float(np.mean(self.magnitudes)) if self.magnitudes else math.nan
 
 
+SPILL_MEMORY = 256 * 2**20  # bytes of frames a spill holds in memory (about 940 frames at 568 x 320)
+
+
 class FrameSpill:
     """yuv420p frames of one size, from frame `first` on: the newest in memory (as they are), up to `memory_bytes`,
-    the older ones in an unlinked temporary file. Frames that no clip needs any more are forgotten and the file is
-    compacted, so that it holds about one shot (less the frames in memory) at a time."""
+    the older ones on disk, in unlinked temporary files of CHUNK frames each. Frames that no clip needs any more
+    are forgotten, a chunk file once all its frames are, so that the spill holds about one shot at a time."""
 
-    def __init__(self, folder: Path, width: int, height: int, memory_bytes: int = 256 * 2**20):
+    CHUNK = 64  # frames per file on disk (17 MB at 568 x 320)
+
+    def __init__(self, folder: Path, width: int, height: int, memory_bytes: int | None = None):
         self.width, self.height, self.frame_bytes = width, height, width * height * 3 // 2
-        self.folder, self.file, self.memory_frames = folder, None, max(1, memory_bytes // self.frame_bytes)
-        self.first, self.on_disk, self.offset = 0, 0, 0  # frames [first, first + on_disk) are in the file at offset
+        self.folder, self.memory_frames = folder, max(1, (memory_bytes or SPILL_MEMORY) // self.frame_bytes)
+        self.first, self.on_disk = 0, 0  # frames [first, first + on_disk) are on disk
+        self.chunks: dict[int, object] = {}  # frame index // CHUNK: its file
         self.recent: list[av.VideoFrame] = []  # then these, in memory
 
     @property
@@ -106,40 +116,40 @@ class FrameSpill:
         elif index != self.first + self.count:
             raise ValueError(f"frame {index} appended after frame {self.first + self.count - 1}")
         self.recent.append(frame)
-        if len(self.recent) > self.memory_frames:  # the oldest frame in memory goes to the end of the file
-            if self.file is None:
-                self.file = tempfile.TemporaryFile(dir=self.folder, buffering=0)
+        if len(self.recent) > self.memory_frames:  # the oldest frame in memory goes to disk
+            oldest = self.first + self.on_disk
+            chunk, slot = divmod(oldest, self.CHUNK)
+            if chunk not in self.chunks:
+                self.chunks[chunk] = tempfile.TemporaryFile(dir=self.folder, buffering=0)
             pixels = self.recent.pop(0).to_ndarray()  # (h * 3 / 2, w) uint8
-            os.pwrite(self.file.fileno(), pixels.data, self.offset + self.on_disk * self.frame_bytes)
+            os.pwrite(self.chunks[chunk].fileno(), pixels.data, slot * self.frame_bytes)
             self.on_disk += 1
 
     def frame(self, index: int) -> av.VideoFrame:
         if not self.first <= index < self.first + self.count:
             raise IndexError(f"frame {index} is not held (frames {self.first} to {self.first + self.count - 1} are)")
-        position = index - self.first
-        if position >= self.on_disk:
-            return self.recent[position - self.on_disk]
-        data = os.pread(self.file.fileno(), self.frame_bytes, self.offset + position * self.frame_bytes)
+        if index >= self.first + self.on_disk:
+            return self.recent[index - self.first - self.on_disk]
+        chunk, slot = divmod(index, self.CHUNK)
+        data = os.pread(self.chunks[chunk].fileno(), self.frame_bytes, slot * self.frame_bytes)
         pixels = np.frombuffer(data, np.uint8).reshape(self.height * 3 // 2, self.width)
         return av.VideoFrame.from_ndarray(pixels, format="yuv420p")
 
     def forget_before(self, index: int) -> None:
-        """Frames before `index` are needed no more; the file is emptied, or compacted once the frames forgotten
-        in it outnumber those kept."""
+        """Frames before `index` are needed no more; chunk files whose frames all are are removed."""
         drop = min(max(0, index - self.first), self.count)
         from_disk = min(drop, self.on_disk)
-        self.first, self.on_disk, self.offset = self.first + drop, self.on_disk - from_disk, self.offset + from_disk * self.frame_bytes
+        self.first, self.on_disk = self.first + drop, self.on_disk - from_disk
         del self.recent[:drop - from_disk]
-        if self.file is not None and (self.on_disk == 0 or self.offset // self.frame_bytes > self.on_disk):
-            kept = os.pread(self.file.fileno(), self.on_disk * self.frame_bytes, self.offset) if self.on_disk else b""
-            self.file.truncate(0)
-            os.pwrite(self.file.fileno(), kept, 0)
-            self.offset = 0
+        last = self.first + self.on_disk - 1  # the last frame on disk
+        disk = range(self.first // self.CHUNK, last // self.CHUNK + 1) if self.on_disk else range(0)  # chunks in use
+        for chunk in [chunk for chunk in self.chunks if chunk not in disk]:
+            self.chunks.pop(chunk).close()
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        self.recent = []
+        for file in self.chunks.values():
+            file.close()
+        self.chunks, self.recent = {}, []
 
 
 def upright(frame: av.VideoFrame, reformatter: VideoReformatter, size: tuple[int, int],
@@ -174,6 +184,23 @@ def resample(times: list[float], start: int, end: int, fps: float) -> list[int]:
     return shown
 
 
+M_PERTURB = -6  # glibc's mallopt parameter: fill memory on malloc and free with a fixed byte
+
+
+@functools.cache
+def repeatable_heap() -> None:
+    """Make this process's malloc fill new and freed memory with a fixed byte (glibc; elsewhere nothing changes).
+
+    x264's macroblock tree (`mbtree=1`, ClipConfig.x264_params) reads heap memory it has not written: encoded in
+    a process whose heap has been used before, the same frames gave a different stream from one run to the
+    next (a fresh ffmpeg process starts from untouched, zeroed memory, so its streams repeat). With the fill,
+    they repeat here too. Measured cost: within the noise of benchmarks/curation.py."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_PERTURB, 0xA5)
+
+
 def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], sources: list[int], pts: list[int],
                time_base: Fraction, rate: Fraction, encoder: Encoder | None, measure: ClipMeasure,
                path: Path | None) -> float:
@@ -186,6 +213,7 @@ def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], 
         for n, source in enumerate(sources):
             motion(n, frame_of(source))
         return motion.value()
+    repeatable_heap()
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         (stream.width, stream.height), stream.pix_fmt = size, "yuv420p"
@@ -196,9 +224,9 @@ def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], 
         for n, (source, stamp) in enumerate(zip(sources, pts)):
             frame = frame_of(source)
             motion(n, frame)
+            # the encoder decides every frame's type but these (a decoded frame carries the source's I, P or B)
             frame.pts, frame.time_base = stamp, time_base
-            if n in keyframes:
-                frame.pict_type = av.video.frame.PictureType.I
+            frame.pict_type = PictureType.I if n in keyframes else PictureType.NONE
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return motion.value()
