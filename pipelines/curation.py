@@ -29,12 +29,14 @@ from lavie_model.curation.clips import (
     probe_with_shots,
     stored_shots,
 )
+from lavie_model.curation.clips import probe_and_cut as probe_and_cut_file
 from lavie_model.curation.download import Download, DownloadConfig, download_all
 from lavie_model.curation.filtering import FilterConfig, decide
 from lavie_model.curation.probe import ProbeConfig, ProbeResult
 from lavie_model.curation.report import histogram_png, preview_gif
 from lavie_model.curation.scores import ScoreConfig, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
+from lavie_model.curation.writer import ClipMeasure
 from lavie_model.report import table
 
 video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
@@ -181,72 +183,112 @@ def raw_videos(context: dg.AssetExecutionContext, settings: CurationSettings) ->
 MAX_QUARANTINE_FRACTION = 0.2  # above this, a batch warns: something upstream may be wrong
 
 
-@dg.asset(partitions_def=video_batches, group_name="curation", deps=[raw_videos], kinds={"parquet"},
-          check_specs=[dg.AssetCheckSpec("quarantine_fraction", asset="probed_videos",
-                                         description=f"Warns above {MAX_QUARANTINE_FRACTION:.0%} quarantined.")])
-def probed_videos(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
-    """Every file decode-validated with PyAV; unusable ones go to the quarantine table with a reason. Shot
-    detection rides on the same decode; video_clips cuts at the shots it found."""
+PROBED, CLIPPED = dg.AssetKey("probed_videos"), dg.AssetKey("video_clips")
+
+
+@dg.multi_asset(
+    name="probe_and_cut", partitions_def=video_batches, group_name="curation", can_subset=True,
+    specs=[
+        dg.AssetSpec(PROBED, deps=[raw_videos], kinds={"parquet"}, skippable=True, description=(
+            "Every file decode-validated with PyAV, its PySceneDetect shots found in the same decode; unusable "
+            "ones go to the quarantine table with a reason.")),
+        dg.AssetSpec(CLIPPED, deps=[PROBED], kinds={"parquet"}, skippable=True, description=(
+            "The shots cut into windows of at most max_seconds, written frame-accurately at the preset's size and "
+            "rate, with each clip's motion measured as it is encoded.")),
+    ],
+    check_specs=[dg.AssetCheckSpec("quarantine_fraction", asset=PROBED,
+                                   description=f"Warns above {MAX_QUARANTINE_FRACTION:.0%} quarantined.")],
+)
+def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings):
+    """probed_videos and video_clips. Materialized together, each file is decoded once: probe, shot detection,
+    cutting, encoding and motion all ride on the same decode. video_clips alone cuts again from the stored probe
+    table (its shots, unless the detector's settings have changed); probed_videos alone only probes."""
     folder = settings.batch_dir(context.partition_key)
+    config, measure = settings.clip_config(), settings.score_config().measure()
+    out_dir = settings.home() / "clips" / context.partition_key
     raw = pd.read_parquet(folder / "raw.parquet")
-    with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-        rows = list(pool.map(probe_with_shots, raw["stored_path"], [ProbeConfig()] * len(raw),
-                             [settings.clip_config()] * len(raw), raw["sha256"]))
-    table = pd.DataFrame(rows, columns=[f.name for f in fields(ProbeResult)] + list(SHOT_COLUMNS))
+    spans = dict(zip(raw["sha256"], raw["spans"])) if "spans" in raw else {}
+    results = None
+    if PROBED in context.selected_asset_keys:
+        if CLIPPED in context.selected_asset_keys:
+            jobs = [(path, sha, out_dir, config, measure, url_tables_module.spans_of(spans.get(sha)))
+                    for path, sha in zip(raw["stored_path"], raw["sha256"])]
+            with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
+                rows, results = zip(*pool.map(_probe_and_cut, jobs)) if jobs else ((), [])
+        else:
+            with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
+                rows = list(pool.map(probe_with_shots, raw["stored_path"], [ProbeConfig()] * len(raw),
+                                     [config] * len(raw), raw["sha256"]))
+        yield from _probed(context, folder, raw, rows)
+    if CLIPPED in context.selected_asset_keys:
+        if results is None:
+            probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
+            jobs = [(row, out_dir, config, measure, url_tables_module.spans_of(spans.get(row["sha256"])))
+                    for row in probed.to_dict("records")]
+            with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
+                results = list(pool.map(_clips_of, jobs))
+        yield _clipped(context, folder, [result for result in results if result is not None], measure)
+
+
+def _probe_and_cut(args) -> tuple[dict, tuple | None]:
+    path, sha256, out_dir, config, measure, spans = args
+    row, result = probe_and_cut_file(path, out_dir, ProbeConfig(), config, measure, sha256, spans)
+    return row, (_plain(result) if row["ok"] else None)
+
+
+def _clips_of(args) -> tuple:
+    row, out_dir, config, measure, spans = args
+    probed = ProbeResult(**{f.name: row[f.name] for f in fields(ProbeResult)})
+    return _plain(make_clips(probed, out_dir, config, stored_shots(row, config), spans, measure))
+
+
+def _plain(result) -> tuple[list[dict], list[dict], list[dict], int]:
+    """A ClipsResult as table rows (clips, drops, each clip's motion) and the number of clips stream-copied."""
+    return ([asdict(c) for c in result.clips], [asdict(d) for d in result.drops],
+            [{"clip_id": clip_id, "motion": value} for clip_id, value in result.motion.items()], len(result.copied))
+
+
+def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, rows):
+    table = pd.DataFrame(list(rows), columns=[f.name for f in fields(ProbeResult)] + list(SHOT_COLUMNS))
     table = table.assign(name=raw["name"].values, run_id=context.run.run_id)
     write_table(table[table["ok"]], folder / "probe.parquet")
     quarantine = table[~table["ok"]][["sha256", "name", "path", "reason", "run_id"]]
     write_table(quarantine, folder / "quarantine.parquet")
     usable = table[table["ok"]]
     fraction = len(quarantine) / max(1, len(raw))
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(usable), "quarantined": len(quarantine),
-            "funnel": funnel(ingested=len(raw), decodable=len(usable)),
-            "quarantine_reasons": reasons_table(quarantine),
-            "hours": round(float(usable["duration"].sum()) / 3600, 4),
-        },
-        check_results=[dg.AssetCheckResult(
-            check_name="quarantine_fraction", passed=fraction <= MAX_QUARANTINE_FRACTION,
-            severity=dg.AssetCheckSeverity.WARN, metadata={"fraction": round(fraction, 4)})],
-    )
+    yield dg.MaterializeResult(asset_key=PROBED, metadata={
+        "dagster/row_count": len(usable), "quarantined": len(quarantine),
+        "funnel": funnel(ingested=len(raw), decodable=len(usable)),
+        "quarantine_reasons": reasons_table(quarantine),
+        "hours": round(float(usable["duration"].sum()) / 3600, 4),
+    })
+    yield dg.AssetCheckResult(
+        asset_key=PROBED, check_name="quarantine_fraction", passed=fraction <= MAX_QUARANTINE_FRACTION,
+        severity=dg.AssetCheckSeverity.WARN, metadata={"fraction": round(fraction, 4)})
 
 
-def _clips_of(args):
-    row, out_dir, config, spans = args
-    probed = ProbeResult(**{f.name: row[f.name] for f in fields(ProbeResult)})
-    result = make_clips(probed, out_dir, config, stored_shots(row, config), spans)
-    return [asdict(c) for c in result.clips], [asdict(d) for d in result.drops]
-
-
-@dg.asset(partitions_def=video_batches, group_name="curation", deps=[probed_videos], kinds={"parquet"})
-def video_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
-    """Shots found with PySceneDetect, cut into windows and transcoded frame-accurately to the preset's size."""
-    folder = settings.batch_dir(context.partition_key)
-    probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
-    out_dir = settings.home() / "clips" / context.partition_key
-    config = settings.clip_config()
-    raw = pd.read_parquet(folder / "raw.parquet")
-    spans = dict(zip(raw["sha256"], raw["spans"])) if "spans" in raw else {}
-    jobs = [(row, out_dir, config, url_tables_module.spans_of(spans.get(row["sha256"])))
-            for row in probed.to_dict("records")]
-    with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-        results = list(pool.map(_clips_of, jobs))
+def _clipped(context: dg.AssetExecutionContext, folder: Path, results: list[tuple],
+             measure: ClipMeasure) -> dg.MaterializeResult:
     # Explicit columns: a batch with no usable file still gives well-formed (empty) tables downstream.
-    clips = pd.DataFrame([c for cs, _ in results for c in cs], columns=[f.name for f in fields(ClipRow)])
+    clips = pd.DataFrame([c for cs, *_ in results for c in cs], columns=[f.name for f in fields(ClipRow)])
     clips = clips.assign(run_id=context.run.run_id)
-    drops = pd.DataFrame([d for _, ds in results for d in ds], columns=[f.name for f in fields(DropRow)])
+    drops = pd.DataFrame([d for _, ds, *_ in results for d in ds], columns=[f.name for f in fields(DropRow)])
+    motion = pd.DataFrame([m for _, _, ms, _ in results for m in ms], columns=["clip_id", "motion"])
+    motion = motion.assign(motion_size=measure.motion_size, motion_pairs=measure.motion_pairs)
+    probed = pd.read_parquet(folder / "probe.parquet")
     write_table(clips, folder / "clips.parquet")
     write_table(drops, folder / "clip_drops.parquet")
-    return dg.MaterializeResult(metadata={
+    write_table(motion, folder / "motion.parquet")
+    return dg.MaterializeResult(asset_key=CLIPPED, metadata={
         "dagster/row_count": len(clips), "dropped_pieces": len(drops),
+        "stream_copied": sum(copied for *_, copied in results),
         "funnel": funnel(decodable=len(probed), clips=len(clips)),
         "drop_reasons": reasons_table(drops),
         "clip_hours": round(float((clips["end_time"] - clips["start_time"]).sum()) / 3600, 4) if len(clips) else 0.0,
     })
 
 
-@dg.asset(partitions_def=video_batches, group_name="curation", deps=[video_clips], kinds={"parquet"})
+@dg.asset(partitions_def=video_batches, group_name="curation", deps=[CLIPPED], kinds={"parquet"})
 def captioned_clips(context: dg.AssetExecutionContext, settings: CurationSettings) -> dg.MaterializeResult:
     """Each clip with a caption: its source video's, or the captioner's where there is none (or for all clips
     with `recaption`); the caption's origin is recorded."""
@@ -278,7 +320,8 @@ def clip_scores(context: dg.AssetExecutionContext, settings: CurationSettings) -
     """CLIP text-frame similarity and image embedding, aesthetic score, motion, resolution, duration."""
     folder = settings.batch_dir(context.partition_key)
     clips = pd.read_parquet(folder / "captions.parquet")
-    scores = score_clips(clips, settings.score_config())
+    config = settings.score_config()
+    scores = score_clips(clips, config, stored_motion(folder, config))
     write_table(scores, folder / "scores.parquet")
     summary = scores[["clip_score", "aesthetic", "motion", "duration"]].describe().round(4)
     plots = " ".join(picture(histogram_png(scores[name], name), "png", name)
@@ -287,6 +330,16 @@ def clip_scores(context: dg.AssetExecutionContext, settings: CurationSettings) -
         "dagster/row_count": len(scores), "summary": markdown_table(summary.reset_index()),
         "histograms": dg.MetadataValue.md(plots),
     })
+
+
+def stored_motion(folder: Path, config: ScoreConfig) -> dict[str, float]:
+    """The motion video_clips measured while writing each clip, where it used `config`'s settings."""
+    path = folder / "motion.parquet"
+    if not path.exists():
+        return {}
+    table = pd.read_parquet(path)
+    table = table[(table["motion_size"] == config.motion_size) & (table["motion_pairs"] == config.motion_pairs)]
+    return dict(zip(table["clip_id"], table["motion"]))
 
 
 class FilterSettings(dg.Config):
@@ -407,7 +460,7 @@ def image_shards(context: dg.AssetExecutionContext, settings: CurationSettings) 
     )
 
 
-VIDEO_ASSETS = [raw_videos, probed_videos, video_clips, captioned_clips, clip_scores, filtered_clips, video_shards]
+VIDEO_ASSETS = [raw_videos, probe_and_cut, captioned_clips, clip_scores, filtered_clips, video_shards]
 IMAGE_ASSETS = [raw_images, image_shards]
 URL_ASSETS = [downloaded_videos]
 curate_videos = dg.define_asset_job("curate_videos", selection=VIDEO_ASSETS, partitions_def=video_batches)

@@ -21,7 +21,7 @@ from pipelines.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-VIDEO_SELECTION = ",".join(asset.key.to_user_string() for asset in VIDEO_ASSETS)  # the curation assets only
+VIDEO_SELECTION = ",".join(key.to_user_string() for asset in VIDEO_ASSETS for key in asset.keys)  # curation only
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_checks_pass_and_metadata_is_recorded(curated):
     assert materialization.metadata["previews"].value.count("data:image/gif;base64,") >= 1
     histograms = result.asset_materializations_for_node("clip_scores")[0].metadata["histograms"].value
     assert histograms.count("data:image/png;base64,") == 4
-    probe_metadata = result.asset_materializations_for_node("probed_videos")[0].metadata
+    probe_metadata = result.asset_materializations_for_node("probe_and_cut")[0].metadata
     assert "ingested" in probe_metadata["funnel"].value and probe_metadata["quarantined"].value == 1
 
 
@@ -98,6 +98,26 @@ def test_shards_are_reproducible_and_lineage_is_complete(curated):
                   "clip_score", "motion"):
         assert field in lineage, field
     assert "run_id" not in lineage  # run ids live in the tables, so reruns give identical shards
+
+
+def test_probe_and_clips_materialized_apart_give_the_tables_of_one_decode(corpus, curated, tmp_path):
+    """probed_videos alone (probe and shots), then video_clips alone (a decode of its own, cutting at the stored
+    shots): the same probe, clip, drop and motion tables as the curated batch's one decode."""
+    home = tmp_path / "home"
+    batch = store.ingest([corpus.videos[0].parent], home=home)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("video_batches", [batch.key])
+    settings = CurationSettings(lavie_home=str(home), preset="tiny")
+    for selection in (["raw_videos", "probed_videos"], ["video_clips"]):
+        result = dg.materialize(VIDEO_ASSETS, selection=selection, partition_key=batch.key, instance=instance,
+                                resources={"settings": settings})
+        assert result.success
+        assert {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()} == set(selection)
+    apart, together = home / "curation" / batch.key, curated["home"] / "curation" / curated["batch"].key
+    for name, drop in (("probe", ["run_id", "path"]), ("clips", ["run_id", "path", "source_path"]),
+                       ("clip_drops", ["source_path"]), ("motion", [])):
+        first, second = (pd.read_parquet(folder / f"{name}.parquet").drop(columns=drop) for folder in (apart, together))
+        pd.testing.assert_frame_equal(first, second, check_exact=True)
 
 
 def test_a_new_threshold_reruns_only_the_filter(curated):
@@ -202,7 +222,7 @@ def test_lavie_lineage_traces_a_sample_to_its_source(curated, monkeypatch, capsy
 
 def test_uncaptioned_clips_get_the_captioners_caption(corpus, tmp_path):
     from lavie_model.curation.captioner import build_tiny_captioner
-    from pipelines.curation import captioned_clips, probed_videos, raw_videos, video_clips
+    from pipelines.curation import captioned_clips, probe_and_cut, raw_videos
 
     video = tmp_path / "inputs" / "no caption.mp4"
     video.parent.mkdir()
@@ -213,7 +233,7 @@ def test_uncaptioned_clips_get_the_captioners_caption(corpus, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("video_batches", [batch.key])
     settings = CurationSettings(lavie_home=str(tmp_path / "home"), captioner_path=str(captioner))
-    assert dg.materialize([raw_videos, probed_videos, video_clips, captioned_clips], partition_key=batch.key,
+    assert dg.materialize([raw_videos, probe_and_cut, captioned_clips], partition_key=batch.key,
                           instance=instance, resources={"settings": settings}).success
     captions = pd.read_parquet(tmp_path / "home" / "curation" / batch.key / "captions.parquet")
     assert len(captions) >= 1
