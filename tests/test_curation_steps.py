@@ -21,14 +21,7 @@ from safetensors.torch import save_file
 from lavie_model.curation.clips import ClipConfig, probe_and_cut
 from lavie_model.curation.demo_corpus import Scene, render, write_mp4
 from lavie_model.curation.filtering import FilterConfig, decide
-from lavie_model.curation.scores import (
-    TINY_CLIP,
-    ScoreConfig,
-    load_clip,
-    read_clip,
-    sample_indices,
-    score_clips,
-)
+from lavie_model.curation.scores import TINY_CLIP, ScoreConfig, load_clip, read_clip, sample_indices, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
 
 FPS, FRAMES = 10, 20
