@@ -1,4 +1,4 @@
-"""Curation speed: seconds of source video per wall second for each CPU stage, beside decode-only and the encode floor.
+"""Curation speed: source seconds per wall second for each CPU stage, beside decode-only and the encode floor.
 
     python benchmarks/curation.py [--n 40] [--seconds 10] [--width 640] [--height 360] [--fps 25]
                                   [--preset paper] [--short-side PX] [--clip-fps FPS] [--min-seconds S]
@@ -10,20 +10,22 @@ decoding every frame with PyAV (the speed limit); probe; shot detection; probe a
 decode (what `probed_videos` alone runs); cutting a probed file from its stored shots in a decode of its own
 (what `video_clips` alone runs); probe, shot detection, cutting, encoding and motion in one decode
 (`probe_and_cut`, what the assets run when both are materialized; its probe rows and clips are checked
-against the separate passes); the frames CLIP sees, read by seeking to the keyframes the writer placed
-(what `clip_scores` decodes, given the writer's motion; CLIP itself is left out); motion measured again on
-the clip files (what `clip_scores` does for clips without it); and sharding. The whole, as the assets run
-it, is the one-decode stage run on `--workers` files at once (processes, as CurationSettings.workers), the
-CLIP frames and sharding; its floor runs as many transcodes at once. One file at a time is shown too. Beside them, the floor of any curation that
-writes H.264 clips: one ffmpeg transcode of each whole source to the clip size and frame rate with the clip
-encoder's settings, and with x264's fastest preset (`ultrafast`), no cuts. Wall and CPU seconds (this
-process and its finished children) are reported; CPU seconds are steadier on a shared machine. Clip
-settings come from the preset's `curation` section (paper: short side 320, 24 fps, clips of 2.6-10 s); the
-options override them. Peak memory is sampled every 20 ms: the resident set of this process and of its
-children (ffmpeg, for the floor and stream copies), and the most frames a spill file held. With
+against the separate passes); the frames CLIP sees, decoded from the clip files (what `clip_scores` does
+given the writer's motion; CLIP itself is left out); motion measured again on the clip files (what
+`clip_scores` does for clips without it); and sharding.
+
+The whole, as the assets run it, is the one-decode stage run on `--workers` files at once (processes, as
+CurationSettings.workers), the CLIP frames and sharding; one file at a time is shown too. Beside them, the
+floor of any curation that writes H.264 clips: one ffmpeg transcode of each whole source to the clip size and
+frame rate with the clip encoder's settings (`--workers` at once, and one at a time), and with x264's fastest
+preset (`ultrafast`), no cuts. Target: the whole within 1.3x of the encode floor.
+
+Wall and CPU seconds (this process and its finished children) are reported; CPU seconds are steadier on a
+shared machine. Clip settings come from the preset's `curation` section (paper: short side 320, 24 fps,
+clips of 2.6-10 s); the options override them. Peak memory is sampled every 20 ms: the resident set of this
+process and of its children (the worker processes, ffmpeg), and the most frames a spill held. With
 --stream-copy, N more videos are made at the clip size and rate and cut twice: re-encoded, and with
-ClipConfig.stream_copy (pieces from keyframe to keyframe keep the source's packets). Target: the whole
-within 1.3x of the encode floor (the transcode with the clip encoder's settings).
+ClipConfig.stream_copy (pieces from keyframe to keyframe keep the source's packets).
 """
 
 import argparse
@@ -209,7 +211,7 @@ def main() -> None:
                 lambda path: transcode_whole(path, sizes[path], config, work / f"whole_{path.stem}.mp4"), batch)),
                 [paths])
 
-        timed("CLIP frames, by seeking to the writer's keyframes (clip_scores)",
+        timed("CLIP frames, decoded from the clips, the writer's motion (clip_scores)",
               lambda row: read_clip(row["path"], row["frame_count"], scoring.frames_per_clip, scoring.motion_size,
                                     scoring.motion_pairs, row["motion"]), clips)
         measured = timed("motion and CLIP frames, measured on the clip files (clips without the writer's motion)",
@@ -232,7 +234,7 @@ def main() -> None:
             print(f"stream copy: {counted[True][0]} of {counted[True][1]} pieces copied")
         shards = timed("sharding", lambda table: write_shards(table, work / "shards", prefix="bench"),
                        [pd.DataFrame(clips)])[0]
-        after = ["CLIP frames, by seeking to the writer's keyframes (clip_scores)", "sharding"]
+        after = ["CLIP frames, decoded from the clips, the writer's motion (clip_scores)", "sharding"]
         one_decode = "probe, shots, cutting and motion in one decode (probe_and_cut: the assets)"
         for name, first in (("whole, one file at a time", one_decode),
                             ("whole, as the assets run it", f"probe_and_cut, {args.workers} files at once (the assets)")):

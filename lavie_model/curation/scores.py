@@ -57,7 +57,7 @@ class ScoreConfig:
     aesthetic_weights: str | None = None  # LAION-style head (.pth or .safetensors state dict); None: no aesthetic
     motion_size: int = ClipMeasure.motion_size  # short side of the frames optical flow runs on
     motion_pairs: int = ClipMeasure.motion_pairs  # pairs of consecutive frames, evenly spaced over the clip
-    frames_per_clip: int = ClipMeasure.frames_per_clip  # frames CLIP sees, evenly spaced: first, middle, last
+    frames_per_clip: int = 3  # frames CLIP sees, evenly spaced: first, middle, last
     batch_size: int = 48  # frames per CLIP forward pass
     device: str = "cpu"
 
@@ -66,8 +66,8 @@ class ScoreConfig:
             raise ValueError(f"need frames_per_clip, batch_size, motion_pairs >= 1 and motion_size >= 8, got {self}")
 
     def measure(self) -> ClipMeasure:
-        """What the clip writer measures for these scores: motion, and the frames CLIP sees as keyframes."""
-        return ClipMeasure(self.motion_size, self.motion_pairs, self.frames_per_clip)
+        """How the clip writer measures motion for these scores."""
+        return ClipMeasure(self.motion_size, self.motion_pairs)
 
 
 def require_file(path, what: str) -> Path:
@@ -135,50 +135,30 @@ def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int,
     """The sampled frames (PIL images) and the mean optical-flow magnitude of a clip, in one decode.
 
     Every frame is decoded; only those of the measured pairs (all pairs when motion_pairs is None) are
-    converted to grey and run through optical flow. With `motion` (the clip writer's), only the sampled frames
-    are decoded, each from the keyframe at or before it (the writer makes them keyframes).
+    converted to grey and run through optical flow, unless `motion` (the clip writer's) is given.
     """
     wanted = sample_indices(frame_count, frames_per_clip)
-    if motion is not None:
-        return seek_frames(path, wanted), motion
     measured, images = Motion(frame_count, motion_pairs, motion_size), {}
     with open_input(Path(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
-            measured(index, frame)
+            if motion is None:
+                measured(index, frame)
             if index in wanted:
                 images[index] = frame.to_image()
     missing = [index for index in wanted if index not in images]
     if missing:
         raise ValueError(f"{path} decoded fewer frames than the {frame_count} its clip row lists")
-    return [images[index] for index in wanted], measured.value()
-
-
-def seek_frames(path, indices: list[int]) -> list:
-    """Frames `indices` (in presentation order) of a clip as PIL images, each decoded from the keyframe at or
-    before it; the packets' timestamps (read without decoding) tell where each frame is."""
-    with open_input(Path(path)) as container:
-        stream = container.streams.video[0]
-        stamps = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None)
-        if indices and indices[-1] >= len(stamps):
-            raise ValueError(f"{path} holds {len(stamps)} frames, fewer than its clip row lists")
-        images = []
-        for index in indices:
-            container.seek(stamps[index], stream=stream, backward=True)
-            frame = next((frame for frame in container.decode(stream) if frame.pts >= stamps[index]), None)
-            if frame is None or frame.pts != stamps[index]:
-                raise ValueError(f"{path}: frame {index} does not decode at its timestamp")
-            images.append(frame.to_image())
-    return images
+    return [images[index] for index in wanted], measured.value() if motion is None else motion
 
 
 def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig(),
                 motion: dict[str, float] | None = None) -> pd.DataFrame:
     """One row of scores per clip (columns SCORE_COLUMNS); models load once, CLIP runs on batches of frames.
 
-    motion: clip_id to the motion the clip writer measured with `config.measure()`; those clips' frames are read
-    by seeking, the others' motion is measured on the clip file.
+    motion: clip_id to the motion the clip writer measured with `config.measure()`; the other clips' motion is
+    measured on their files.
     """
     stored = motion or {}
     missing = [column for column in NEEDED_COLUMNS if column not in clips.columns]
