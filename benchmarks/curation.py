@@ -217,7 +217,7 @@ def main() -> None:
         measured = timed("motion and CLIP frames, measured on the clip files (clips without the writer's motion)",
                          lambda row: read_clip(row["path"], row["frame_count"], scoring.frames_per_clip,
                                                scoring.motion_size, scoring.motion_pairs)[1], clips)
-        gaps = [abs(again - row["motion"]) / max(row["motion"], 1e-3) for again, row in zip(measured, clips)]
+        gaps = [abs(again - row["motion"]) for again, row in zip(measured, clips)]
         if args.stream_copy:  # sources already at the clip size and rate: re-encoded pieces against copied ones
             width, height = sizes[paths[0]]
             rate = round(config.fps or args.fps)
@@ -257,8 +257,9 @@ def main() -> None:
     print(f"\npeak RSS: this process {memory.own:.0f} MB ({memory.start_rss:.0f} MB before the first stage, most of "
           f"it torch and open_clip, which the scores module imports), its children {memory.children:.0f} MB; "
           f"a spill file held at most {spill_frames} frames")
-    print(f"motion measured on the clip files against the writer's (before compression): median relative "
-          f"difference {np.median(gaps):.3f}, largest {max(gaps):.3f}")
+    print(f"motion measured on the clip files against the writer's (before compression): median difference "
+          f"{np.median(gaps):.4f} px/frame, largest {max(gaps):.4f}; motion itself: median "
+          f"{np.median([row['motion'] for row in clips]):.3f}")
     floor = [timings[name] for name in timings if name.startswith("floor: one")]
     print(f"one transcode per source alone / decode-only = {floor[0] / decode:.2f} with the clip encoder, "
           f"{floor[1] / decode:.2f} with ultrafast")

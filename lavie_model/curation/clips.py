@@ -340,9 +340,9 @@ class Cutter:
     decodes. Each frame is scaled upright to the clip size into a spill file (writer.FrameSpill); a piece is
     written as soon as its frames are all in: a shot's windows once the detector has found the shot's end (the
     cuts it reports never go back), a span's once a frame at or after its end has decoded, a given plan's once
-    its last frame has. A thread of its own encodes the pieces while decoding goes on; decoding waits for it
-    while the spill holds pieces not yet written and more frames than fit in its memory, so the spill stays
-    about a shot long. Files are written under partial
+    its last frame has. A thread of its own encodes the pieces while decoding goes on, and decoding waits
+    while it is more than the spill's memory ahead of the writer, so the spill holds at most about the longest
+    shot and that many frames more. Files are written under partial
     names in a folder of their own; `finish` renames them into place once the whole video has decoded,
     `discard` removes them. It never raises from a frame: the first error stops it, and `finish` turns it into
     drop rows."""
@@ -385,8 +385,8 @@ class Cutter:
             if self.given is None:
                 self.planned += self._plan(self.times, len(self.times), final=False)
             self._write_ready(final=False)
-            with self.lock:  # the writer is behind: wait for it
-                while self.in_flight and self.spill.count > self.spill.memory_frames:
+            with self.lock:  # decoding is more than the spill's memory ahead of the writer: wait for it
+                while self.in_flight and self._lead() > self.spill.memory_frames:
                     self.lock.wait()
                     self.spill.forget_before(self._needed_from(len(self.times)))
         except CUT_ERRORS as error:
@@ -422,6 +422,10 @@ class Cutter:
         if ranges:
             self.next_shot, self.boundary = ranges[-1][0] + 1, ranges[-1][1][1]
         return [item for shot, (start, end) in ranges for item in shot_pieces(times, shot, start, end, self.config)]
+
+    def _lead(self) -> int:
+        """Frames decoded past the last the writer still has to write."""
+        return len(self.times) - max(piece.end_frame for piece in self.in_flight)
 
     def _needed_from(self, frames: int) -> int:
         """The first frame a piece not written yet (or not planned yet) may need."""
