@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 from av.video.reformatter import VideoReformatter
@@ -27,24 +28,8 @@ from scenedetect import FrameTimecode
 from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
-from .probe import (
-    ProbeConfig,
-    ProbeResult,
-    end_time,
-    frame_duration,
-    frame_time,
-    open_input,
-    probe,
-)
-from .writer import (
-    ClipMeasure,
-    Encoder,
-    FrameSpill,
-    clip_size,
-    resample,
-    upright,
-    write_clip,
-)
+from .probe import ProbeConfig, ProbeResult, end_time, frame_duration, frame_time, open_input, probe
+from .writer import ClipMeasure, Encoder, FrameSpill, clip_size, resample, upright, write_clip
 
 
 @dataclass(frozen=True)
@@ -63,8 +48,8 @@ class ClipConfig:
     x264_params: str = "mbtree=1:rc-lookahead=10"
     # Copy a piece's H.264 packets instead of re-encoding them where the source already is what a clip would be
     # (H.264 yuv420p, upright, at the clip size, and at the clip rate over the piece) and the piece runs from
-    # a keyframe to a keyframe or the end: no generation loss, no encode. Off by default: the clips then keep the source's
-    # bitrate and GOP instead of `crf` and `preset`.
+    # a keyframe to a keyframe or the end: no generation loss, no encode. Off by default: the clips then keep
+    # the source's bitrate and GOP instead of `crf` and `preset`.
     stream_copy: bool = False
 
     def encoder(self) -> Encoder:
@@ -315,10 +300,11 @@ def copy_piece(path, piece: Piece, times: list[float], origin: float, partial: P
     count = piece.end_frame - piece.start_frame
     # seek to the keyframe at or before `middle` (the piece's first frame), keep the source's timestamps (an
     # offset by `middle` would put that keyframe before zero, where the mp4 edit list hides it), take `count`
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-seek_timestamp", "1",
-               "-ss", f"{middle:.6f}", "-i", f"file:{Path(path).absolute()}", "-map", "0:v:0", "-copyts",
-               "-avoid_negative_ts", "make_zero", "-frames:v", str(count), "-c", "copy", "-an", "-map_metadata", "-1",
-               "-f", "mp4", f"file:{Path(partial).absolute()}"]
+    source = ffmpeg.input(f"file:{Path(path).absolute()}", seek_timestamp=1, ss=f"{middle:.6f}")
+    copy = ffmpeg.output(source["v:0"], f"file:{Path(partial).absolute()}", f="mp4", c="copy", an=None,
+                         avoid_negative_ts="make_zero", map_metadata=-1, **{"frames:v": count})
+    command = copy.global_args("-nostdin", "-loglevel", "error", "-copyts").overwrite_output().compile(
+        cmd=imageio_ffmpeg.get_ffmpeg_exe())  # an argument list, run without a shell
     if subprocess.run(command, capture_output=True, check=False).returncode != 0:
         return False
     try:
