@@ -29,7 +29,7 @@ from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
 from .probe import ProbeConfig, ProbeResult, end_time, frame_duration, frame_time, open_input, probe
-from .writer import ClipMeasure, Encoder, FrameSpill, clip_size, resample, upright, write_clip
+from .writer import ClipMeasure, Encoder, FrameSpill, clip_size, measure_clip, resample, upright, write_clip
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,6 @@ class ClipConfig:
 class Shots:
     ranges: list[tuple[int, int]]  # [start, end) frame indices of each shot
     times: list[float]  # start time of every frame in seconds from the first, then the end of the video
-    keyframes: list[int] = field(default_factory=list)  # indices of the frames that decode on their own
-    origin: float = 0.0  # the first frame's time in the source's own timestamps (seeking needs it)
 
 
 @dataclass
@@ -161,7 +159,7 @@ class ShotDetector:
         cuts = self.cuts + ([cut.frame_num for cut in self.detector.post_process(last)] if self.detect else [])
         bounds = [0] + sorted(cut for cut in set(cuts) if 0 < cut < len(times)) + [len(times)]
         times = [time - times[0] for time in times + [end_time(times, self.last_duration, float(self.rate))]]
-        return Shots(list(zip(bounds[:-1], bounds[1:])), times, self.keyframes, self.times[0])
+        return Shots(list(zip(bounds[:-1], bounds[1:])), times)
 
 
 def detect_shots(path, config: ClipConfig = ClipConfig()) -> Shots:
@@ -191,7 +189,7 @@ def probe_and_detect_shots(path, probe_config: ProbeConfig = ProbeConfig(), conf
 
 
 # Columns the probe table gains from the shot detection that rode on probe's decode (`probe_with_shots`)
-SHOT_COLUMNS = ("shot_ranges", "frame_times", "keyframes", "frame_origin", "shot_threshold", "shot_min_frames")
+SHOT_COLUMNS = ("shot_ranges", "frame_times", "shot_threshold", "shot_min_frames")
 
 
 def probe_with_shots(path, probe_config: ProbeConfig = ProbeConfig(), config: ClipConfig = ClipConfig(),
@@ -206,8 +204,7 @@ def shot_row(result: ProbeResult, shots: Shots | None, config: ClipConfig) -> di
     row = dict.fromkeys(SHOT_COLUMNS)
     if shots is not None:
         row |= {"shot_ranges": [list(r) for r in shots.ranges], "frame_times": shots.times,
-                "keyframes": shots.keyframes, "frame_origin": shots.origin, "shot_threshold": config.threshold,
-                "shot_min_frames": config.min_scene_frames}
+                "shot_threshold": config.threshold, "shot_min_frames": config.min_scene_frames}
     return asdict(result) | row
 
 
@@ -218,8 +215,7 @@ def stored_shots(row: dict, config: ClipConfig) -> Shots | None:
         return None
     if (row["shot_threshold"], row["shot_min_frames"]) != (config.threshold, config.min_scene_frames):
         return None
-    return Shots([(int(start), int(end)) for start, end in row["shot_ranges"]],
-                 [float(t) for t in row["frame_times"]], [int(k) for k in row["keyframes"]], float(row["frame_origin"]))
+    return Shots([(int(start), int(end)) for start, end in row["shot_ranges"]], [float(t) for t in row["frame_times"]])
 
 
 def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
@@ -239,17 +235,10 @@ def shot_pieces(times: list[float], shot: int, start: int, end: int, config: Cli
     return planned
 
 
-def span_pieces(shots: Shots, spans: list[dict], config: ClipConfig = ClipConfig()
-                ) -> tuple[list[Piece], list[tuple[Piece, str]]]:
-    """One piece per span (`start`, `end` seconds from a URL table): the frames whose time falls within it, its
-    index as the piece's `shot`; spans that hold no frame or are shorter than `min_seconds`, with a reason."""
-    planned = [span_piece(shots.times, len(shots.times) - 1, index, span, config) for index, span in enumerate(spans)]
-    return [piece for piece, reason in planned if not reason], [(piece, reason) for piece, reason in planned if reason]
-
-
 def span_piece(times: list[float], frames: int, index: int, span: dict, config: ClipConfig) -> tuple[Piece, str]:
-    """Span `index` as frames of `times` (the first `frames` are frame starts): its piece, and why it is dropped, or
-    "". Exact as soon as a frame at or after the span's end is among them."""
+    """Span `index` (`start`, `end` seconds from a URL table) as frames of `times` (the first `frames` are frame
+    starts): the frames whose time falls within it, with its index as the piece's `shot`, and why it is dropped
+    (it holds no frame, or less than `min_seconds`), or "". Exact once a frame at or after its end is among them."""
     start, end = float(span["start"]), float(span["end"])
     first = bisect_left(times, start - 1e-3, 0, frames)  # the first frame at or after the start
     last = bisect_left(times, end - 1e-3, 0, frames)  # ... and at or after the end (exclusive)
@@ -328,14 +317,14 @@ class Cutter:
     cuts it reports never go back), a span's once a frame at or after its end has decoded, a given plan's once
     its last frame has. A thread of its own encodes the pieces while decoding goes on, and decoding waits
     while it is more than the spill's memory ahead of the writer, so the spill holds at most about the longest
-    shot and that many frames more. Files are written under partial
-    names in a folder of their own; `finish` renames them into place once the whole video has decoded,
-    `discard` removes them. It never raises from a frame: the first error stops it, and `finish` turns it into
-    drop rows."""
+    shot and that many frames more. Files are written under partial names in a folder of their own; `finish`
+    renames them into place once the whole video has decoded, `discard` removes them. It never raises from a
+    frame: the first error stops it, and `finish` turns it into drop rows."""
 
     def __init__(self, path, out_dir, config: ClipConfig, measure: ClipMeasure, shots: Shots | None = None,
                  spans: list[dict] | None = None):
-        self.path, self.out_dir, self.config, self.measure, self.spans = Path(path), Path(out_dir), config, measure, spans
+        self.path, self.out_dir, self.config, self.measure = Path(path), Path(out_dir), config, measure
+        self.spans = spans
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=".cutting-", dir=self.out_dir))
         self.detector = ShotDetector(config, detect=shots is None)
@@ -343,13 +332,13 @@ class Cutter:
         self.next_shot, self.boundary, self.spans_done = 0, 0, set()  # what planning has covered
         self.planned: list[tuple[Piece, str]] = []  # pieces planned and not yet written, with drop reasons
         if shots is not None:  # the whole plan is known before the first frame
-            self.planned = self._plan(shots.times, len(shots.times) - 1, final=True)
+            self.planned = self._plan(shots.times, len(shots.times) - 1, shots)
         self.written: list[tuple[Piece, Path, int, float]] = []  # piece, partial file, frames, motion
         self.copied: set[tuple[int, int]] = set()  # the pieces' frames
         self.drops: list[tuple[Piece, str]] = []
         self.times: list[float] = []  # each decoded frame's time from the first
         self.spill, self.error, self.copy_source, self.peak_frames = None, None, None, 0
-        self.final = False  # whether the whole video has decoded (and times ends with its end)
+        self.shots: Shots | None = None  # the video's shots, once it has decoded (times then ends with its end)
         self.reformatter = VideoReformatter()
         self.jobs: queue.Queue = queue.Queue()  # pieces for the writer thread; None ends it
         self.writer: threading.Thread | None = None
@@ -369,7 +358,7 @@ class Cutter:
                 self.spill.append(index, picture)
                 self.peak_frames = max(self.peak_frames, self.spill.count)
             if self.given is None:
-                self.planned += self._plan(self.times, len(self.times), final=False)
+                self.planned += self._plan(self.times, len(self.times))
             self._write_ready(final=False)
             with self.lock:  # decoding is more than the spill's memory ahead of the writer: wait for it
                 while self.in_flight and self._lead() > self.spill.memory_frames:
@@ -390,15 +379,15 @@ class Cutter:
                 context = container.streams.video[0].codec_context
                 self.copy_source = (context.name, context.pix_fmt)
 
-    def _plan(self, times: list[float], frames: int, final: bool) -> list[tuple[Piece, str]]:
-        """Pieces newly known: over `frames` frame starts in `times` (then the end when `final`)."""
+    def _plan(self, times: list[float], frames: int, shots: Shots | None = None) -> list[tuple[Piece, str]]:
+        """Pieces newly known over `frames` frame starts in `times`; with the video's `shots` (then `times` ends
+        with the end of the video), every piece left."""
         if self.spans is not None:
             ready = [i for i, span in enumerate(self.spans) if i not in self.spans_done
-                     and (final or (frames and times[frames - 1] >= float(span["end"]) - 1e-3))]
+                     and (shots is not None or (frames and times[frames - 1] >= float(span["end"]) - 1e-3))]
             self.spans_done.update(ready)
             return [span_piece(times, frames, i, self.spans[i], self.config) for i in ready]
-        if final:  # the shots the detector gives at the end (or the given ones), from where planning stopped
-            shots = self.given or self.detector.shots(self.path)
+        if shots is not None:  # the shots from where planning stopped
             if self.boundary and shots.ranges[self.next_shot][0] != self.boundary:  # never seen: cuts only go forward
                 raise ValueError(f"the detector's shots of {self.path} differ from the cuts it reported while decoding")
             ranges = list(enumerate(shots.ranges))[self.next_shot:]
@@ -438,7 +427,7 @@ class Cutter:
             self.spill.forget_before(self._needed_from(frames))
 
     def _submit(self, piece: Piece) -> None:
-        """Give `piece` to the writer thread (started on the first); waits while it is a piece behind."""
+        """Give `piece` to the writer thread (started with the first)."""
         job = (piece, self._copyable(piece), self.times)
         with self.lock:
             self.in_flight.append(piece)
@@ -477,7 +466,7 @@ class Cutter:
         encoder, size = self.config.encoder(), self.spill_size
         try:
             if copy and copy_piece(self.path, piece, times, self.detector.times[0], partial):
-                motion = write_clip(self._frame, size, sources, [], self.time_base, self.rate, None, self.measure, None)
+                motion = measure_clip(self._frame, sources, self.measure)
                 self.copied.add((start, end))
             elif fps:
                 rate = Fraction(fps).limit_denominator(1_001_000)
@@ -501,7 +490,7 @@ class Cutter:
         if self.spill_size != self.display:
             return False
         keyframes, start, end = self.detector.keyframes, piece.start_frame, piece.end_frame
-        last = self.final and end == len(self.times) - 1  # the piece ends with the video
+        last = self.shots is not None and end == len(self.times) - 1  # the piece ends with the video
         if start not in keyframes or not (end in keyframes or last):
             return False
         gaps = np.diff(self.times[start:end + 1])
@@ -516,12 +505,12 @@ class Cutter:
                 end = probed.frame_count or 0
                 return ClipsResult([], [DropRow(*source, 0, 0, end, 0.0, probed.duration or 0.0,
                                                 f"shot detection failed: {error}")])
-            shots = self.given or self.detector.shots(self.path)
-            self.times, self.final = shots.times, True  # the frames' times, then the end of the video
+            self.shots = self.given or self.detector.shots(self.path)
+            self.times = self.shots.times  # the frames' times, then the end of the video
             if self.error is None:
                 try:
                     if self.given is None:
-                        self.planned += self._plan(self.times, len(self.times) - 1, final=True)
+                        self.planned += self._plan(self.times, len(self.times) - 1, self.shots)
                     self._write_ready(final=True)
                 except CUT_ERRORS as error:
                     self.error = error
@@ -565,7 +554,7 @@ def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), 
     shots: those `probe_with_shots` found with the same config; None detects them in the same decode.
     spans: a URL table's time spans of this video: one clip per span (its index is the clip's `shot`) instead
     of the shots' windows.
-    measure: what the clips' motion is measured with (ScoreConfig.measure()), and which frames are keyframes.
+    measure: what the clips' motion is measured with (ScoreConfig.measure()).
     """
     if not probed.ok:
         raise ValueError(f"{probed.path} was quarantined by probe ({probed.reason}); it has no clips")
@@ -595,5 +584,5 @@ def probe_and_cut(path, out_dir, probe_config: ProbeConfig = ProbeConfig(), conf
     if not result.ok:
         cutter.discard()
         return shot_row(result, None, config), ClipsResult([], [])
-    shots = cutter.detector.shots(path) if cutter.detector.error is None else None
-    return shot_row(result, shots, config), cutter.finish(result)
+    clips = cutter.finish(result)
+    return shot_row(result, cutter.shots, config), clips

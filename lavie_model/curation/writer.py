@@ -201,17 +201,20 @@ def repeatable_heap() -> None:
         libc.mallopt(M_PERTURB, 0xFF)
 
 
-def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], sources: list[int], pts: list[int],
-               time_base: Fraction, rate: Fraction, encoder: Encoder | None, measure: ClipMeasure,
-               path: Path | None) -> float:
-    """Encode the frames `frame_of(source)` (yuv420p at `size`) for `sources` (in order, one per output frame, with
-    `pts` in `time_base`) into `path` (mp4, H.264 yuv420p), or only measure them when `encoder` is None; returns
-    the clip's motion. The same frames give the same bytes every time (see repeatable_heap)."""
+def measure_clip(frame_of: Callable[[int], av.VideoFrame], sources: list[int], measure: ClipMeasure) -> float:
+    """The motion of the clip whose frames are `frame_of(source)` for `sources` (a clip kept by stream copy)."""
     motion = Motion(len(sources), measure.motion_pairs, measure.motion_size)
-    if encoder is None:
-        for n, source in enumerate(sources):
-            motion(n, frame_of(source))
-        return motion.value()
+    for n, source in enumerate(sources):
+        motion(n, frame_of(source))
+    return motion.value()
+
+
+def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], sources: list[int], pts: list[int],
+               time_base: Fraction, rate: Fraction, encoder: Encoder, measure: ClipMeasure, path: Path) -> float:
+    """Encode the frames `frame_of(source)` (yuv420p at `size`) for `sources` (in order, one per output frame, with
+    `pts` in `time_base`) into `path` (mp4, H.264 yuv420p) and return the clip's motion, measured on the way.
+    The same frames give the same bytes every time (see repeatable_heap)."""
+    motion = Motion(len(sources), measure.motion_pairs, measure.motion_size)
     repeatable_heap()
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
