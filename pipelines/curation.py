@@ -20,15 +20,8 @@ from lavie_model.config import load_preset
 from lavie_model.curation import store
 from lavie_model.curation import url_tables as url_tables_module
 from lavie_model.curation.captioner import CaptionerConfig, caption_clips
-from lavie_model.curation.clips import (
-    SHOT_COLUMNS,
-    ClipConfig,
-    ClipRow,
-    DropRow,
-    make_clips,
-    probe_with_shots,
-    stored_shots,
-)
+from lavie_model.curation.clips import (SHOT_COLUMNS, ClipConfig, ClipRow, DropRow, make_clips, probe_with_shots,
+                                        stored_shots)
 from lavie_model.curation.clips import probe_and_cut as probe_and_cut_file
 from lavie_model.curation.download import Download, DownloadConfig, download_all
 from lavie_model.curation.filtering import FilterConfig, decide
@@ -213,21 +206,24 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
         if CLIPPED in context.selected_asset_keys:
             jobs = [(path, sha, out_dir, config, measure, url_tables_module.spans_of(spans.get(sha)))
                     for path, sha in zip(raw["stored_path"], raw["sha256"])]
-            with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-                rows, results = zip(*pool.map(_probe_and_cut, jobs)) if jobs else ((), [])
+            rows, results = zip(*in_workers(settings, _probe_and_cut, jobs)) if jobs else ((), [])
         else:
-            with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-                rows = list(pool.map(probe_with_shots, raw["stored_path"], [ProbeConfig()] * len(raw),
-                                     [config] * len(raw), raw["sha256"]))
+            rows = in_workers(settings, probe_with_shots, raw["stored_path"], [ProbeConfig()] * len(raw),
+                              [config] * len(raw), raw["sha256"])
         yield from _probed(context, folder, raw, rows)
     if CLIPPED in context.selected_asset_keys:
         if results is None:
             probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
             jobs = [(row, out_dir, config, measure, url_tables_module.spans_of(spans.get(row["sha256"])))
                     for row in probed.to_dict("records")]
-            with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-                results = list(pool.map(_clips_of, jobs))
+            results = in_workers(settings, _clips_of, jobs)
         yield _clipped(context, folder, [result for result in results if result is not None], measure)
+
+
+def in_workers(settings: CurationSettings, function, *arguments) -> list:
+    """`function` mapped over `arguments` in `settings.workers` processes forked from this one."""
+    with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
+        return list(pool.map(function, *arguments))
 
 
 def _probe_and_cut(args) -> tuple[dict, tuple | None]:
