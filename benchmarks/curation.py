@@ -48,9 +48,9 @@ import pandas as pd
 import psutil
 
 from lavie_model.config import load_preset
-from lavie_model.curation.clips import (ClipConfig, clip_size, detect_shots, make_clips, probe_and_cut, probe_with_shots,
-                                        stored_shots)
-from lavie_model.curation.probe import ProbeConfig, ProbeResult, open_input, probe
+from lavie_model.curation.clips import (ClipConfig, clip_size, detect_shots, make_clips, probe_and_cut,
+                                        probe_with_shots, stored_shots)
+from lavie_model.curation.probe import ProbeConfig, open_input, probe
 from lavie_model.curation.scores import ScoreConfig, read_clip
 from lavie_model.curation.shards import write_shards
 
@@ -177,20 +177,21 @@ def main() -> None:
         measure = scoring.measure()
 
         def cut_stored(path):
-            row = rows[paths.index(path)]
-            result = ProbeResult(**{name: row[name] for name in vars(probed[0])})
-            return make_clips(result, work / "stored", config, stored_shots(row, config), measure=measure)
+            index = paths.index(path)
+            return make_clips(probed[index], work / "stored", config, stored_shots(rows[index], config),
+                              measure=measure)
 
         stored = timed("cutting from the stored shots, a decode of its own (video_clips alone)", cut_stored)
-        fused = timed("probe, shots, cutting and motion in one decode (probe_and_cut: the assets)",
-                      lambda path: probe_and_cut(path, work / "clips", config=config, measure=measure))
+        one_decode = "probe, shots, cutting and motion in one decode (probe_and_cut: the assets)"
+        fused = timed(one_decode, lambda path: probe_and_cut(path, work / "clips", config=config, measure=measure))
         for (row, one), again, path in zip(fused, stored, paths):
             same = [(c.start_frame, c.end_frame, c.frame_count) for c in one.clips] == \
                 [(c.start_frame, c.end_frame, c.frame_count) for c in again.clips]
             if row != rows[paths.index(path)] or not same or one.motion.keys() != {c.clip_id for c in one.clips}:
                 raise AssertionError(f"probe_and_cut differs from probe_with_shots and make_clips on {path}")
-        clips = [{"clip_id": c.clip_id, "path": c.path, "frame_count": c.frame_count, "motion": result.motion[c.clip_id],
-                  "bytes": Path(c.path).stat().st_size, "caption": f"a clip of {Path(c.source_path).name}"}
+        clips = [{"clip_id": c.clip_id, "path": c.path, "frame_count": c.frame_count,
+                  "motion": result.motion[c.clip_id], "bytes": Path(c.path).stat().st_size,
+                  "caption": f"a clip of {Path(c.source_path).name}"}
                  for _, result in fused for c in result.clips]
         spill_frames = max(result.peak_frames for _, result in fused)
 
@@ -205,15 +206,17 @@ def main() -> None:
                 return list(pool.map(probe_and_cut, batch, [work / "pooled"] * len(batch), [ProbeConfig()] * len(batch),
                                      [config] * len(batch), [measure] * len(batch)))
 
-        timed(f"probe_and_cut, {args.workers} files at once (the assets)", pooled, [paths])
+        pooled_decode = f"probe_and_cut, {args.workers} files at once (the assets)"
+        pooled_floor = f"floor: {args.workers} transcodes at once, clip encoder"
+        timed(pooled_decode, pooled, [paths])
         with ThreadPoolExecutor(args.workers) as pool:
-            timed(f"floor: {args.workers} transcodes at once, clip encoder", lambda batch: list(pool.map(
+            timed(pooled_floor, lambda batch: list(pool.map(
                 lambda path: transcode_whole(path, sizes[path], config, work / f"whole_{path.stem}.mp4"), batch)),
                 [paths])
 
-        timed("CLIP frames, decoded from the clips, the writer's motion (clip_scores)",
-              lambda row: read_clip(row["path"], row["frame_count"], scoring.frames_per_clip, scoring.motion_size,
-                                    scoring.motion_pairs, row["motion"]), clips)
+        clip_frames = "CLIP frames, decoded from the clips, the writer's motion (clip_scores)"
+        timed(clip_frames, lambda row: read_clip(row["path"], row["frame_count"], scoring.frames_per_clip,
+                                                 scoring.motion_size, scoring.motion_pairs, row["motion"]), clips)
         measured = timed("motion and CLIP frames, measured on the clip files (clips without the writer's motion)",
                          lambda row: read_clip(row["path"], row["frame_count"], scoring.frames_per_clip,
                                                scoring.motion_size, scoring.motion_pairs)[1], clips)
@@ -224,20 +227,17 @@ def main() -> None:
             ready = [work / f"ready_{index:03d}.mp4" for index in range(args.n)]
             for index, path in enumerate(ready):
                 make_video(path, args.seconds, width, height, rate, cuts=2 if index % 3 == 0 else 0, seed=index)
-            counted = {}
             for name, copy in (("at the clip size: probe and cut, re-encoded", False),
                                ("at the clip size: probe and cut, stream copy", True)):
                 copy_config = dataclasses.replace(config, stream_copy=copy)
                 results = timed(name, lambda path, c=copy_config, n=name: probe_and_cut(
                     path, work / n.split(", ")[-1].replace(" ", "_"), config=c, measure=measure)[1], ready)
-                counted[copy] = (sum(len(r.copied) for r in results), sum(len(r.clips) for r in results))
-            print(f"stream copy: {counted[True][0]} of {counted[True][1]} pieces copied")
+            print(f"stream copy: {sum(len(r.copied) for r in results)} of {sum(len(r.clips) for r in results)} "
+                  f"pieces copied")
         shards = timed("sharding", lambda table: write_shards(table, work / "shards", prefix="bench"),
                        [pd.DataFrame(clips)])[0]
-        after = ["CLIP frames, decoded from the clips, the writer's motion (clip_scores)", "sharding"]
-        one_decode = "probe, shots, cutting and motion in one decode (probe_and_cut: the assets)"
-        for name, first in (("whole, one file at a time", one_decode),
-                            ("whole, as the assets run it", f"probe_and_cut, {args.workers} files at once (the assets)")):
+        after = [clip_frames, "sharding"]
+        for name, first in (("whole, one file at a time", one_decode), ("whole, as the assets run it", pooled_decode)):
             timings[name] = sum(timings[stage] for stage in [first, *after])
             cpu[name] = sum(cpu[stage] for stage in [first, *after])
         memory.done.set()
@@ -264,7 +264,7 @@ def main() -> None:
     print(f"one transcode per source alone / decode-only = {floor[0] / decode:.2f} with the clip encoder, "
           f"{floor[1] / decode:.2f} with ultrafast")
     for whole, floor_name in (("whole, one file at a time", "floor: one transcode per source, clip encoder"),
-                              ("whole, as the assets run it", f"floor: {args.workers} transcodes at once, clip encoder")):
+                              ("whole, as the assets run it", pooled_floor)):
         wall, cpu_ratio = timings[whole] / timings[floor_name], cpu[whole] / cpu[floor_name]
         verdict = "within" if wall <= 1.3 else "NOT within"
         print(f"{whole} / the encode floor ({floor_name[7:]}) = {wall:.2f} wall, {cpu_ratio:.2f} CPU: {verdict} "

@@ -334,7 +334,8 @@ def source_of(kind, tmp_path):
         times_ms = np.cumsum([0] + [50, 150] * 15)[:30].tolist()
         path = write_video(tmp_path / "vfr.mp4", solid_frames(30, GREEN), times_ms=times_ms)
         return path, ClipConfig(short_side=64, max_seconds=1.0, min_seconds=0.5)
-    return write_video(tmp_path / "long.mp4", solid_frames(100, GREEN)), ClipConfig(short_side=64, max_seconds=3.0, fps=4)
+    path = write_video(tmp_path / "long.mp4", solid_frames(100, GREEN))
+    return path, ClipConfig(short_side=64, max_seconds=3.0, fps=4)
 
 
 @pytest.mark.parametrize("kind", ["cuts", "variable frame rate", "windows resampled"])
@@ -370,7 +371,8 @@ def test_resampling_picks_the_frames_ffmpegs_fps_filter_picks(source_fps, times_
     """writer.resample against ffmpeg's fps filter on the same source: each frame's index is written in its
     brightness, and the frames ffmpeg outputs are read back."""
     count = 30
-    frames = np.repeat(np.arange(count, dtype=np.uint8)[:, None, None, None] * 8, 96 * 128 * 3).reshape(count, 96, 128, 3)
+    levels = np.arange(count, dtype=np.uint8)[:, None, None, None] * 8
+    frames = np.repeat(levels, 96 * 128 * 3).reshape(count, 96, 128, 3)
     path = write_video(tmp_path / "source.mp4", frames, fps=source_fps, times_ms=times_ms)
 
     def brightness(filters):  # the mean grey level of each frame ffmpeg outputs

@@ -139,7 +139,8 @@ def download_all(urls: list[str], store_dir, config: DownloadConfig = DownloadCo
                  done: dict[str, Download] | None = None, progress=lambda result: None) -> list[Download]:
     """Every URL's Download, in order, `config.workers` at a time. URLs in `done` (a previous run's results)
     whose file is still stored are not fetched again; each URL is fetched once however often it appears."""
-    done = {url: result for url, result in (done or {}).items() if result.ok and result.path and Path(result.path).is_file()}
+    done = {url: result for url, result in (done or {}).items()
+            if result.ok and result.path and Path(result.path).is_file()}
     wanted = [url for url in dict.fromkeys(urls) if url not in done]
 
     def one(url):
