@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 
 from lavie_model.curation import writer
+from av.video.reformatter import VideoReformatter
+from scenedetect import FrameTimecode
+from scenedetect.detectors import ContentDetector
+
 from lavie_model.curation.clips import (
     ClipConfig,
+    ContentScores,
     Piece,
     Shots,
     detect_shots,
@@ -244,6 +249,28 @@ def test_cut_is_found_and_clips_are_frame_accurate(two_shot, tmp_path):
         assert is_colour(frames[0], colour) and is_colour(frames[-1], colour)
     first, second = result.clips
     assert first.end_frame == second.start_frame and first.end_time == pytest.approx(second.start_time)
+
+
+def test_content_scores_are_pyscenedetects_on_the_same_pixels(two_shot, tmp_path):
+    """ContentScores on BGRA gives ContentDetector's score on BGR24 for every frame, and its cuts; swscale's BGRA is
+    its BGR24 with a fourth byte at a scaled size too (how ShotDetector feeds it)."""
+    rng = np.random.default_rng(0)
+    grain = np.clip(solid_frames(40, GREEN).astype(int) + rng.integers(-40, 41, (40, 96, 128, 1)), 0, 255)
+    write_video(tmp_path / "grain.mp4", np.concatenate([grain, solid_frames(20, RED)]).astype(np.uint8))
+    for path, cut_count in ((two_shot, 1), (tmp_path / "grain.mp4", 1)):
+        reference, fast, reformatter = ContentDetector(27.0, 15), ContentScores(27.0, 15), VideoReformatter()
+        expected, cuts, scores = [], [], set()
+        with av.open(str(path)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                bgr = reformatter.reformat(frame, 64, 48, "bgr24").to_ndarray()  # (48, 64, 3)
+                bgra = reformatter.reformat(frame, 64, 48, "bgra").to_ndarray()  # (48, 64, 4)
+                assert np.array_equal(bgra[..., :3], bgr)
+                expected += reference.process_frame(FrameTimecode(index, Fraction(10)), bgr)
+                cuts += fast.process_frame(FrameTimecode(index, Fraction(10)), bgra)
+                assert fast._frame_score == reference._frame_score
+                scores.add(round(fast._frame_score))
+        assert cuts == expected and len(cuts) == cut_count
+        assert len(scores) > 2  # scores of many sizes were compared, not only zeros
 
 
 def test_the_probe_row_holds_the_shots_of_the_same_decode_and_clips_are_cut_at_them(two_shot, tmp_path):

@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import ffmpeg
 import imageio_ffmpeg
 import numpy as np
@@ -113,6 +114,27 @@ class ClipsResult:
     copied: list[str] = field(default_factory=list)  # clip_ids that kept the source's packets (stream_copy)
 
 
+class ContentScores(ContentDetector):
+    """PySceneDetect's ContentDetector (default weights: hue, saturation and value alike, no edges), its frame score
+    summed with OpenCV instead of numpy: the same integer sums divided the same way, so the same scores and cuts,
+    at about half the cost. Takes BGR or BGRA frames (OpenCV's BGR-to-HSV conversion ignores the fourth channel)."""
+
+    def __init__(self, threshold: float, min_scene_len: int):
+        super().__init__(threshold=threshold, min_scene_len=min_scene_len)
+        self.last_hsv = None
+
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
+        hsv = cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV)  # (h, w, 3) uint8
+        last, self.last_hsv = self.last_hsv, hsv
+        if last is None:
+            return 0.0
+        pixels = float(hsv.shape[0] * hsv.shape[1])
+        hue, saturation, value, _ = cv2.sumElems(cv2.absdiff(hsv, last))  # exact: integers below 2**53
+        components = (hue / pixels, saturation / pixels, value / pixels, 0.0)
+        weights = self._weights
+        return sum(part * weight for part, weight in zip(components, weights)) / sum(abs(w) for w in weights)
+
+
 class ShotDetector:
     """PySceneDetect's ContentDetector fed one decoded frame at a time (a `probe` frame hook), on frames
     downscaled as PySceneDetect does; `shots()` gives the result once every frame has been fed.
@@ -123,7 +145,7 @@ class ShotDetector:
     """
 
     def __init__(self, config: ClipConfig = ClipConfig(), detect: bool = True):
-        self.detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_frames)
+        self.detector = ContentScores(config.threshold, config.min_scene_frames)
         self.times, self.cuts, self.size, self.rate, self.last_duration, self.error = [], [], None, None, None, None
         self.keyframes, self.detect, self.reformatter = [], detect, VideoReformatter()
 
@@ -142,8 +164,9 @@ class ShotDetector:
             if not self.detect:
                 return
             # one reformatter for every frame (a new one per frame costs more than the detector) and one swscale
-            # thread (PyAV's default, a thread pool per call, is several times slower here)
-            pixels = self.reformatter.reformat(frame, *self.size, "bgr24", threads=1).to_ndarray()  # (h, w, 3)
+            # thread (PyAV's default, a thread pool per call, is several times slower here); BGRA is the same
+            # pixels as BGR24 with a fourth byte, and swscale writes it faster
+            pixels = self.reformatter.reformat(frame, *self.size, "bgra", threads=1).to_ndarray()  # (h, w, 4)
             self.cuts += [cut.frame_num for cut in self.detector.process_frame(FrameTimecode(index, rate), pixels)]
         except (av.error.FFmpegError, OSError, ValueError) as error:
             self.error = error
