@@ -10,7 +10,7 @@ import base64
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import dagster as dg
@@ -36,9 +36,9 @@ video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
 url_tables = dg.DynamicPartitionsDefinition(name="url_tables")  # chunks of URL tables (`lavie ingest --table`)
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
 # Default processes per asset that probe or cut files (CurationSettings.workers); each works on one file at a
-# time and holds one decoded frame of it (cuts run in an ffmpeg subprocess). They fork from the step's process:
-# under Dagster's multiprocess executor they would otherwise start as the step did (forkserver or spawn) and
-# each import torch again.
+# time and holds at most writer.SPILL_MEMORY bytes of its frames (the rest on disk). They fork from the step's
+# process: under Dagster's multiprocess executor they would otherwise start as the step did (forkserver or spawn)
+# and each import torch again.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 POOL_CONTEXT = multiprocessing.get_context("fork")
 PREVIEWS = 4  # kept clips shown as GIFs in the shards' metadata
@@ -74,6 +74,11 @@ class CurationSettings(dg.ConfigurableResource):
 
     def clip_config(self) -> ClipConfig:
         return ClipConfig(**load_preset(self.preset)["curation"], stream_copy=self.stream_copy)
+
+    def clip_measure(self) -> ClipMeasure:
+        """What the clip writer measures and keeps for clip_scores and, given a captioner, captioned_clips."""
+        caption_frames = CaptionerConfig.frames_per_clip if self.captioner_path else 0
+        return replace(self.score_config().measure(), caption_frames=caption_frames)
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
@@ -197,7 +202,7 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
     cutting, encoding and motion all ride on the same decode. video_clips alone cuts again from the stored probe
     table (its shots, unless the detector's settings have changed); probed_videos alone only probes."""
     folder = settings.batch_dir(context.partition_key)
-    config, measure = settings.clip_config(), settings.score_config().measure()
+    config, measure = settings.clip_config(), settings.clip_measure()
     out_dir = settings.home() / "clips" / context.partition_key
     raw = pd.read_parquet(folder / "raw.parquet")
     spans = dict(zip(raw["sha256"], raw["spans"])) if "spans" in raw else {}
@@ -238,10 +243,14 @@ def _clips_of(args) -> tuple:
     return _plain(make_clips(probed, out_dir, config, stored_shots(row, config), spans, measure))
 
 
-def _plain(result) -> tuple[list[dict], list[dict], list[dict], int]:
-    """A ClipsResult as table rows (clips, drops, each clip's motion) and the number of clips stream-copied."""
+def _plain(result) -> tuple[list[dict], list[dict], list[dict], list[dict], int]:
+    """A ClipsResult as table rows (clips, drops, each clip's motion, each still) and the number of clips
+    stream-copied."""
     return ([asdict(c) for c in result.clips], [asdict(d) for d in result.drops],
-            [{"clip_id": clip_id, "motion": value} for clip_id, value in result.motion.items()], len(result.copied))
+            [{"clip_id": clip_id, "motion": value} for clip_id, value in result.motion.items()],
+            [{"clip_id": clip_id, "frame": frame, "jpeg": data}
+             for clip_id, stills in result.stills.items() for frame, data in sorted(stills.items())],
+            len(result.copied))
 
 
 def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, rows):
@@ -269,14 +278,17 @@ def _clipped(context: dg.AssetExecutionContext, folder: Path, results: list[tupl
     clips = pd.DataFrame([c for cs, *_ in results for c in cs], columns=[f.name for f in fields(ClipRow)])
     clips = clips.assign(run_id=context.run.run_id)
     drops = pd.DataFrame([d for _, ds, *_ in results for d in ds], columns=[f.name for f in fields(DropRow)])
-    motion = pd.DataFrame([m for _, _, ms, _ in results for m in ms], columns=["clip_id", "motion"])
+    motion = pd.DataFrame([m for _, _, ms, *_ in results for m in ms], columns=["clip_id", "motion"])
     motion = motion.assign(motion_size=measure.motion_size, motion_pairs=measure.motion_pairs)
+    stills = pd.DataFrame([s for *_, ss, _ in results for s in ss], columns=["clip_id", "frame", "jpeg"])
     probed = pd.read_parquet(folder / "probe.parquet")
     write_table(clips, folder / "clips.parquet")
     write_table(drops, folder / "clip_drops.parquet")
     write_table(motion, folder / "motion.parquet")
+    write_table(stills, folder / "stills.parquet")
     return dg.MaterializeResult(asset_key=CLIPPED, metadata={
         "dagster/row_count": len(clips), "dropped_pieces": len(drops),
+        "still_megabytes": round(float(stills["jpeg"].map(len).sum()) / 2**20, 3),
         "stream_copied": sum(copied for *_, copied in results),
         "funnel": funnel(decodable=len(probed), clips=len(clips)),
         "drop_reasons": reasons_table(drops),
@@ -302,7 +314,8 @@ def captioned_clips(context: dg.AssetExecutionContext, settings: CurationSetting
     table["caption_source"] = table["caption_source"].where(table["caption"].notna(), None)
     wanted = table["caption"].isna() | settings.recaption
     if settings.captioner_path and wanted.any():
-        generated = caption_clips(table[wanted], CaptionerConfig(model_path=settings.captioner_path))
+        generated = caption_clips(table[wanted], CaptionerConfig(model_path=settings.captioner_path),
+                                  stored_stills(folder))
         table.loc[wanted, ["caption", "caption_source"]] = generated[["caption", "caption_source"]].to_numpy()
     write_table(table, folder / "captions.parquet")
     return dg.MaterializeResult(metadata={
@@ -317,7 +330,7 @@ def clip_scores(context: dg.AssetExecutionContext, settings: CurationSettings) -
     folder = settings.batch_dir(context.partition_key)
     clips = pd.read_parquet(folder / "captions.parquet")
     config = settings.score_config()
-    scores = score_clips(clips, config, stored_motion(folder, config))
+    scores = score_clips(clips, config, stored_motion(folder, config), stored_stills(folder))
     write_table(scores, folder / "scores.parquet")
     summary = scores[["clip_score", "aesthetic", "motion", "duration"]].describe().round(4)
     plots = " ".join(picture(histogram_png(scores[name], name), "png", name)
@@ -336,6 +349,16 @@ def stored_motion(folder: Path, config: ScoreConfig) -> dict[str, float]:
     table = pd.read_parquet(path)
     table = table[(table["motion_size"] == config.motion_size) & (table["motion_pairs"] == config.motion_pairs)]
     return dict(zip(table["clip_id"], table["motion"]))
+
+
+def stored_stills(folder: Path) -> dict[str, dict[int, bytes]]:
+    """The stills video_clips kept of each clip (clip frame: JPEG)."""
+    path = folder / "stills.parquet"
+    stills = {}
+    if path.exists():
+        for row in pd.read_parquet(path).itertuples():
+            stills.setdefault(row.clip_id, {})[row.frame] = row.jpeg
+    return stills
 
 
 class FilterSettings(dg.Config):

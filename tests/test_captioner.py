@@ -1,11 +1,13 @@
 """Captions on real files: a tiny random captioner saved offline, loaded like a real one, on two tiny clips."""
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
 
 from lavie_model.curation.captioner import CaptionerConfig, build_tiny_captioner, caption_clips
 from lavie_model.curation.demo_corpus import write_mp4
+from lavie_model.curation.writer import encode_still
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,25 @@ def test_several_frames_join_distinct_captions(captioner, clips):
     for caption in captions["caption"]:
         parts = caption.split("; ")
         assert all(parts) and len(parts) == len(set(parts)) <= 3
+
+
+def test_the_writers_stills_stand_in_for_the_clip_frames(captioner, clips):
+    """Stills holding a clip's frames are captioned without reading the clip (swapped stills swap the captions);
+    a clip whose stills lack a frame is decoded as without stills."""
+    config = CaptionerConfig(model_path=str(captioner), max_new_tokens=8)
+    middles = {}
+    for row in clips.itertuples():
+        with av.open(row.path) as container:
+            middles[row.clip_id] = {4: encode_still(list(container.decode(video=0))[4])}  # the middle of 8 frames
+    gone = clips.assign(path=[path + ".missing" for path in clips["path"]])
+    kept = caption_clips(gone, config, middles)
+    swapped = caption_clips(gone, config, {"clip0": middles["clip1"], "clip1": middles["clip0"]})
+    assert kept["caption"].tolist() == swapped["caption"].tolist()[::-1]
+    assert kept["caption"].nunique() == 2  # the two clips' captions differ, so the swap shows
+    partial = caption_clips(clips, CaptionerConfig(model_path=str(captioner), frames_per_clip=2, max_new_tokens=8),
+                            middles)
+    pd.testing.assert_frame_equal(partial, caption_clips(clips, CaptionerConfig(
+        model_path=str(captioner), frames_per_clip=2, max_new_tokens=8)))
 
 
 def test_missing_model_path(tmp_path, clips):

@@ -13,7 +13,9 @@ import pytest
 from test_curation_core import BAD_INPUTS, BLUE, GREEN, ODD_NAMES, decoded, solid_frames, write_video
 
 from lavie_model.curation import store
+from lavie_model.curation.captioner import CaptionerConfig
 from lavie_model.curation.demo_corpus import build_demo_corpus
+from lavie_model.curation.writer import middle_indices
 from lavie_model.report import funnel
 from pipelines.cli import main as lavie
 from pipelines.curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, filtered_clips, video_shards
@@ -102,7 +104,7 @@ def test_shards_are_reproducible_and_lineage_is_complete(curated):
 
 def test_probe_and_clips_materialized_apart_give_the_tables_of_one_decode(corpus, curated, tmp_path):
     """probed_videos alone (probe and shots), then video_clips alone (a decode of its own, cutting at the stored
-    shots): the same probe, clip, drop and motion tables as the curated batch's one decode."""
+    shots): the same probe, clip, drop, motion and stills tables as the curated batch's one decode."""
     home = tmp_path / "home"
     batch = store.ingest([corpus.videos[0].parent], home=home)
     instance = dg.DagsterInstance.ephemeral()
@@ -115,7 +117,7 @@ def test_probe_and_clips_materialized_apart_give_the_tables_of_one_decode(corpus
         assert {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()} == set(selection)
     apart, together = home / "curation" / batch.key, curated["home"] / "curation" / curated["batch"].key
     for name, drop in (("probe", ["run_id", "path"]), ("clips", ["run_id", "path", "source_path"]),
-                       ("clip_drops", ["source_path"]), ("motion", [])):
+                       ("clip_drops", ["source_path"]), ("motion", []), ("stills", [])):
         first, second = (pd.read_parquet(folder / f"{name}.parquet").drop(columns=drop) for folder in (apart, together))
         pd.testing.assert_frame_equal(first, second, check_exact=True)
 
@@ -237,6 +239,10 @@ def test_uncaptioned_clips_get_the_captioners_caption(corpus, tmp_path):
                           instance=instance, resources={"settings": settings}).success
     captions = pd.read_parquet(tmp_path / "home" / "curation" / batch.key / "captions.parquet")
     assert len(captions) >= 1
+    stills = pd.read_parquet(tmp_path / "home" / "curation" / batch.key / "stills.parquet")
+    for clip in captions.itertuples():  # the writer kept the captioner's frame of every clip
+        frames = set(stills.loc[stills["clip_id"] == clip.clip_id, "frame"])
+        assert set(middle_indices(clip.frame_count, CaptionerConfig.frames_per_clip)) <= frames
     assert (captions["caption_source"] == f"captioner:{Path(captioner).name}").all()
     assert captions["caption"].str.len().gt(0).all()
 

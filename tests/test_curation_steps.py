@@ -7,6 +7,7 @@ import math
 import os
 import tarfile
 
+import av
 import numpy as np
 import open_clip
 import pandas as pd
@@ -22,6 +23,7 @@ from lavie_model.curation.demo_corpus import Scene, render, write_mp4
 from lavie_model.curation.filtering import FilterConfig, decide
 from lavie_model.curation.scores import TINY_CLIP, ScoreConfig, load_clip, read_clip, sample_indices, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
+from lavie_model.curation.writer import ClipMeasure, decode_still, middle_indices
 
 FPS, FRAMES = 10, 20
 SCENES = {
@@ -95,22 +97,42 @@ def test_clip_score_is_the_mean_caption_frame_cosine(clips, scored):
 
 
 def test_clips_written_in_one_decode_give_the_scores_of_a_full_decode(tmp_path):
-    """probe_and_cut measures motion as it encodes; score_clips with that motion runs no optical flow, and gives the
-    embeddings and CLIP scores it gives without, and about the motion measured on the files (the writer sees the
-    frames before compression)."""
+    """probe_and_cut measures motion and keeps the stills CLIP sees as it encodes; score_clips with them decodes no
+    clip and runs no optical flow, and gives about the scores of a full decode (the writer sees the frames before
+    compression)."""
     static_square = Scene("square", "blue", "white", None, 0.15, 0.4)
     frames = np.concatenate([render(SCENES["moving_circle"], 30), render(static_square, 30)])
     write_mp4(frames, tmp_path / "source.mp4", FPS)
-    _, result = probe_and_cut(tmp_path / "source.mp4", tmp_path / "clips", config=ClipConfig(short_side=64))
-    assert len(result.clips) == 2 and set(result.motion) == {clip.clip_id for clip in result.clips}
+    _, result = probe_and_cut(tmp_path / "source.mp4", tmp_path / "clips", config=ClipConfig(short_side=64),
+                              measure=ScoreConfig().measure())
+    assert len(result.clips) == 2 and set(result.motion) == set(result.stills) == {c.clip_id for c in result.clips}
     table = pd.DataFrame([vars(clip) for clip in result.clips]).assign(caption="a red circle on grey")
-    stored, full = score_clips(table, motion=result.motion), score_clips(table)
-    assert np.allclose(np.stack(stored.clip_embedding), np.stack(full.clip_embedding), atol=1e-6)
-    assert np.allclose(stored.clip_score, full.clip_score, atol=1e-6)
+    full = score_clips(table)
+    for clip in result.clips:
+        os.rename(clip.path, clip.path + ".away")  # nothing is read from the clip files
+    stored = score_clips(table, motion=result.motion, stills=result.stills)
+    assert np.allclose(np.stack(stored.clip_embedding), np.stack(full.clip_embedding), atol=0.03)
+    assert np.allclose(stored.clip_score, full.clip_score, atol=0.03)
     assert stored.motion.tolist() == [result.motion[clip.clip_id] for clip in result.clips]
     assert np.allclose(stored.motion, full.motion, rtol=0.1, atol=0.01)
     moving, static = stored.motion
     assert moving > FilterConfig().min_motion > static
+
+
+def test_the_writers_stills_are_the_sampled_clip_frames(tmp_path):
+    """The stills are the clip frames CLIP and the captioner sample, each closest to its own frame of the clip."""
+    write_mp4(render(SCENES["moving_circle"], 40), tmp_path / "source.mp4", FPS)
+    measure = ClipMeasure(score_frames=3, caption_frames=2)
+    _, result = probe_and_cut(tmp_path / "source.mp4", tmp_path / "clips", config=ClipConfig(short_side=64),
+                              measure=measure)
+    (clip,) = result.clips
+    decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in av.open(clip.path).decode(video=0)])
+    stills = result.stills[clip.clip_id]
+    assert set(stills) == set(sample_indices(40, 3)) | set(middle_indices(40, 2)) == {0, 10, 20, 30, 39}
+    for index, data in stills.items():
+        still = np.asarray(decode_still(data)).astype(float)  # (h, w, 3)
+        errors = ((decoded - still) ** 2).mean(axis=(1, 2, 3))  # against every frame of the clip
+        assert errors.argmin() == index and 10 * np.log10(255**2 / errors[index]) > 30
 
 
 def test_a_clip_without_caption_has_no_clip_score(clips):

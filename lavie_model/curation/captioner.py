@@ -2,7 +2,8 @@
 
 The model folder is loaded offline (`local_files_only=True`) with `AutoModelForImageTextToText`, its image
 processor with `AutoImageProcessor` and its tokenizer with `AutoTokenizer`, once per `caption_clips` call.
-Frames are decoded with PyAV and captioned in batches by greedy `generate`, so the captions are deterministic.
+Frames are the stills the clip writer kept where they hold them, else decoded from the clip with PyAV; they are
+captioned in batches by greedy `generate`, so the captions are deterministic.
 `build_tiny_captioner` saves a tiny random model that loads the same way, to test the wiring offline.
 """
 
@@ -14,6 +15,7 @@ import pandas as pd
 import torch
 
 from .probe import open_input
+from .writer import decode_still, middle_indices
 
 CAPTION_COLUMNS = ["clip_id", "caption", "caption_source"]
 
@@ -30,11 +32,6 @@ class CaptionerConfig:
         if self.frames_per_clip < 1 or self.batch_size < 1:
             raise ValueError(f"need frames_per_clip >= 1 and batch_size >= 1, got {self.frames_per_clip} "
                              f"and {self.batch_size}")
-
-
-def frame_indices(frame_count: int, frames_per_clip: int) -> list[int]:
-    """The middle frame of each of `frames_per_clip` equal parts of the clip (distinct, ascending)."""
-    return sorted({int((i + 0.5) * frame_count / frames_per_clip) for i in range(frames_per_clip)})
 
 
 def read_frames(path, indices: list[int]) -> list[np.ndarray]:
@@ -64,16 +61,25 @@ def load_captioner(model_path: Path, device: str):
     return model, image_processor, tokenizer
 
 
-def caption_clips(clips: pd.DataFrame, config: CaptionerConfig) -> pd.DataFrame:
-    """One row per clip of `clips` (clip_id, path, frame_count): clip_id, caption, caption_source."""
+def caption_clips(clips: pd.DataFrame, config: CaptionerConfig,
+                  stills: dict[str, dict[int, bytes]] | None = None) -> pd.DataFrame:
+    """One row per clip of `clips` (clip_id, path, frame_count): clip_id, caption, caption_source.
+
+    stills: clip_id to the stills the clip writer kept (clip frame: JPEG), used where they hold a clip's frames.
+    """
+    stills = stills or {}
     model_path = Path(config.model_path)
     model, image_processor, tokenizer = load_captioner(model_path, config.device)
     source = f"captioner:{model_path.resolve().name}"
 
     owners, images = [], []  # images[i] is a frame of clip row owners[i]
     for row, clip in enumerate(clips.itertuples(index=False)):
-        indices = frame_indices(max(int(clip.frame_count), 1), config.frames_per_clip)
-        for image in read_frames(clip.path, indices):
+        indices, kept = middle_indices(max(int(clip.frame_count), 1), config.frames_per_clip), stills.get(clip.clip_id)
+        if kept is not None and all(index in kept for index in indices):
+            frames = [np.array(decode_still(kept[index])) for index in indices]
+        else:
+            frames = read_frames(clip.path, indices)
+        for image in frames:
             owners.append(row)
             images.append(image)
 

@@ -3,7 +3,7 @@
 Frames are addressed by their index in decode order, which is exact for variable frame rate files too. A
 source is decoded once (`probe_and_cut`, riding on probe's decode; `make_clips` decodes a probed file again):
 every frame feeds PySceneDetect's ContentDetector and is scaled to the clip size into a spill file; as soon
-as a shot ends, its windows are resampled, measured (motion) and encoded from the spill (writer.py), so no
+as a shot ends, its windows are resampled, measured (motion, stills) and encoded from the spill (writer.py), so no
 boundary snaps to a keyframe and the spill holds about one shot. With `stream_copy`, pieces that need no
 re-encoding keep the source's packets. Every piece of a source ends as a clip row or a drop row.
 """
@@ -110,6 +110,7 @@ class ClipsResult:
     clips: list[ClipRow]
     drops: list[DropRow]
     motion: dict[str, float] = field(default_factory=dict)  # clip_id: motion (writer.py), measured while writing
+    stills: dict[str, dict[int, bytes]] = field(default_factory=dict)  # clip_id: {clip frame: JPEG} (writer.py)
     peak_frames: int = 0  # the most frames the spill held at once
     copied: list[str] = field(default_factory=list)  # clip_ids that kept the source's packets (stream_copy)
 
@@ -356,7 +357,7 @@ class Cutter:
         self.planned: list[tuple[Piece, str]] = []  # pieces planned and not yet written, with drop reasons
         if shots is not None:  # the whole plan is known before the first frame
             self.planned = self._plan(shots.times, len(shots.times) - 1, shots)
-        self.written: list[tuple[Piece, Path, int, float]] = []  # piece, partial file, frames, motion
+        self.written: list[tuple[Piece, Path, int, tuple]] = []  # piece, partial file, frames, (motion, stills)
         self.copied: set[tuple[int, int]] = set()  # the pieces' frames
         self.drops: list[tuple[Piece, str]] = []
         self.times: list[float] = []  # each decoded frame's time from the first
@@ -489,21 +490,21 @@ class Cutter:
         encoder, size = self.config.encoder(), self.spill_size
         try:
             if copy and copy_piece(self.path, piece, times, self.detector.times[0], partial):
-                motion = measure_clip(self._frame, sources, self.measure)
+                measured = measure_clip(self._frame, sources, self.measure)
                 self.copied.add((start, end))
             elif fps:
                 rate = Fraction(fps).limit_denominator(1_001_000)
-                motion = write_clip(self._frame, size, sources, list(range(len(sources))), 1 / rate, rate, encoder,
+                measured = write_clip(self._frame, size, sources, list(range(len(sources))), 1 / rate, rate, encoder,
                                     self.measure, partial)
             else:
                 pts = [round((times[i] - times[start]) / self.time_base) for i in sources]
-                motion = write_clip(self._frame, size, sources, pts, self.time_base, self.rate, encoder, self.measure,
+                measured = write_clip(self._frame, size, sources, pts, self.time_base, self.rate, encoder, self.measure,
                                     partial)
         except (av.error.FFmpegError, OSError, RuntimeError) as error:
             partial.unlink(missing_ok=True)
             self.drops.append((piece, f"transcode failed: {error}"))
             return
-        self.written.append((piece, partial, len(sources), motion))
+        self.written.append((piece, partial, len(sources), measured))
 
     def _copyable(self, piece: Piece) -> bool:
         """Whether `piece` can keep the source's packets (ClipConfig.stream_copy): H.264 yuv420p, upright, at the
@@ -543,8 +544,8 @@ class Cutter:
                 self.drops += [(piece, f"transcode failed: {self.error}") for piece, *_ in self.written]
                 self.written, self.planned = [], []
             times = self.times
-            clips, motion = [], {}
-            for piece, partial, frame_count, value in sorted(self.written, key=lambda item: item[0].start_frame):
+            clips, motion, stills = [], {}, {}
+            for piece, partial, frame_count, measured in sorted(self.written, key=lambda item: item[0].start_frame):
                 path = self.out_dir / clip_name(probed.sha256, piece)
                 partial.replace(path)
                 seconds = times[piece.end_frame] - times[piece.start_frame]
@@ -552,12 +553,12 @@ class Cutter:
                     path.stem, *source, piece.shot, piece.start_frame, piece.end_frame, times[piece.start_frame],
                     times[piece.end_frame], self.config.fps or frame_count / seconds, *self.spill_size, frame_count,
                     str(path)))
-                motion[path.stem] = value
+                motion[path.stem], stills[path.stem] = measured
             drops = [DropRow(*source, piece.shot, piece.start_frame, piece.end_frame, times[piece.start_frame],
                              times[piece.end_frame], reason)
                      for piece, reason in sorted(self.drops, key=lambda item: item[0].start_frame)]
             copied = [clip.clip_id for clip in clips if (clip.start_frame, clip.end_frame) in self.copied]
-            return ClipsResult(clips, drops, motion, self.peak_frames, copied)
+            return ClipsResult(clips, drops, motion, stills, self.peak_frames, copied)
         finally:
             self.discard()
 
@@ -577,7 +578,7 @@ def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), 
     shots: those `probe_with_shots` found with the same config; None detects them in the same decode.
     spans: a URL table's time spans of this video: one clip per span (its index is the clip's `shot`) instead
     of the shots' windows.
-    measure: what the clips' motion is measured with (ScoreConfig.measure()).
+    measure: what is measured and kept of each clip as it is written (motion, stills; ScoreConfig.measure()).
     """
     if not probed.ok:
         raise ValueError(f"{probed.path} was quarantined by probe ({probed.reason}); it has no clips")

@@ -14,6 +14,9 @@
 Nothing is downloaded: CLIP weights come from a local open_clip checkpoint, or, with `clip_weights=None`,
 a tiny randomly initialised CLIP is built from the open_clip config below (for tests and the demo; its
 scores mean nothing and its `clip_model` label says "tiny-random").
+
+CLIP sees the stills the clip writer kept (its frames before compression, as JPEG) where they hold the sampled
+frames; otherwise the frames are decoded from the clip file.
 """
 
 import math
@@ -31,7 +34,7 @@ from safetensors.torch import load_file
 
 from .filtering import has_caption
 from .probe import open_input
-from .writer import ClipMeasure, Motion, sample_indices
+from .writer import ClipMeasure, Motion, decode_still, sample_indices
 
 # An open_clip model config with CLIP's tokenizer. Its image is one 32 x 32 patch, so that, untrained, it acts
 # about like a random projection of the pixels and only frames that look alike get near-duplicate embeddings
@@ -66,8 +69,8 @@ class ScoreConfig:
             raise ValueError(f"need frames_per_clip, batch_size, motion_pairs >= 1 and motion_size >= 8, got {self}")
 
     def measure(self) -> ClipMeasure:
-        """How the clip writer measures motion for these scores."""
-        return ClipMeasure(self.motion_size, self.motion_pairs)
+        """What the clip writer measures and keeps for these scores (motion, and the stills CLIP sees)."""
+        return ClipMeasure(self.motion_size, self.motion_pairs, self.frames_per_clip)
 
 
 def require_file(path, what: str) -> Path:
@@ -130,21 +133,28 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int,
-              motion_pairs: int | None = None, motion: float | None = None) -> tuple[list, float]:
-    """The sampled frames (PIL images) and the mean optical-flow magnitude of a clip, in one decode.
+def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int, motion_pairs: int | None = None,
+              motion: float | None = None, stills: dict[int, bytes] | None = None) -> tuple[list, float]:
+    """The sampled frames (PIL images) and the mean optical-flow magnitude of a clip, in at most one decode.
 
-    Every frame is decoded; only those of the measured pairs (all pairs when motion_pairs is None) are
-    converted to grey and run through optical flow, unless `motion` (the clip writer's) is given.
+    The clip writer's `motion` and `stills` (clip frame: JPEG) are used where given and sufficient; otherwise every
+    frame is decoded, and only those of the measured pairs (all pairs when motion_pairs is None) are converted to
+    grey and run through optical flow.
     """
     wanted = sample_indices(frame_count, frames_per_clip)
-    measured, images = Motion(frame_count, motion_pairs, motion_size), {}
+    if stills is not None and all(index in stills for index in wanted):
+        images = {index: decode_still(stills[index]) for index in wanted}
+        if motion is not None:
+            return [images[index] for index in wanted], motion
+    else:
+        images = {}
+    measured = Motion(frame_count, motion_pairs, motion_size)
     with open_input(Path(path)) as container:  # PyAV's default threading: frame threads cost a clip 30% more here
         stream = container.streams.video[0]
         for index, frame in enumerate(container.decode(stream)):
             if motion is None:
                 measured(index, frame)
-            if index in wanted:
+            if index in wanted and index not in images:
                 images[index] = frame.to_image()
     missing = [index for index in wanted if index not in images]
     if missing:
@@ -152,14 +162,14 @@ def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int,
     return [images[index] for index in wanted], measured.value() if motion is None else motion
 
 
-def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig(),
-                motion: dict[str, float] | None = None) -> pd.DataFrame:
+def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig(), motion: dict[str, float] | None = None,
+                stills: dict[str, dict[int, bytes]] | None = None) -> pd.DataFrame:
     """One row of scores per clip (columns SCORE_COLUMNS); models load once, CLIP runs on batches of frames.
 
-    motion: clip_id to the motion the clip writer measured with `config.measure()`; the other clips' motion is
-    measured on their files.
+    motion: clip_id to the motion the clip writer measured with `config.measure()`; stills: clip_id to the stills
+    it kept (clip frame: JPEG). The other clips' motion and frames come from their files.
     """
-    stored = motion or {}
+    motion, stills = motion or {}, stills or {}
     missing = [column for column in NEEDED_COLUMNS if column not in clips.columns]
     if missing:
         raise ValueError(f"the clips table lacks the columns {missing}")
@@ -176,7 +186,8 @@ def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig(),
     for start in range(0, len(clips), clips_per_batch):
         group = clips.iloc[start:start + clips_per_batch]
         frames, motions = zip(*(read_clip(row.path, int(row.frame_count), config.frames_per_clip, config.motion_size,
-                                          config.motion_pairs, stored.get(row.clip_id)) for row in group.itertuples()))
+                                          config.motion_pairs, motion.get(row.clip_id), stills.get(row.clip_id))
+                                for row in group.itertuples()))
         captioned = [has_caption(caption) for caption in group.caption]
         texts = [caption if ok else "" for caption, ok in zip(group.caption, captioned)]
         images = torch.stack([preprocess(image) for clip in frames for image in clip])  # (n, 3, s, s)

@@ -1,15 +1,18 @@
 """Clip files written in-process from frames decoded once: a spill holds the source's frames at the clip size
-until a clip's cut points are known; each clip is then resampled, measured (motion) and encoded with libx264
-through PyAV.
+until a clip's cut points are known; each clip is then resampled, measured and encoded with libx264 through
+PyAV.
 
-Motion, as `clip_scores` reports it: the mean Farneback optical-flow magnitude in pixels per frame, on grey
-frames whose short side is `motion_size` pixels, over `motion_pairs` evenly spaced pairs of consecutive clip
-frames (every pair of a shorter clip). Measured here on the frames as they go into the encoder.
+Measured here on the frames as they go into the encoder, for `clip_scores` and `captioned_clips`:
+- motion, as `clip_scores` reports it: the mean Farneback optical-flow magnitude in pixels per frame, on grey
+  frames whose short side is `motion_size` pixels, over `motion_pairs` evenly spaced pairs of consecutive clip
+  frames (every pair of a shorter clip);
+- stills: the frames CLIP and the captioner look at, as JPEG at the clip size, so that neither decodes the clip.
 """
 
 import ctypes
 import ctypes.util
 import functools
+import io
 import math
 import os
 import tempfile
@@ -23,17 +26,30 @@ import cv2
 import numpy as np
 from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
+from PIL import Image
 
 # Farneback parameters (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags): OpenCV's usual ones
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
 
 
+STILL_QUALITY = 90  # JPEG quality of the stills: about as faithful as the clips (crf 20); 50 KB a frame at 568 x 320
+
+
 @dataclass(frozen=True)
 class ClipMeasure:
-    """How the clip writer measures motion for `clip_scores` (ScoreConfig.measure() gives the scorer's settings)."""
+    """What the clip writer measures and keeps of each clip for `clip_scores` (ScoreConfig.measure() gives the
+    scorer's settings) and `captioned_clips`."""
 
     motion_size: int = 64  # short side of the frames optical flow runs on
     motion_pairs: int = 24  # pairs of consecutive frames optical flow runs on, evenly spaced over the clip
+    score_frames: int = 3  # stills for CLIP: this many frames evenly spaced from the first to the last
+    caption_frames: int = 0  # stills for the captioner: the middle frames of this many equal parts (0: none)
+
+    def still_indices(self, frame_count: int) -> set[int]:
+        """The clip frames kept as stills."""
+        scored = sample_indices(frame_count, self.score_frames) if self.score_frames else []
+        captioned = middle_indices(frame_count, self.caption_frames) if self.caption_frames else []
+        return set(scored) | set(captioned)
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,11 @@ class Encoder:
 def sample_indices(frame_count: int, count: int) -> list[int]:
     """`count` evenly spaced frame indices from the first to the last (fewer for very short clips)."""
     return sorted({round(float(index)) for index in np.linspace(0, frame_count - 1, count)})
+
+
+def middle_indices(frame_count: int, count: int) -> list[int]:
+    """The middle frame of each of `count` equal parts of a clip (distinct, ascending): the captioner's frames."""
+    return sorted({int((i + 0.5) * frame_count / count) for i in range(count)})
 
 
 def pair_starts(frame_count: int, pairs: int | None) -> set[int]:
@@ -85,6 +106,34 @@ class Motion:
 
     def value(self) -> float:
         return float(np.mean(self.magnitudes)) if self.magnitudes else math.nan
+
+
+def encode_still(frame: av.VideoFrame) -> bytes:
+    """A frame as JPEG (STILL_QUALITY)."""
+    out = io.BytesIO()
+    frame.to_image().save(out, format="JPEG", quality=STILL_QUALITY)
+    return out.getvalue()
+
+
+def decode_still(data: bytes) -> Image.Image:
+    """A still as an RGB image."""
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+class Measurer:
+    """A clip's motion and stills, fed its frames in order."""
+
+    def __init__(self, frame_count: int, measure: ClipMeasure):
+        self.motion = Motion(frame_count, measure.motion_pairs, measure.motion_size)
+        self.wanted, self.stills = measure.still_indices(frame_count), {}
+
+    def __call__(self, index: int, frame: av.VideoFrame) -> None:
+        self.motion(index, frame)
+        if index in self.wanted:
+            self.stills[index] = encode_still(frame)
+
+    def result(self) -> tuple[float, dict[int, bytes]]:
+        return self.motion.value(), self.stills
 
 
 SPILL_MEMORY = 256 * 2**20  # bytes of frames a spill holds in memory (about 940 frames at 568 x 320)
@@ -201,20 +250,23 @@ def repeatable_heap() -> None:
         libc.mallopt(M_PERTURB, 0xFF)
 
 
-def measure_clip(frame_of: Callable[[int], av.VideoFrame], sources: list[int], measure: ClipMeasure) -> float:
-    """The motion of the clip whose frames are `frame_of(source)` for `sources` (a clip kept by stream copy)."""
-    motion = Motion(len(sources), measure.motion_pairs, measure.motion_size)
+def measure_clip(frame_of: Callable[[int], av.VideoFrame], sources: list[int],
+                 measure: ClipMeasure) -> tuple[float, dict[int, bytes]]:
+    """The motion and stills of the clip whose frames are `frame_of(source)` for `sources` (a clip kept by stream
+    copy)."""
+    measurer = Measurer(len(sources), measure)
     for n, source in enumerate(sources):
-        motion(n, frame_of(source))
-    return motion.value()
+        measurer(n, frame_of(source))
+    return measurer.result()
 
 
 def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], sources: list[int], pts: list[int],
-               time_base: Fraction, rate: Fraction, encoder: Encoder, measure: ClipMeasure, path: Path) -> float:
+               time_base: Fraction, rate: Fraction, encoder: Encoder, measure: ClipMeasure,
+               path: Path) -> tuple[float, dict[int, bytes]]:
     """Encode the frames `frame_of(source)` (yuv420p at `size`) for `sources` (in order, one per output frame, with
-    `pts` in `time_base`) into `path` (mp4, H.264 yuv420p) and return the clip's motion, measured on the way.
-    The same frames give the same bytes every time (see repeatable_heap)."""
-    motion = Motion(len(sources), measure.motion_pairs, measure.motion_size)
+    `pts` in `time_base`) into `path` (mp4, H.264 yuv420p) and return the clip's motion and stills, measured on the
+    way. The same frames give the same bytes every time (see repeatable_heap)."""
+    measurer = Measurer(len(sources), measure)
     repeatable_heap()
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
@@ -225,10 +277,10 @@ def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], 
             {"x264-params": encoder.x264_params} if encoder.x264_params else {})
         for n, (source, stamp) in enumerate(zip(sources, pts)):
             frame = frame_of(source)
-            motion(n, frame)
+            measurer(n, frame)
             # the encoder decides every frame's type (a decoded frame carries the source's I, P or B as a request)
             frame.pts, frame.time_base = stamp, time_base
             frame.pict_type = PictureType.NONE
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    return motion.value()
+    return measurer.result()
