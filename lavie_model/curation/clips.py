@@ -118,7 +118,7 @@ class ClipsResult:
 class ContentScores(ContentDetector):
     """PySceneDetect's ContentDetector (default weights: hue, saturation and value alike, no edges), its frame score
     summed with OpenCV instead of numpy: the same integer sums divided the same way, so the same scores and cuts,
-    at about half the cost. Takes BGR or BGRA frames (OpenCV's BGR-to-HSV conversion ignores the fourth channel)."""
+    in about half the time. Takes BGR or BGRA frames (OpenCV's BGR-to-HSV conversion ignores the fourth channel)."""
 
     def __init__(self, threshold: float, min_scene_len: int):
         super().__init__(threshold=threshold, min_scene_len=min_scene_len)

@@ -32,7 +32,7 @@ from PIL import Image
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-STILL_QUALITY = 90  # JPEG quality of the stills: about as faithful as the clips (crf 20); 50 KB a frame at 568 x 320
+STILL_QUALITY = 90  # JPEG quality of the stills: about as faithful as the clips (crf 20); 50-60 kB at 568 x 320
 
 
 @dataclass(frozen=True)
