@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, help="longest clip")
     parser.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                         help="files at once, as CurationSettings.workers (default min(4, CPUs))")
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=int, default=5,
                         help="runs of the pooled stage, each beside a run of the pooled floor (the ratio's median)")
     parser.add_argument("--stream-copy", action="store_true",
                         help="also cut sources made at the clip size and rate, re-encoded and by stream copy")

@@ -72,8 +72,12 @@ def summary_rows(evaluation) -> list[dict]:
 
     metrics = json.loads((Path(evaluation) / "metrics.json").read_text())["metrics"]
 
-    def beats(value, baseline, margin=0.0):
-        return "n/a" if value is None or baseline is None else ("yes" if value >= baseline - margin else "NO")
+    def beats(value, baseline, margin=None):
+        """Above the baseline (a tie with chance or a blend is not beating it); with a margin, within it of the
+        baseline (colour adherence keeping the image model's, counted on few samples)."""
+        if value is None or baseline is None:
+            return "n/a"
+        return "yes" if (value >= baseline - margin if margin is not None else value > baseline) else "NO"
 
     m = metrics.get
     colour, t2i = m("base/shapes_colour"), m("base/t2i_colour")

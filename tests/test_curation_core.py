@@ -11,12 +11,11 @@ import av
 import imageio_ffmpeg
 import numpy as np
 import pytest
-
-from lavie_model.curation import writer
 from av.video.reformatter import VideoReformatter
 from scenedetect import FrameTimecode
 from scenedetect.detectors import ContentDetector
 
+from lavie_model.curation import writer
 from lavie_model.curation.clips import (
     ClipConfig,
     ContentScores,

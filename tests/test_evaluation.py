@@ -10,7 +10,7 @@ import torch
 from lavie_model.cli import main
 from lavie_model.curation.shards import write_shards
 from lavie_model.evaluation.evaluate import EvalSettings, below_baselines, blend_keyframes, evaluate, regressions
-from lavie_model.report import write_report
+from lavie_model.report import summary_rows, write_report
 from lavie_model.training.data import is_validation
 from lavie_model.video import write_video
 from pipelines.evaluation import EvaluationSettings, evaluation, promoted_model
@@ -142,3 +142,13 @@ def test_a_candidate_below_a_baseline_or_regressing_is_not_promoted_and_generate
                  "--output", str(output)]) == 0
     assert output.is_file()
     assert json.loads((tiny_folder / "model_index.json").read_text())["num_frames"] == 8
+
+
+def test_a_tie_with_chance_or_the_blend_does_not_beat_it(tmp_path):
+    """The summary's "beats it": above chance and the baselines; colour adherence within its margin of the t2i's."""
+    metrics = {"base/shapes_colour": 0.85, "base/t2i_colour": 1.0, "base/shapes_direction": 0.25,
+               "base/shapes_colour_unseen": 0.5, "base/shapes_direction_unseen": 0.3125, "interpolation/psnr": 30.0,
+               "interpolation/psnr_blend": 30.0, "vsr/psnr": 30.5, "vsr/psnr_bicubic": 30.0}
+    (tmp_path / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    verdicts = [row["beats it"] for row in summary_rows(tmp_path)]
+    assert verdicts == ["yes", "NO", "yes", "yes", "NO", "yes"]
