@@ -9,6 +9,7 @@ step and the shards, never the scores.
 import base64
 import multiprocessing
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -199,14 +200,16 @@ PROBED, CLIPPED = dg.AssetKey("probed_videos"), dg.AssetKey("video_clips")
 )
 def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings):
     """probed_videos and video_clips. Materialized together, each file is decoded once: probe, shot detection,
-    cutting, encoding and motion all ride on the same decode. video_clips alone cuts again from the stored probe
-    table (its shots, unless the detector's settings have changed); probed_videos alone only probes."""
+    cutting, encoding, motion and the stills all ride on the same decode. video_clips alone cuts again from the
+    stored probe table (its shots, unless the detector's settings have changed); probed_videos alone only probes.
+    Before cutting, partial clips that a killed worker left behind are removed."""
     folder = settings.batch_dir(context.partition_key)
     config, measure = settings.clip_config(), settings.clip_measure()
     out_dir = settings.home() / "clips" / context.partition_key
     raw = pd.read_parquet(folder / "raw.parquet")
     spans = dict(zip(raw["sha256"], raw["spans"])) if "spans" in raw else {}
     results = None
+    removed = remove_stale_partials(context, out_dir) if CLIPPED in context.selected_asset_keys else 0
     if PROBED in context.selected_asset_keys:
         if CLIPPED in context.selected_asset_keys:
             jobs = [(path, sha, out_dir, config, measure, url_tables_module.spans_of(spans.get(sha)))
@@ -222,7 +225,24 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
             jobs = [(row, out_dir, config, measure, url_tables_module.spans_of(spans.get(row["sha256"])))
                     for row in probed.to_dict("records")]
             results = in_workers(settings, _clips_of, jobs)
-        yield _clipped(context, folder, [result for result in results if result is not None], measure)
+        yield _clipped(context, folder, [result for result in results if result is not None], measure, removed)
+
+
+IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def remove_stale_partials(context: dg.AssetExecutionContext, out_dir: Path) -> int:
+    """Remove the `.cutting-*` folders (partial clips) that a worker killed mid-file left in the batch's clips
+    folder, unless another run of the batch is in progress (its workers may be cutting into them); how many."""
+    runs = context.instance.get_run_ids(dg.RunsFilter(statuses=IN_PROGRESS,
+                                                      tags={"dagster/partition": context.partition_key}))
+    if any(run_id != context.run_id for run_id in runs) or not out_dir.is_dir():
+        return 0
+    stale = list(out_dir.glob(".cutting-*"))
+    for partial in stale:
+        shutil.rmtree(partial, ignore_errors=True)
+    return len(stale)
 
 
 def in_workers(settings: CurationSettings, function, *arguments) -> list:
@@ -272,8 +292,8 @@ def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, 
         severity=dg.AssetCheckSeverity.WARN, metadata={"fraction": round(fraction, 4)})
 
 
-def _clipped(context: dg.AssetExecutionContext, folder: Path, results: list[tuple],
-             measure: ClipMeasure) -> dg.MaterializeResult:
+def _clipped(context: dg.AssetExecutionContext, folder: Path, results: list[tuple], measure: ClipMeasure,
+             removed: int) -> dg.MaterializeResult:
     # Explicit columns: a batch with no usable file still gives well-formed (empty) tables downstream.
     clips = pd.DataFrame([c for cs, *_ in results for c in cs], columns=[f.name for f in fields(ClipRow)])
     clips = clips.assign(run_id=context.run.run_id)
@@ -289,6 +309,7 @@ def _clipped(context: dg.AssetExecutionContext, folder: Path, results: list[tupl
     return dg.MaterializeResult(asset_key=CLIPPED, metadata={
         "dagster/row_count": len(clips), "dropped_pieces": len(drops),
         "still_megabytes": round(float(stills["jpeg"].map(len).sum()) / 2**20, 3),
+        "stale_partials_removed": removed,
         "stream_copied": sum(copied for *_, copied in results),
         "funnel": funnel(decodable=len(probed), clips=len(clips)),
         "drop_reasons": reasons_table(drops),

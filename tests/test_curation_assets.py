@@ -102,19 +102,41 @@ def test_shards_are_reproducible_and_lineage_is_complete(curated):
     assert "run_id" not in lineage  # run ids live in the tables, so reruns give identical shards
 
 
+@dg.op
+def idle():
+    pass
+
+
+@dg.job
+def busy_job():
+    idle()
+
+
 def test_probe_and_clips_materialized_apart_give_the_tables_of_one_decode(corpus, curated, tmp_path):
     """probed_videos alone (probe and shots), then video_clips alone (a decode of its own, cutting at the stored
-    shots): the same probe, clip, drop, motion and stills tables as the curated batch's one decode."""
+    shots): the same probe, clip, drop, motion and stills tables as the curated batch's one decode. The partial
+    clips of a killed worker are kept while another run of the batch is in progress, and removed after."""
     home = tmp_path / "home"
     batch = store.ingest([corpus.videos[0].parent], home=home)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("video_batches", [batch.key])
     settings = CurationSettings(lavie_home=str(home), preset="tiny")
-    for selection in (["raw_videos", "probed_videos"], ["video_clips"]):
+    killed = home / "clips" / batch.key / ".cutting-killed"  # partial clips of a worker killed mid-file
+    killed.mkdir(parents=True)
+    (killed / "000000_000020.mp4").write_bytes(b"\0" * 100)
+    busy = instance.create_run_for_job(busy_job, tags={"dagster/partition": batch.key},
+                                       status=dg.DagsterRunStatus.STARTED)  # another run of the batch, cutting
+    removed = []
+    for selection in (["raw_videos", "probed_videos"], ["video_clips"], ["video_clips"]):
         result = dg.materialize(VIDEO_ASSETS, selection=selection, partition_key=batch.key, instance=instance,
                                 resources={"settings": settings})
         assert result.success
         assert {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()} == set(selection)
+        if selection == ["video_clips"]:
+            (clipped,) = result.get_asset_materialization_events()
+            removed.append((clipped.materialization.metadata["stale_partials_removed"].value, killed.exists()))
+            instance.report_run_failed(busy)  # it ends: the folder is stale now
+    assert removed == [(0, True), (1, False)]
     apart, together = home / "curation" / batch.key, curated["home"] / "curation" / curated["batch"].key
     for name, drop in (("probe", ["run_id", "path"]), ("clips", ["run_id", "path", "source_path"]),
                        ("clip_drops", ["source_path"]), ("motion", []), ("stills", [])):
