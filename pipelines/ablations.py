@@ -27,18 +27,19 @@ ABLATIONS = {"group_name": "ablations", "pool": "gpu", "kinds": {"pytorch"}}
 
 
 class AblationSettings(dg.ConfigurableResource):
-    """The budget of each ablation run (lavie_model.ablations.AblationBudget) and where to find the data."""
+    """The budget of each ablation run (lavie_model.ablations.AblationBudget, whose defaults these are) and where to
+    find the data."""
 
     preset: str = "tiny"
     lavie_home: str | None = None
-    steps: int = 60
-    evals: list[int] = [0, 30, 60]  # step counts each run is scored at
-    seeds: list[int] = [0, 1, 2]
-    batch_size: int = 8
-    samples_per_prompt: int = 2
-    sampling_steps: int = 20
-    validation_clips: int = 4
-    device: str = "cpu"
+    steps: int = AblationBudget.steps
+    evals: list[int] = AblationBudget().evals  # step counts each run is scored at
+    seeds: list[int] = AblationBudget().seeds
+    batch_size: int = AblationBudget.batch_size
+    samples_per_prompt: int = AblationBudget.samples_per_prompt
+    sampling_steps: int = AblationBudget.sampling_steps
+    validation_clips: int = AblationBudget.validation_clips
+    device: str = AblationBudget.device
 
     def budget(self) -> AblationBudget:
         """The lavie_model budget of the same names."""
