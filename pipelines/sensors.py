@@ -10,20 +10,11 @@ import dagster as dg
 from lavie_model.curation import store
 from lavie_model.curation.url_tables import register_url_table
 
-from .curation import (
-    CurationSettings,
-    curate_images,
-    curate_videos,
-    download_videos,
-    image_batches,
-    url_tables,
-    video_batches,
-)
+from .curation import (CurationSettings, curate_images, curate_videos, download_videos, image_batches, url_tables,
+                       video_batches)
 
 SETTLE_SECONDS = 10  # a file modified more recently may still be being copied in: wait for the next tick
 INBOXES = {"videos": (curate_videos, video_batches), "images": (curate_images, image_batches)}
-
-
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
