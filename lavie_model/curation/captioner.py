@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .probe import open_input
-from .writer import decode_still, middle_indices
+from .writer import kept_stills, middle_indices
 
 CAPTION_COLUMNS = ["clip_id", "caption", "caption_source"]
 
@@ -74,11 +74,9 @@ def caption_clips(clips: pd.DataFrame, config: CaptionerConfig,
 
     owners, images = [], []  # images[i] is a frame of clip row owners[i]
     for row, clip in enumerate(clips.itertuples(index=False)):
-        indices, kept = middle_indices(max(int(clip.frame_count), 1), config.frames_per_clip), stills.get(clip.clip_id)
-        if kept is not None and all(index in kept for index in indices):
-            frames = [np.array(decode_still(kept[index])) for index in indices]
-        else:
-            frames = read_frames(clip.path, indices)
+        indices = middle_indices(max(int(clip.frame_count), 1), config.frames_per_clip)
+        kept = kept_stills(stills.get(clip.clip_id), indices)
+        frames = [np.array(still) for still in kept] if kept is not None else read_frames(clip.path, indices)
         for image in frames:
             owners.append(row)
             images.append(image)

@@ -492,14 +492,14 @@ class Cutter:
             if copy and copy_piece(self.path, piece, times, self.detector.times[0], partial):
                 measured = measure_clip(self._frame, sources, self.measure)
                 self.copied.add((start, end))
-            elif fps:
-                rate = Fraction(fps).limit_denominator(1_001_000)
-                measured = write_clip(self._frame, size, sources, list(range(len(sources))), 1 / rate, rate, encoder,
-                                    self.measure, partial)
             else:
-                pts = [round((times[i] - times[start]) / self.time_base) for i in sources]
-                measured = write_clip(self._frame, size, sources, pts, self.time_base, self.rate, encoder, self.measure,
-                                    partial)
+                if fps:  # one tick per output frame
+                    rate = Fraction(fps).limit_denominator(1_001_000)
+                    time_base, pts = 1 / rate, list(range(len(sources)))
+                else:  # the source's frame times
+                    rate, time_base = self.rate, self.time_base
+                    pts = [round((times[i] - times[start]) / time_base) for i in sources]
+                measured = write_clip(self._frame, size, sources, pts, time_base, rate, encoder, self.measure, partial)
         except (av.error.FFmpegError, OSError, RuntimeError) as error:
             partial.unlink(missing_ok=True)
             self.drops.append((piece, f"transcode failed: {error}"))

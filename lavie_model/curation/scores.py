@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from .filtering import has_caption
 from .probe import open_input
-from .writer import ClipMeasure, Motion, decode_still, sample_indices
+from .writer import ClipMeasure, Motion, kept_stills, sample_indices
 
 # An open_clip model config with CLIP's tokenizer. Its image is one 32 x 32 patch, so that, untrained, it acts
 # about like a random projection of the pixels and only frames that look alike get near-duplicate embeddings
@@ -142,12 +142,10 @@ def read_clip(path, frame_count: int, frames_per_clip: int, motion_size: int, mo
     grey and run through optical flow.
     """
     wanted = sample_indices(frame_count, frames_per_clip)
-    if stills is not None and all(index in stills for index in wanted):
-        images = {index: decode_still(stills[index]) for index in wanted}
-        if motion is not None:
-            return [images[index] for index in wanted], motion
-    else:
-        images = {}
+    kept = kept_stills(stills, wanted)
+    if kept is not None and motion is not None:
+        return kept, motion
+    images = dict(zip(wanted, kept)) if kept is not None else {}
     measured = Motion(frame_count, motion_pairs, motion_size)
     with open_input(Path(path)) as container:  # PyAV's default threading: frame threads cost a clip 30% more here
         stream = container.streams.video[0]

@@ -120,6 +120,13 @@ def decode_still(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
+def kept_stills(stills: dict[int, bytes] | None, indices: list[int]) -> list[Image.Image] | None:
+    """The stills (clip frame: JPEG) at `indices` as RGB images, or None unless every one of them was kept."""
+    if stills is None or any(index not in stills for index in indices):
+        return None
+    return [decode_still(stills[index]) for index in indices]
+
+
 class Measurer:
     """A clip's motion and stills, fed its frames in order."""
 
