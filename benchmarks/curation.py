@@ -186,7 +186,7 @@ def main() -> None:
                               measure=measure)
 
         stored = timed("cutting from the stored shots, a decode of its own (video_clips alone)", cut_stored)
-        one_decode = "probe, shots, cutting and motion in one decode (probe_and_cut: the assets)"
+        one_decode = "probe, shots, cutting, motion and stills in one decode (probe_and_cut: the assets)"
         fused = timed(one_decode, lambda path: probe_and_cut(path, work / "clips", config=config, measure=measure))
         for (row, one), again, path in zip(fused, stored, paths):
             same = [(c.start_frame, c.end_frame, c.frame_count) for c in one.clips] == \

@@ -193,7 +193,8 @@ PROBED, CLIPPED = dg.AssetKey("probed_videos"), dg.AssetKey("video_clips")
             "ones go to the quarantine table with a reason.")),
         dg.AssetSpec(CLIPPED, deps=[PROBED], kinds={"parquet"}, skippable=True, description=(
             "The shots cut into windows of at most max_seconds, written frame-accurately at the preset's size and "
-            "rate, with each clip's motion measured as it is encoded.")),
+            "rate, with each clip's motion measured and the frames CLIP and the captioner look at kept as stills as "
+            "it is encoded.")),
     ],
     check_specs=[dg.AssetCheckSpec("quarantine_fraction", asset=PROBED,
                                    description=f"Warns above {MAX_QUARANTINE_FRACTION:.0%} quarantined.")],

@@ -246,11 +246,12 @@ M_PERTURB = -6  # glibc's mallopt parameter: fill memory on malloc (with ~byte) 
 def repeatable_heap() -> None:
     """Make this process's malloc hand out zeroed memory (and fill freed memory with 0xFF); glibc only.
 
-    x264's macroblock tree (`mbtree=1`, ClipConfig.x264_params) reads heap memory it has not written. In a
-    process that has decoded and encoded before, the same frames then gave a slightly different stream from
-    run to run (45-48 dB apart, where the encode is about 43 dB from its input); a fresh ffmpeg process repeats
-    its bytes. With the fill they repeat here too, at no measurable cost in time or size (benchmarks/curation.py
-    sources: 3,140,284 bytes every run, against 3,141,3xx-3,141,4xx without)."""
+    x264's macroblock tree (`mbtree=1`, ClipConfig.x264_params) reads heap memory it has not written when the
+    clip width is not a multiple of 16 (zeroing the input frames' row padding does not stop it). In a process
+    that has decoded and encoded before, the same frames then gave a slightly different stream from run to run
+    (45-48 dB apart, where the encode is about 43 dB from its input); a fresh ffmpeg process repeats its bytes.
+    With the fill they repeat here too (benchmarks/curation.py sources: 3,140,284 bytes every run, against
+    3,141,3xx-3,141,4xx without), for about 5% more CPU time in probe_and_cut (every malloc and free is filled)."""
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
     if libc is not None and hasattr(libc, "mallopt"):
