@@ -55,6 +55,7 @@ from lavie_model.curation.clips import (ClipConfig, clip_size, detect_shots, mak
 from lavie_model.curation.probe import ProbeConfig, open_input, probe
 from lavie_model.curation.scores import ScoreConfig, read_clip
 from lavie_model.curation.shards import write_shards
+from lavie_model.curation.writer import X264_THREADS
 
 
 def make_video(path: Path, seconds: float, width: int, height: int, fps: int, cuts: int, seed: int) -> None:
@@ -118,10 +119,12 @@ def decode_only(path: Path) -> int:
 
 
 def transcode_whole(path: Path, size: tuple[int, int], config: ClipConfig, out: Path) -> None:
-    """One ffmpeg run: all of `path` re-encoded at `size` and the clip frame rate, as cut_clips encodes."""
+    """One ffmpeg run: all of `path` re-encoded at `size` and the clip frame rate, as the clip writer encodes (its
+    settings and its x264 thread count)."""
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", str(path),
                "-vf", (f"fps={config.fps}," if config.fps else "") + f"scale={size[0]}:{size[1]}", "-an",
-               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(config.crf), "-preset", config.preset]
+               "-c:v", "libx264", "-threads", str(X264_THREADS), "-pix_fmt", "yuv420p", "-crf", str(config.crf),
+               "-preset", config.preset]
     if config.x264_params:
         command += ["-x264-params", config.x264_params]
     subprocess.run(command + [str(out)], check=True)

@@ -456,6 +456,25 @@ def test_clips_are_the_same_bytes_every_time(tmp_path):
     assert len(runs) == 1 and len(next(iter(runs))) == 4
 
 
+@pytest.mark.skipif(writer.glibc_mallopt() is None, reason="the malloc fill is glibc's")
+def test_repeatable_heap_hands_out_zeroed_memory():
+    """After writer.repeatable_heap, memory written, freed and allocated again comes back zeroed: what x264's
+    reads of memory it has not written need to give the same bytes every time."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    writer.repeatable_heap()
+    size = 64 * 1024  # above the thread cache, below the mmap threshold: a chunk of the heap, handed out again
+    first, guard = libc.malloc(size), libc.malloc(256)  # the guard keeps `first` from merging into the top
+    ctypes.memset(first, 0xAB, size)
+    libc.free(first)
+    again = libc.malloc(size)
+    data = ctypes.string_at(again, size)
+    libc.free(again)
+    libc.free(guard)
+    assert data == bytes(size)
+
+
 def test_windows_and_drops_cover_every_frame():
     times = [index / 10 for index in range(101)]  # 100 frames at 10 fps, then the end
     shots = Shots([(0, 8), (8, 100)], times)

@@ -250,12 +250,26 @@ def repeatable_heap() -> None:
     clip width is not a multiple of 16 (zeroing the input frames' row padding does not stop it). In a process
     that has decoded and encoded before, the same frames then gave a slightly different stream from run to run
     (45-48 dB apart, where the encode is about 43 dB from its input); a fresh ffmpeg process repeats its bytes.
-    With the fill they repeat here too (benchmarks/curation.py sources: 3,140,284 bytes every run, against
-    3,141,3xx-3,141,4xx without), for about 5% more CPU time in probe_and_cut (every malloc and free is filled)."""
+    With the fill they repeat here too. Its cost is not measurable with x264 on one thread (X264_THREADS): 0.99x
+    the CPU time of probe_and_cut with no fill and with a fill only around the encoder calls, median of 7 runs
+    (with x264's own threads it was about 5%)."""
+    mallopt = glibc_mallopt()
+    if mallopt is not None:
+        mallopt(M_PERTURB, 0xFF)
+
+
+@functools.cache
+def glibc_mallopt() -> Callable | None:
+    """glibc's mallopt, or None elsewhere."""
     name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(M_PERTURB, 0xFF)
+    return getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+
+
+# x264 threads per clip: one. The workers give the parallelism (CurationSettings.workers, one file each), and in
+# each the decoder's threads and the clip writer's thread overlap. x264's frame threads cost 10-12% more CPU over
+# the short streams of clips (each one fills and drains the threads), and they make the bytes depend on the
+# machine's CPU count (x264's default is 1.5 threads per CPU).
+X264_THREADS = 1
 
 
 def measure_clip(frame_of: Callable[[int], av.VideoFrame], sources: list[int],
@@ -280,7 +294,7 @@ def write_clip(frame_of: Callable[[int], av.VideoFrame], size: tuple[int, int], 
         stream = container.add_stream("libx264", rate=rate)
         (stream.width, stream.height), stream.pix_fmt = size, "yuv420p"
         stream.codec_context.time_base = stream.time_base = time_base
-        stream.codec_context.thread_count = 0  # x264's own threads, as many as it sees fit (libavcodec's default: 1)
+        stream.codec_context.thread_count = X264_THREADS
         stream.options = {"crf": str(encoder.crf), "preset": encoder.preset} | (
             {"x264-params": encoder.x264_params} if encoder.x264_params else {})
         for n, (source, stamp) in enumerate(zip(sources, pts)):
