@@ -72,3 +72,14 @@ def test_missing_model_path(tmp_path, clips):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         caption_clips(clips, CaptionerConfig(model_path=str(missing)))
+
+
+def test_batches_that_split_a_clips_frames_caption_as_one_frame_at_a_time(captioner, clips):
+    """Frames are read as batches fill: a batch may end inside a clip's frames, and each caption still goes to
+    its own clip."""
+    def captions(batch_size):
+        config = CaptionerConfig(model_path=str(captioner), frames_per_clip=3, batch_size=batch_size,
+                                 max_new_tokens=8)
+        return caption_clips(clips, config)
+
+    pd.testing.assert_frame_equal(captions(2), captions(1))  # batches (0, 0), (0, 1), (1, 1) of clip rows

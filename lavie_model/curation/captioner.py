@@ -72,23 +72,26 @@ def caption_clips(clips: pd.DataFrame, config: CaptionerConfig,
     model, image_processor, tokenizer = load_captioner(model_path, config.device)
     source = f"captioner:{model_path.resolve().name}"
 
-    owners, images = [], []  # images[i] is a frame of clip row owners[i]
+    def caption_batch(frames: list[np.ndarray]) -> list[str]:
+        pixel_values = image_processor(images=frames, return_tensors="pt").pixel_values.to(config.device, model.dtype)
+        with torch.no_grad():
+            tokens = model.generate(pixel_values=pixel_values, max_new_tokens=config.max_new_tokens,
+                                    do_sample=False)
+        return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+
+    # frames are read as the batches need them, so memory holds one batch of frames, not the whole table's
+    owners, waiting, texts = [], [], []  # texts[i] is the caption of a frame of clip row owners[i]
     for row, clip in enumerate(clips.itertuples(index=False)):
         indices = middle_indices(max(int(clip.frame_count), 1), config.frames_per_clip)
         kept = kept_stills(stills.get(clip.clip_id), indices)
         frames = [np.array(still) for still in kept] if kept is not None else read_frames(clip.path, indices)
-        for image in frames:
-            owners.append(row)
-            images.append(image)
-
-    texts = []
-    for start in range(0, len(images), config.batch_size):
-        batch = image_processor(images=images[start:start + config.batch_size], return_tensors="pt")
-        pixel_values = batch.pixel_values.to(config.device, model.dtype)
-        with torch.no_grad():
-            tokens = model.generate(pixel_values=pixel_values, max_new_tokens=config.max_new_tokens,
-                                    do_sample=False)
-        texts += [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        owners += [row] * len(frames)
+        waiting += frames
+        while len(waiting) >= config.batch_size:
+            texts += caption_batch(waiting[:config.batch_size])
+            del waiting[:config.batch_size]
+    if waiting:
+        texts += caption_batch(waiting)
 
     captions = [[] for _ in range(len(clips))]
     for row, text in zip(owners, texts):
