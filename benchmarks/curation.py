@@ -18,9 +18,10 @@ The whole, as the assets run it, is the one-decode stage run on `--workers` file
 CurationSettings.workers), the CLIP frames and sharding; one file at a time is shown too. Beside them, the
 floor of any curation that writes H.264 clips: one ffmpeg transcode of each whole source to the clip size and
 frame rate with the clip encoder's settings and x264 thread count (writer.X264_THREADS; `--workers` at once,
-and one at a time), and with x264's fastest preset (`ultrafast`), no cuts. Target: the whole within 1.3x of the encode floor. This machine's timings
-wander by 20-40% from minute to minute, so the pooled stage and the pooled floor run in turn `--repeat` times
-and the ratio is the median of each run against the floor run beside it (the table shows medians).
+and one at a time), and with x264's fastest preset (`ultrafast`), no cuts. Target: the whole within 1.3x of
+the encode floor. This machine's timings wander by 20-40% from minute to minute, so the pooled stage and the
+pooled floor run in turn `--repeat` times and the ratio is the median of each run against the floor run beside
+it (the table shows medians).
 
 Wall and CPU seconds (this process and its finished children) are reported; CPU seconds are steadier on a
 shared machine. Clip settings come from the preset's `curation` section (paper: short side 320, 24 fps,
