@@ -462,7 +462,8 @@ def test_repeatable_heap_hands_out_zeroed_memory():
     reads of memory it has not written need to give the same bytes every time."""
     import ctypes
     libc = ctypes.CDLL(None)
-    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
     writer.repeatable_heap()
     size = 64 * 1024  # above the thread cache, below the mmap threshold: a chunk of the heap, handed out again
     first, guard = libc.malloc(size), libc.malloc(256)  # the guard keeps `first` from merging into the top
