@@ -218,11 +218,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_folder, shards, t
 def test_two_ranks_see_different_samples_and_keep_identical_weights(tiny_folder, shards, tmp_path):
     run = tmp_path / "run"
     first_shard = str(sorted(Path(shards["videos"]).glob("*.tar"))[0])  # 4 clips: each rank takes every other one
-    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-                str(29500 + os.getpid() % 1000), "--module", "lavie_model.cli"]
+    port = 29500 + os.getpid() % 1000
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
+                "--module", "lavie_model.cli"]
     done = subprocess.run(launcher + train_args("base", tiny_folder, first_shard, run, 2),
                           env=clean_env() | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # each rank unlinked its DeepSpeed all-reduce buffer (67 MB of /dev/shm, which DeepSpeed leaves behind)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["weights_in_sync"]
     assert summary["rank_fingerprints"][0] == summary["rank_fingerprints"][1]

@@ -168,6 +168,17 @@ def single_rank_environment() -> None:
                           MASTER_PORT=str(free_port()))
 
 
+def release_shared_buffer(rank: int) -> None:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer (67 MB in /dev/shm), which DeepSpeed never removes: each
+    training process left one behind until /dev/shm filled. DeepSpeed's init maps every rank's buffer (waiting for
+    each to appear), so after a barrier the names can go; the mappings live on for the process's collectives."""
+    import torch
+
+    torch.distributed.barrier()
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{rank}"
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
 def deepspeed_config(settings: TrainSettings, training: dict, cuda: bool) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": training["batch_size"],
@@ -271,6 +282,8 @@ def train(settings: TrainSettings, report=None, log=print) -> Path:
     cuda = torch.cuda.is_available()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if not cuda:
+        release_shared_buffer(rank)
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     ds_config = deepspeed_config(settings, training, cuda)
