@@ -1,5 +1,6 @@
 """The curation core on real files: probe and quarantine, shots and frame-accurate clips, the demo corpus."""
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -460,7 +461,6 @@ def test_clips_are_the_same_bytes_every_time(tmp_path):
 def test_repeatable_heap_hands_out_zeroed_memory():
     """After writer.repeatable_heap, memory written, freed and allocated again comes back zeroed: what x264's
     reads of memory it has not written need to give the same bytes every time."""
-    import ctypes
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
