@@ -37,6 +37,10 @@ SUPPORTED_2D_VALUES = {
 # 2D entries that only matter for features rejected above.
 IGNORED_2D_KEYS = ("addition_embed_type_num_heads",)
 TEMPORAL_KEYS = (".attn_temp.", ".norm_temp.")
+# What an interpolation UNet denoises: the frames' latents beside the keyframes copied over their slots (the
+# official design), or their difference from the keyframes' latent blend beside that blend (the blend added
+# back after sampling: a UNet that predicts no residual reproduces the blend).
+INTERPOLATION_TARGETS = ("frames", "blend_residual")
 
 
 @dataclass
@@ -51,7 +55,8 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
     model (sparse-causal spatial attention, temporal attention after the feed-forward, no positions),
     which takes the noisy latents and the conditioning latents concatenated on the channel axis.
     `temporal_positions` (base design): how temporal attention orders frames, "rotary" as LaVie or one of the
-    ablation's alternatives (models/temporal_attention.py: POSITIONS).
+    ablation's alternatives (models/temporal_attention.py: POSITIONS). `interpolation_target` (interpolation
+    design): INTERPOLATION_TARGETS; the model ignores it, its pipeline and training loss read it.
 
     The last `num_image_frames` frames of a sample may be still images (joint image-video training):
     every spatial layer processes them, temporal attention skips them, so each image's output depends
@@ -89,9 +94,13 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         group_norm_across_frames: bool = False,
         block_design: str = "base",
         temporal_positions: str = "rotary",
+        interpolation_target: str = "frames",
     ):
         super().__init__()
         n = len(block_out_channels)
+        if interpolation_target not in INTERPOLATION_TARGETS:
+            raise ValueError(f"interpolation_target must be one of {', '.join(INTERPOLATION_TARGETS)}, "
+                             f"got {interpolation_target!r}")
         if mid_block_type != "UNetMidBlock3DCrossAttn":
             raise ValueError(f"unsupported mid_block_type {mid_block_type!r}")
         # Stable Diffusion's `attention_head_dim` is really the number of heads (a diffusers legacy).

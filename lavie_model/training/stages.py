@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from ..model_folder import load_components, present_components
-from ..pipelines.interpolation import conditioning_latents
+from ..pipelines.interpolation import interpolation_condition
 from ..text import encode_prompts
 from .data import StageData
 
@@ -103,9 +103,11 @@ def load_unet(folder, stage: str, train_2d: bool = False) -> torch.nn.Module:
     return unet
 
 
-def interpolation_from_base(base) -> torch.nn.Module:
-    """An interpolation UNet holding a base UNet's weights; its extra input channels start at zero."""
-    config = dict(base.config) | {"block_design": "interpolation", "in_channels": 2 * base.config.in_channels}
+def interpolation_from_base(base, target: str = "frames") -> torch.nn.Module:
+    """An interpolation UNet holding a base UNet's weights, denoising `target` (models.unet_3d:
+    INTERPOLATION_TARGETS); its extra input channels start at zero."""
+    config = dict(base.config) | {"block_design": "interpolation", "in_channels": 2 * base.config.in_channels,
+                                  "interpolation_target": target}
     unet = type(base).from_config(config)
     weights = base.state_dict()
     target = unet.state_dict()
@@ -199,10 +201,12 @@ def embed(parts: StageParts, captions: list[str], stored: torch.Tensor | None = 
 
 
 def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_level: int = 350,
-                  snr_gamma: float = 0.0) -> torch.Tensor:
+                  snr_gamma: float = 0.0, high_noise_fraction: float = 0.0) -> torch.Tensor:
     """The stage's denoising loss on one micro-batch, of pixels or of precomputed latents (the same draws
     either way): the squared error against the scheduler's target, per sample weighted by min(SNR, gamma) / SNR
-    for epsilon or / (SNR + 1) for velocity targets when `snr_gamma` is set (Min-SNR weighting; 0: unweighted)."""
+    for epsilon or / (SNR + 1) for velocity targets when `snr_gamma` is set (Min-SNR weighting; 0: unweighted).
+    Timesteps are uniform, except that a `high_noise_fraction` of the samples draw theirs from the noisier half
+    (where the caption, not the noisy frames, has to say where things are and which way they move)."""
     device, dtype = parts.vae.device, parts.vae.dtype
     precomputed = "mean" in batch
     b, f = batch["mean" if precomputed else "frames"].shape[:2]
@@ -219,7 +223,9 @@ def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_le
     # a timestep per sample, or per still for a 2D UNet
     steps = parts.noise_scheduler.config.num_train_timesteps
     counts = n if parts.stage in STILLS else 1
-    timesteps = torch.stack([torch.randint(steps, (counts,), generator=g) for g in generators]).to(device)  # (b, k)
+    timesteps = torch.stack([torch.randint(steps // 2 if high_noise_fraction and torch.rand((), generator=g)
+                                           < high_noise_fraction else 0, steps, (counts,), generator=g)
+                             for g in generators]).to(device)  # (b, k)
 
     if parts.stage in SUPER_RESOLUTION:
         low_res = batch["low_res"] if precomputed else low_resolution(pixels(batch).flatten(0, 1)).unflatten(0, (b, n))
@@ -238,7 +244,9 @@ def training_loss(unet, parts: StageParts, batch: dict, generators, max_noise_le
         condition, kwargs["class_labels"] = low_res, levels
     elif parts.stage == "interpolation":
         latents = sampled_latents(parts, mean, std, generators)  # (b, c, 4K-3, h, w)
-        condition = conditioning_latents(latents[:, :, ::4])
+        condition, residual_of = interpolation_condition(unet, latents[:, :, ::4])
+        if residual_of is not None:
+            latents = latents - residual_of  # the UNet denoises the frames' difference from the keyframes' blend
     else:
         latents = sampled_latents(parts, mean, std, generators)
         condition = None
