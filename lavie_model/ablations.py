@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .evaluation.evaluate import PROMPTS
+from .evaluation.shapes import PROMPTS
 from .video import frames_grid
 
 # Concepts the joint-training ablation keeps out of the videos: the image shards (and the text-to-image model)
@@ -95,9 +95,9 @@ class Scorer:
     def __init__(self, finding: str, cascade: Path, videos: list[Path], budget: AblationBudget, preset: str):
         from .config import load_preset
         from .curation.scores import ScoreConfig, load_clip
-        from .evaluation.evaluate import validation_clips
         from .evaluation.metrics import load_video_extractor
         from .pipelines import LaVieBasePipeline
+        from .training.data import validation_clips
 
         self.finding, self.budget = finding, budget
         self.pipe = LaVieBasePipeline.from_pretrained(cascade).to(budget.device)

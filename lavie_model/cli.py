@@ -53,21 +53,23 @@ def train_settings(args):
 
 
 def train(args):
+    from .evaluation.stand_ins import probe
     from .training.trainer import train
 
-    exported = train(train_settings(args))
+    exported = train(train_settings(args), probe=probe)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained the {args.stage} stage; model folder with its EMA weights: {exported}")
 
 
 def train_vae(args):
+    from .evaluation.stand_ins import colour_fidelity
     from .training.vae import train_vae
 
     model = args.model
     components = ["vae", "vsr_vae"] if args.component == "both" else [args.component]
     for component in components:
         model = train_vae(model, args.videos, args.output, component, images=args.images, steps=args.steps,
-                          batch_size=args.batch_size, seed=args.seed)
+                          batch_size=args.batch_size, seed=args.seed, fidelity=colour_fidelity)
     print(f"wrote a model folder with the trained {' and '.join(components)} to {model}")
 
 

@@ -2,7 +2,9 @@
 
     funnel(batch_folder)   the curation funnel of one batch (ingested -> decodable -> clips -> kept -> in
                            shards) and the reason for each quarantined file
-    summary_rows(folder)   each stage's headline metric beside the baseline it must beat
+    summary_rows(folder)   each stage's headline metric beside the baseline it must beat; rates counted on samples
+                           as "31% (10/32, 18%-49%)" (hits of n, 95% Wilson interval), beating chance only where
+                           the whole interval lies above it
     write_report(...)      OUT_DIR/report.md: the funnels, the loss curves, the metrics table, the prompt
                            adherence per sample, the gallery and the sample, with the files it shows beside it
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .evaluation.stats import Rate
 from .training.report import loss_curve_png, read_metrics
 
 
@@ -66,38 +69,61 @@ def decibels(value) -> str:
     return "n/a" if value is None else f"{value:.2f} dB"
 
 
+def rate_cell(rate: Rate | None) -> str:
+    return "n/a" if rate is None else str(rate)
+
+
 def summary_rows(evaluation) -> list[dict]:
-    """Each stage's headline metric beside the baseline it must beat, from an evaluation folder's metrics.json."""
-    from .evaluation.evaluate import COLOUR_MARGIN
+    """Each stage's headline metric beside the baseline it must beat, from an evaluation folder's metrics.json.
 
-    metrics = json.loads((Path(evaluation) / "metrics.json").read_text())["metrics"]
+    A rate beats chance only where its 95% Wilson interval lies wholly above it (10 of 32 directions, 18%-49%, does
+    not beat 25%); the base stage's colour is held to the text-to-image model's within COLOUR_MARGIN, as the gate
+    holds it (to chance when no t2i model was scored); a PSNR beats its baseline when above the strongest one.
+    """
+    from .evaluation.evaluate import CHANCE, COLOUR_MARGIN, baseline_of, rates_of
+    from .evaluation.shapes import MIN_SHIFT
 
-    def beats(value, baseline, margin=None):
-        """Above the baseline (a tie with chance or a blend is not beating it); with a margin, within it of the
-        baseline (colour adherence keeping the image model's, counted on few samples)."""
-        if value is None or baseline is None:
-            return "n/a"
-        return "yes" if (value >= baseline - margin if margin is not None else value > baseline) else "NO"
-
+    result = json.loads((Path(evaluation) / "metrics.json").read_text())
+    metrics, rates = result["metrics"], rates_of(result)
     m = metrics.get
-    colour, t2i = m("base/shapes_colour"), m("base/t2i_colour")
-    rows = [
-        {"stage": "base", "metric": "colour adherence", "value": percent(colour),
-         "baseline": f"t2i {percent(t2i)}; chance 17%", "beats it": beats(colour, t2i, COLOUR_MARGIN)},
-        {"stage": "base", "metric": "direction adherence", "value": percent(m("base/shapes_direction")),
-         "baseline": "chance 25%", "beats it": beats(m("base/shapes_direction"), 0.25)},
-        {"stage": "base", "metric": "colour, prompts not in the shards", "value": percent(m("base/shapes_colour_unseen")),
-         "baseline": "chance 17%", "beats it": beats(m("base/shapes_colour_unseen"), 1 / 6)},
-        {"stage": "base", "metric": "direction, prompts not in the shards",
-         "value": percent(m("base/shapes_direction_unseen")), "baseline": "chance 25%",
-         "beats it": beats(m("base/shapes_direction_unseen"), 0.25)},
+
+    def verdict(passed) -> str:
+        return "n/a" if passed is None else "yes" if passed else "NO"
+
+    def rate_row(name: str, metric: str, kind: str) -> dict:
+        """A rate beside chance: beaten where its whole interval lies above it."""
+        rate = rates.get(name)
+        return {"stage": "base", "metric": metric, "value": rate_cell(rate), "baseline": f"chance {CHANCE[kind]:.0%}",
+                "beats it": verdict(None if rate is None else rate.beats(CHANCE[kind]))}
+
+    def above(name: str) -> str:
+        """Strictly above the strongest baseline: a tie with a blend or bicubic does not beat it."""
+        value, baseline = m(name), baseline_of(metrics, name)
+        return verdict(None if value is None or baseline is None else value > baseline[1])
+
+    colour = rate_row("base/shapes_colour", "colour adherence", "colour")
+    shapes, t2i = rates.get("base/shapes_colour"), rates.get("base/t2i_colour")
+    if shapes is not None and t2i is not None:  # held to the image model's colour, as the gate holds it
+        colour["baseline"] = f"t2i {t2i} (within {COLOUR_MARGIN:.0%}); {colour['baseline']}"
+        colour["beats it"] = verdict(shapes.value >= t2i.value - COLOUR_MARGIN)
+    shift = m("base/shapes_displacement")
+    references = [("hold", "psnr_hold"), ("pixel blend", "psnr_blend"), ("latent blend", "psnr_latent_blend"),
+                  ("VAE round trip (ceiling)", "psnr_vae")]
+    return [
+        colour,
+        rate_row("base/shapes_direction", "direction adherence", "direction"),
+        {"stage": "base", "metric": f"moving at all (net shift >= {MIN_SHIFT:.0%} of the side); mean shift",
+         "value": f"{rate_cell(rates.get('base/shapes_moving'))}; "
+                  + ("n/a" if shift is None else f"{shift:.2f} of the side"),
+         "baseline": "-", "beats it": "-"},
+        rate_row("base/shapes_colour_unseen", "colour, prompts not in the shards", "colour"),
+        rate_row("base/shapes_direction_unseen", "direction, prompts not in the shards", "direction"),
         {"stage": "interpolation", "metric": "PSNR of the filled-in frames", "value": decibels(m("interpolation/psnr")),
-         "baseline": f"keyframe blend {decibels(m('interpolation/psnr_blend'))}",
-         "beats it": beats(m("interpolation/psnr"), m("interpolation/psnr_blend"))},
+         "baseline": "; ".join(f"{label} {decibels(m('interpolation/' + name))}" for label, name in references),
+         "beats it": above("interpolation/psnr")},
         {"stage": "vsr", "metric": "PSNR", "value": decibels(m("vsr/psnr")),
-         "baseline": f"bicubic {decibels(m('vsr/psnr_bicubic'))}", "beats it": beats(m("vsr/psnr"), m("vsr/psnr_bicubic"))},
+         "baseline": f"bicubic {decibels(m('vsr/psnr_bicubic'))}", "beats it": above("vsr/psnr")},
     ]
-    return rows
 
 
 def copy(path, out_dir: Path, name: str) -> str:
@@ -132,11 +158,12 @@ def write_report(out_dir, batches=(), runs: dict | None = None, evaluation=None,
     if pretrained is not None:
         card = json.loads((Path(pretrained) / "card.json").read_text())
         t2i, up = card["scores"]["t2i"], card["scores"]["upscaler"]
+        counted = {name: Rate(round(t2i[name] * t2i["n"]), t2i["n"]) for name in ("colour", "background")}
         page += ["## Pretrained stand-ins", "", f"The cascade started from the stand-ins in `{pretrained}` "
                  f"(see its MODEL_CARD.md; rebuilt by `{card['command']}`). Their held-out scores:", "",
-                 table([{"model": "t2i", "metric": "colour adherence", "value": percent(t2i["colour"]),
+                 table([{"model": "t2i", "metric": "colour adherence", "value": str(counted["colour"]),
                          "baseline": "chance 17%"},
-                        {"model": "t2i", "metric": "background adherence", "value": percent(t2i["background"]),
+                        {"model": "t2i", "metric": "background adherence", "value": str(counted["background"]),
                          "baseline": "chance 17%"},
                         {"model": "upscaler", "metric": "PSNR", "value": decibels(up["psnr"]),
                          "baseline": f"bicubic {decibels(up['psnr_bicubic'])}"}]), ""]
@@ -156,17 +183,22 @@ def write_report(out_dir, batches=(), runs: dict | None = None, evaluation=None,
         page += [table(rows), "", " ".join(curves), ""]
 
     if evaluation is not None:
+        from .evaluation.evaluate import rates_of
+
         result = json.loads((Path(evaluation) / "metrics.json").read_text())
+        rates = rates_of(result)
         page += ["## Evaluation", "", f"Model: `{result.get('model', '?')}`. CLIP: {result['clip']}. "
-                 f"FVD features: {result['extractor']}.", "", "Each stage beside the baseline it must beat:", "",
-                 table(summary_rows(evaluation)), "", "All metrics:", "",
-                 table([{"metric": name, "value": value} for name, value in result["metrics"].items()]), ""]
+                 f"FVD features: {result['extractor']}.", "", "Each stage beside the baseline it must beat (rates "
+                 "as hits/samples with their 95% Wilson interval; a rate beats chance where the whole interval lies "
+                 "above it):", "", table(summary_rows(evaluation)), "", "All metrics:", "",
+                 table([{"metric": name, "value": value, "hits/samples, 95% interval": rate_cell(rates.get(name))}
+                        for name, value in result["metrics"].items()]), ""]
         adherence = [{"prompt": s["prompt"], "colour": s["colour"], "direction": s["direction"],
-                      "colour ok": s["colour_ok"], "direction ok": s["direction_ok"]}
+                      "shift": s["displacement"], "colour ok": s["colour_ok"], "direction ok": s["direction_ok"]}
                      for s in result.get("adherence", []) if s["expected_colour"] is not None]
         if adherence:
-            page += ["Prompt adherence of the base samples (`shapes_adherence`: the tracked shape's colour and "
-                     "direction of motion):", "", table(adherence), ""]
+            page += ["Prompt adherence of the base samples (`shapes_adherence`: the tracked shape's colour, "
+                     "direction of motion and net shift as a fraction of the frame side):", "", table(adherence), ""]
         if result.get("gallery"):
             page += ["### Gallery: prompt -> base -> interpolated -> super-resolved", ""]
             for index, row in enumerate(result["gallery"]):

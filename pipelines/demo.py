@@ -107,6 +107,8 @@ def main() -> None:
                           title="make demo: the tiny cascade on the embedded corpus", commands=commands)
     console.print("")
     console.print(table(summary_rows(evaluation)))
+    console.print("rates: hits/samples (95% Wilson interval); a rate beats chance only where its whole interval lies "
+                  "above it")
     console.print("")
     if not promoted:
         console.print("not promoted: a stage fell short of its baseline or regressed (see the report)")

@@ -2,11 +2,12 @@
 baseline and nothing regressed.
 
 `evaluation` scores the folder `vsr_model` exported (all three stages) with lavie_model.evaluation and shows
-a metrics table (each metric beside its baseline, and the change against its previous materialization) and a
-gallery. Two blocking checks: `beats_baselines` (interpolation above the blend of its keyframes, super-resolution
-above bicubic, the base stage's colour adherence not below the text-to-image model's) and `no_regression`
-(against the promoted model's metrics). `promoted_model` runs only when both pass and points
-LAVIE_HOME/models/promoted, what `lavie generate` uses by default, at the candidate.
+a metrics table (each metric beside its baseline, the counted ones with hits/samples and their 95% Wilson
+interval, and the change against its previous materialization) and a gallery. Two blocking checks:
+`beats_baselines` (interpolation above the stronger of the pixel and the latent blend of its keyframes,
+super-resolution above bicubic, the base stage's colour adherence not below the text-to-image model's beyond
+its margin) and `no_regression` (against the promoted model's metrics). `promoted_model` runs only when both
+pass and points LAVIE_HOME/models/promoted, what `lavie generate` uses by default, at the candidate.
 """
 
 import os
@@ -17,7 +18,8 @@ import dagster as dg
 import pandas as pd
 
 from lavie_model.curation import store
-from lavie_model.evaluation.evaluate import BASELINES, EvalSettings, below_baselines, evaluate, regressions
+from lavie_model.evaluation.evaluate import (BASELINES, EvalSettings, baseline_of, below_baselines, evaluate, rates_of,
+                                             regressions)
 
 from .curation import markdown_table, picture
 from .training import previous_model, vsr_model
@@ -57,11 +59,11 @@ def gif(path) -> str:
 
 
 def baseline_cell(metrics: dict, name: str) -> str | None:
-    """`value (baseline name)` of the baseline a metric must beat, for the metrics table."""
-    baseline = BASELINES.get(name, (None,))[0]
-    if metrics.get(baseline) is None:
+    """`value (baseline name)` of the (strongest) baseline a metric must beat, for the metrics table."""
+    baseline = baseline_of(metrics, name) if name in BASELINES else None
+    if baseline is None:
         return None
-    return f"{metrics[baseline]:.4g} ({baseline.split('/')[1]})"
+    return f"{baseline[1]:.4g} ({baseline[0].split('/')[1]})"
 
 
 def latest_folder(instance, asset: str) -> Path | None:
@@ -82,10 +84,11 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     result = evaluate(model, str(home / "shards" / "videos"), out_dir, evaluation_settings.preset,
                       evaluation_settings.eval_settings(), log=context.log.info,
                       t2i=latest_folder(context.instance, "t2i_model"))
-    metrics = result["metrics"]
+    metrics, rates = result["metrics"], rates_of(result)
 
     previous = latest_metrics(context.instance, "evaluation") or {}
     table = pd.DataFrame([{"metric": name, "value": None if v is None else round(v, 4),
+                           "hits/samples, 95% interval": str(rates[name]) if name in rates else None,
                            "baseline": baseline_cell(metrics, name),
                            "previous": None if previous.get(name) is None else round(previous[name], 4),
                            "change": None if v is None or previous.get(name) is None else round(v - previous[name], 4)}
@@ -102,6 +105,7 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
             "model_folder": dg.MetadataValue.path(str(model)),
             "metrics": markdown_table(table),
             "metrics_json": dg.MetadataValue.json(metrics),
+            "rates": dg.MetadataValue.json(result["rates"]),
             "fvd_features": result["extractor"],
             "clip": result["clip"],
             "validation_keys": dg.MetadataValue.json(result["validation_keys"]),
@@ -111,7 +115,7 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
         check_results=[
             dg.AssetCheckResult(check_name="beats_baselines", passed=not short, metadata={
                 "below_baseline": dg.MetadataValue.json(short),
-                "pairs": dg.MetadataValue.json({name: baseline for name, (baseline, _) in BASELINES.items()})}),
+                "pairs": dg.MetadataValue.json({name: list(baselines) for name, (baselines, _) in BASELINES.items()})}),
             dg.AssetCheckResult(check_name="no_regression", passed=not worse, metadata={
                 "regressions": dg.MetadataValue.json(worse),
                 "against": "the promoted model" if promoted else "nothing promoted yet"})],

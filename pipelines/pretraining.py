@@ -51,7 +51,8 @@ def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) 
     from diffusers import AutoencoderKL
 
     from lavie_model.config import load_preset
-    from lavie_model.training.vae import colour_fidelity, train_vae
+    from lavie_model.evaluation.stand_ins import colour_fidelity
+    from lavie_model.training.vae import train_vae
 
     home = training.home()
     videos, images = trained_shards(home, "t2i")
@@ -76,7 +77,7 @@ def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) 
                                      images=image_list, steps=steps, batch_size=settings["batch_size"],
                                      learning_rate=settings["learning_rate"], preset=training.preset, size=size,
                                      rendered=settings["batch_size"] // 4, scaling_factor=factor,
-                                     log=context.log.info)
+                                     fidelity=colour_fidelity, log=context.log.info)
     else:
         folders = training.pretrained()
     metadata = {f"{key}_folder": dg.MetadataValue.path(str(path)) for key, path in folders.items()}

@@ -12,6 +12,7 @@ import sys
 from dagster_pipes import open_dagster_pipes
 
 from lavie_model.cli import build_parser, train_settings
+from lavie_model.evaluation.stand_ins import probe
 from lavie_model.training.trainer import train
 
 
@@ -21,7 +22,7 @@ def main(argv=None) -> int:
         raise SystemExit("train_pipes.py runs `train` only")
     settings = train_settings(args)
     if int(os.environ.get("RANK", "0")) != 0:
-        train(settings)
+        train(settings, probe=probe)
         return 0
     with open_dagster_pipes() as pipes:
         last = {}
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
             last.update(record)
             pipes.log.info("step " + json.dumps(record))
 
-        exported = train(settings, report=report, log=pipes.log.info)
+        exported = train(settings, report=report, log=pipes.log.info, probe=probe)
         pipes.report_asset_materialization(metadata={
             "model_folder": {"raw_value": str(exported), "type": "path"},
             "steps": last.get("step", 0), "final_loss": last.get("loss", float("nan")),

@@ -5,11 +5,15 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 import torch
+from diffusers import AutoencoderKL
 
 from lavie_model.cli import main
 from lavie_model.curation.shards import write_shards
-from lavie_model.evaluation.evaluate import EvalSettings, below_baselines, blend_keyframes, evaluate, regressions
+from lavie_model.evaluation.evaluate import EvalSettings, below_baselines, evaluate, regressions
+from lavie_model.evaluation.interpolation import blend_keyframes, hold_keyframes, interpolation_references
+from lavie_model.evaluation.stats import Rate
 from lavie_model.report import summary_rows, write_report
 from lavie_model.training.data import is_validation
 from lavie_model.video import write_video
@@ -44,6 +48,12 @@ def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, 
     assert metrics["interpolation/psnr"] > 0 and -1 <= metrics["interpolation/ssim"] <= 1
     assert metrics["vsr/psnr"] > 0 and metrics["vsr/psnr_bicubic"] > metrics["vsr/psnr"]  # untrained: worse
     assert metrics["interpolation/psnr_blend"] > metrics["interpolation/psnr"]  # the untrained UNet: worse
+    assert metrics["interpolation/psnr_hold"] > 0 and metrics["interpolation/psnr_latent_blend"] > 0
+    assert metrics["interpolation/psnr_vae"] > metrics["interpolation/psnr_latent_blend"]  # the ceiling
+    rates = result["rates"]  # the counted metrics: one sample of "a red circle ...", "a dog" not counted
+    assert rates["base/shapes_colour"]["n"] == rates["base/shapes_direction"]["n"] == 1
+    assert rates["base/shapes_direction"]["hits"] == metrics["base/shapes_direction"]
+    assert 0 <= metrics["base/shapes_moving"] <= 1 and "base/shapes_displacement" in metrics
     assert 0 <= metrics["base/shapes_colour_unseen"] <= 1  # "a red circle ..." is no clip of these shards
     assert "base/t2i_colour" not in metrics  # no text-to-image folder given
     assert sorted(short.split(":")[0] for short in below_baselines(metrics)) == ["interpolation/psnr", "vsr/psnr"]
@@ -63,26 +73,56 @@ def test_evaluate_scores_every_stage_on_prompts_and_held_out_clips(tiny_folder, 
     assert "- the UI: `make ui`" in page
     vsr_row = next(line for line in page.splitlines() if line.startswith("| vsr | PSNR |"))
     assert f"bicubic {metrics['vsr/psnr_bicubic']:.2f} dB" in vsr_row and vsr_row.endswith("| NO |")
+    row = next(line for line in page.splitlines() if line.startswith("| interpolation |"))
+    assert f"latent blend {metrics['interpolation/psnr_latent_blend']:.2f} dB" in row and "VAE round trip" in row
+    colour_row = next(line for line in page.splitlines() if line.startswith("| base | colour adherence |"))
+    assert "/1, " in colour_row  # hits of one sample, with its interval
 
 
-def test_the_keyframe_blend_baseline_and_the_margins_of_the_gate():
+def test_interpolation_references_on_a_real_autoencoder(tiny_folder):
+    """Hold, pixel blend, latent blend and the VAE round trip, on the in-between frames, with the tiny folder's
+    own (untrained) autoencoder."""
+    vae = AutoencoderKL.from_pretrained(tiny_folder / "vae").eval()
+    keyframes = torch.rand(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # (b, K, 3, h, w)
+    ramp = blend_keyframes(keyframes)  # (1, 5, 3, 16, 16): frames that go linearly from keyframe to keyframe
+    references = interpolation_references(vae, ramp)
+    assert references["interpolation/psnr_blend"] == pytest.approx(100)  # exact, capped at 100 dB
+    assert references["interpolation/psnr_hold"] < 20  # random keyframes: holding is far off
+    assert references["interpolation/psnr_vae"] < 100  # a lossy autoencoder
+    still = keyframes[:, :1].expand(-1, 5, -1, -1, -1)  # every frame the first keyframe
+    references = interpolation_references(vae, still)
+    assert references["interpolation/psnr_hold"] == references["interpolation/psnr_blend"] == pytest.approx(100)
+    # the blend of equal latents is that latent: the latent blend decodes to the round trip of the truth
+    assert references["interpolation/psnr_latent_blend"] == pytest.approx(references["interpolation/psnr_vae"],
+                                                                          abs=1e-3)
+
+
+def test_the_keyframe_references_and_the_margins_of_the_gate():
     keyframes = torch.stack([torch.full((3, 2, 2), float(v)) for v in (0.0, 1.0, 0.0)])[None]  # (1, 3, 3, 2, 2)
     blend = blend_keyframes(keyframes)  # (1, 9, 3, 2, 2): 4K - 3 frames
     assert [round(float(f.mean()), 2) for f in blend[0]] == [0, 0.25, 0.5, 0.75, 1, 0.75, 0.5, 0.25, 0]
+    held = hold_keyframes(keyframes)  # the nearest keyframe, the earlier one halfway
+    assert [float(f.mean()) for f in held[0]] == [0, 0, 0, 1, 1, 1, 1, 0, 0]
     metrics = {"interpolation/psnr": 20.0, "interpolation/psnr_blend": 20.5, "vsr/psnr": 30.0,
                "vsr/psnr_bicubic": 29.0, "base/shapes_colour": 0.75, "base/t2i_colour": 0.9}
     assert [s.split(":")[0] for s in below_baselines(metrics)] == ["interpolation/psnr"]  # PSNR: no margin
     assert below_baselines(metrics | {"interpolation/psnr": 21.0}) == []  # colour 0.15 below: within the margin
     assert below_baselines(metrics | {"interpolation/psnr": 21.0, "base/shapes_colour": 0.5})[0].startswith(
         "base/shapes_colour: 0.5 below its baseline base/t2i_colour 0.9")
+    # interpolation is held to the stronger of the two blends: above the pixel blend is not enough
+    latent = metrics | {"interpolation/psnr": 21.0, "interpolation/psnr_latent_blend": 22.0}
+    assert below_baselines(latent) == [
+        "interpolation/psnr: 21 below its baseline interpolation/psnr_latent_blend 22"]
+    assert below_baselines(latent | {"interpolation/psnr": 22.5}) == []
     assert below_baselines({"vsr/psnr": 10.0}) == []  # nothing to compare with
 
 
 def test_regressions_respect_direction_and_tolerance():
-    reference = {"base/clipsim": 0.30, "base/fvd": 100.0, "vsr/psnr": None}
+    reference = {"base/clipsim": 0.30, "base/fvd": 100.0, "vsr/psnr": None, "base/shapes_displacement": 0.4}
     assert regressions({"base/clipsim": 0.29, "base/fvd": 104.0}, reference, 0.05) == []
     worse = regressions({"base/clipsim": 0.20, "base/fvd": 130.0}, reference, 0.05)
     assert [w.split(":")[0] for w in worse] == ["base/clipsim", "base/fvd"]
+    assert regressions({"base/shapes_displacement": 0.1}, reference, 0.05) == []  # motion describes, not ranks
 
 
 def base_only(folder: Path, out: Path) -> Path:
@@ -112,6 +152,7 @@ def test_a_candidate_below_a_baseline_or_regressing_is_not_promoted_and_generate
         assert not link.exists() and instance.get_latest_materialization_event(dg.AssetKey("promoted_model")) is None
         table = result.asset_materializations_for_node("evaluation")[0].metadata["metrics"].value
         assert "(psnr_bicubic)" in table and "(psnr_blend)" in table
+        assert "/8, " in table  # colour and direction as hits of the 8 prompts' samples, with their interval
 
         # the base stage alone beats what it is compared with (no text-to-image model here): promoted
         candidate = base_only(tiny_folder, tmp_path / "base-only")
@@ -144,11 +185,39 @@ def test_a_candidate_below_a_baseline_or_regressing_is_not_promoted_and_generate
     assert json.loads((tiny_folder / "model_index.json").read_text())["num_frames"] == 8
 
 
-def test_a_tie_with_chance_or_the_blend_does_not_beat_it(tmp_path):
-    """The summary's "beats it": above chance and the baselines; colour adherence within its margin of the t2i's."""
-    metrics = {"base/shapes_colour": 0.85, "base/t2i_colour": 1.0, "base/shapes_direction": 0.25,
-               "base/shapes_colour_unseen": 0.5, "base/shapes_direction_unseen": 0.3125, "interpolation/psnr": 30.0,
-               "interpolation/psnr_blend": 30.0, "vsr/psnr": 30.5, "vsr/psnr_bicubic": 30.0}
-    (tmp_path / "metrics.json").write_text(json.dumps({"metrics": metrics}))
-    verdicts = [row["beats it"] for row in summary_rows(tmp_path)]
-    assert verdicts == ["yes", "NO", "yes", "yes", "NO", "yes"]
+def summary(folder: Path, rates: dict[str, Rate], **metrics) -> dict[str, str]:
+    """summary_rows of an evaluation folder with these rates and metrics: {metric: "beats it"}."""
+    folder.mkdir(exist_ok=True)
+    metrics = {name: rate.value for name, rate in rates.items()} | metrics
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "rates": {
+        name: rate.as_dict() for name, rate in rates.items()}}))
+    return {row["metric"]: row["beats it"] for row in summary_rows(folder)}
+
+
+def test_a_rate_beats_chance_only_with_its_interval_and_a_tie_with_a_baseline_does_not_beat_it(tmp_path):
+    """The summary's "beats it": a rate's whole 95% interval above chance; a PSNR strictly above the stronger blend
+    or bicubic; colour adherence within its margin of the t2i model's."""
+    rates = {"base/shapes_colour": Rate(27, 32), "base/t2i_colour": Rate(32, 32), "base/shapes_direction": Rate(10, 32),
+             "base/shapes_moving": Rate(30, 32), "base/shapes_colour_unseen": Rate(8, 16),
+             "base/shapes_direction_unseen": Rate(5, 16)}
+    psnrs = {"interpolation/psnr": 30.0, "interpolation/psnr_blend": 30.0, "interpolation/psnr_latent_blend": 29.0,
+             "interpolation/psnr_hold": 28.0, "interpolation/psnr_vae": 40.0, "vsr/psnr": 30.5,
+             "vsr/psnr_bicubic": 30.0}
+    verdicts = summary(tmp_path, rates, **psnrs)
+    assert list(verdicts.values()) == ["yes", "NO", "-", "yes", "NO", "NO", "yes"]  # 10/32 and 5/16: not above 25%
+    assert verdicts["direction adherence"] == "NO" and Rate(10, 32).value > 0.25
+    rows = {row["metric"]: row for row in summary_rows(tmp_path)}
+    assert rows["direction adherence"]["value"] == str(Rate(10, 32))
+    assert rows["colour adherence"]["baseline"].startswith(f"t2i {Rate(32, 32)}")
+    assert rows["PSNR of the filled-in frames"]["baseline"] == ("hold 28.00 dB; pixel blend 30.00 dB; latent blend "
+                                                               "29.00 dB; VAE round trip (ceiling) 40.00 dB")
+    assert str(Rate(30, 32)) in next(value for metric, value in ((r["metric"], r["value"]) for r in rows.values())
+                                     if metric.startswith("moving at all"))
+
+    better = summary(tmp_path, rates | {"base/shapes_direction": Rate(20, 32), "base/shapes_colour": Rate(20, 32)},
+                     **psnrs | {"interpolation/psnr": 30.5, "interpolation/psnr_latent_blend": 31.0})
+    assert better["direction adherence"] == "yes"  # 20/32: 45-78%
+    assert better["colour adherence"] == "NO"  # 63% against the t2i model's 100%: more than 0.2 below
+    assert better["PSNR of the filled-in frames"] == "NO"  # above the pixel blend, below the latent one
+    alone = summary(tmp_path, {"base/shapes_colour": Rate(3, 8)})  # no t2i model scored: held to chance
+    assert alone["colour adherence"] == "NO" and alone["direction adherence"] == "n/a"

@@ -12,8 +12,11 @@ from skimage.metrics import structural_similarity
 from lavie_model.curation import demo_corpus
 from lavie_model.curation.scores import ScoreConfig, load_clip
 from lavie_model.evaluation import (
+    Rate,
+    binomial_p,
     clipsim,
     direction,
+    displacement,
     frechet_distance,
     fvd,
     load_video_extractor,
@@ -25,6 +28,7 @@ from lavie_model.evaluation import (
     ssim,
     temporal_consistency,
     track,
+    wilson,
 )
 from lavie_model.evaluation.metrics import FallbackExtractor, frame_embeddings
 
@@ -241,6 +245,9 @@ def test_tracker_recovers_colour_and_direction_of_rendered_shapes(size):
     result = shapes_adherence(videos, [scene.caption() for scene in scenes])
     assert result["n"] == len(scenes) == 144
     assert result["colour_accuracy"] >= 0.9 and result["direction_accuracy"] >= 0.9
+    assert result["colour_hits"] == round(144 * result["colour_accuracy"])
+    assert result["direction_hits"] == round(144 * result["direction_accuracy"])
+    assert result["moving"] == 144 and result["mean_displacement"] == pytest.approx(0.5, abs=0.02)  # corpus: 0.5
     if size == 32:  # played backwards, every video moves against its prompt
         backwards = shapes_adherence([video.flip(0) for video in videos], [scene.caption() for scene in scenes])
         assert backwards["colour_accuracy"] >= 0.9 and backwards["direction_accuracy"] <= 0.1
@@ -274,12 +281,58 @@ def test_tracker_details_and_noise_videos_score_low():
     assert result.centroids[:, 0] == pytest.approx(0.4, abs=0.02)  # x stays at the offset
     assert result.centroids[0, 1] > result.centroids[-1, 1]  # rows shrink: moving up
     assert named_colour(result.colour) == "purple" and direction(result.centroids) == "up"
+    assert displacement(result.centroids) == pytest.approx(0.5, abs=0.02)
     still = demo_corpus.Scene("circle", "red", "gray", None, 0.15, 0.5)
     assert direction(track(scene_video(still)).centroids) is None
+    assert displacement(track(scene_video(still)).centroids) == pytest.approx(0, abs=0.01)
+    assert displacement(torch.full((3, 2), math.nan)) is None  # no shape found: no displacement
     assert named_colour(None) is None
 
     prompts = [scene.caption() for scene in all_scenes()[:16]] + ["a cat on a sofa"]
     result = shapes_adherence(noise_videos(17), prompts)
     assert result["n"] == 16 and len(result["per_sample"]) == 17
+    assert result["colour_hits"] == round(16 * result["colour_accuracy"]) and 0 <= result["moving"] <= 16
     assert result["colour_accuracy"] <= 0.2 and result["direction_accuracy"] <= 0.2
     assert result["per_sample"][-1]["colour_ok"] is None
+
+
+# ------------------------------------------------------------------------------------------------- rates
+
+
+def test_wilson_interval_on_known_cases():
+    assert wilson(10, 32) == pytest.approx((0.1795, 0.4857), abs=5e-4)
+    low, high = wilson(0, 10)
+    assert low == 0 and high == pytest.approx(0.2775, abs=5e-4)  # z^2 / (n + z^2): 3.84 / 13.84
+    assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=5e-4)
+    assert wilson(0, 0) == (0.0, 1.0)
+    # the Wilson bounds are where the score test just rejects: (p_hat - p)^2 = z^2 p (1 - p) / n
+    z = 1.959963984540054
+    for hits, n in ((10, 32), (3, 16), (50, 200)):
+        for bound in wilson(hits, n):
+            assert (hits / n - bound) ** 2 == pytest.approx(z * z * bound * (1 - bound) / n, rel=1e-9)
+        assert wilson(hits, n)[0] == pytest.approx(1 - wilson(n - hits, n)[1])  # symmetric in hits and misses
+    with pytest.raises(ValueError, match="hits <= n"):
+        wilson(5, 4)
+
+
+def test_binomial_p_value_on_exact_cases():
+    assert binomial_p(10, 32, 0.25) == pytest.approx(0.2633, abs=5e-4)  # 10 of 32 directions: chance can do it
+    assert binomial_p(0, 7, 0.3) == pytest.approx(1.0)
+    assert binomial_p(2, 2, 0.5) == pytest.approx(0.25)
+    assert binomial_p(1, 2, 0.5) == pytest.approx(0.75)
+    assert binomial_p(3, 3, 1 / 6) == pytest.approx(1 / 216)
+    assert binomial_p(2, 3, 1 / 6) == pytest.approx(3 * (1 / 6) ** 2 * (5 / 6) + 1 / 216)
+    with pytest.raises(ValueError):
+        binomial_p(4, 3, 0.5)
+
+
+def test_a_rate_beats_a_baseline_only_with_its_whole_interval_above_it():
+    rate = Rate(10, 32)
+    assert rate.value == pytest.approx(0.3125) and rate.low == pytest.approx(wilson(10, 32)[0])
+    assert str(rate).startswith("31% (10/32, 18") and "49%)" in str(rate)
+    assert not rate.beats(0.25)  # 31% is above chance, its interval (18-49%) is not
+    assert Rate(20, 32).beats(0.25) and Rate(20, 32).beats(Rate(8, 32))  # low 45%; a Rate is compared by value
+    assert not Rate(16, 16).beats(1.0)  # strictly above
+    assert not Rate(0, 0).beats(0.0) and str(Rate(0, 0)) == "n/a (0 samples)"
+    assert Rate(3, 16).as_dict() == {"value": 0.1875, "hits": 3, "n": 16, "low": Rate(3, 16).low,
+                                     "high": Rate(3, 16).high}

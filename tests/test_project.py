@@ -1,5 +1,6 @@
 """The project as a user meets it: the Dagster code location, the instance, the `lavie` command, presets."""
 
+import ast
 import json
 import os
 import shutil
@@ -119,3 +120,36 @@ def test_lavie_model_never_imports_dagster():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module a file imports, anywhere in it (inside functions too), relative imports resolved against its
+    package; `from a import b` counts as both a and a.b (b may be a module)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_training_code_never_imports_evaluation_code(tmp_path):
+    """Evaluation scores what training makes and reads its data, so the dependency runs one way: no module under
+    lavie_model/training imports lavie_model.evaluation, not even inside a function (the trainer gets its probe,
+    train_vae its fidelity scorer, from the caller)."""
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from ..evaluation.metrics import psnr\n    from .. import evaluation\n")
+    seen = imported_modules(sample, "lavie_model.training")
+    assert {"lavie_model.evaluation.metrics", "lavie_model.evaluation"} <= seen  # the check sees what it must
+
+    found = {}
+    for path in sorted((ROOT / "lavie_model" / "training").rglob("*.py")):
+        package = ".".join(path.relative_to(ROOT).parent.parts)
+        names = sorted(name for name in imported_modules(path, package)
+                       if name == "lavie_model.evaluation" or name.startswith("lavie_model.evaluation."))
+        if names:
+            found[str(path.relative_to(ROOT))] = names
+    assert found == {}

@@ -344,6 +344,18 @@ def test_images_for_a_stage_that_takes_none_are_refused(tiny_folder, shards, tmp
     assert "only the base stage and the stand-ins train on images" in capsys.readouterr().err
 
 
+def test_a_probed_run_needs_its_probe_from_the_caller(tiny_folder, shards, tmp_path):
+    """The trainer imports no evaluation code: `lavie train` passes it the probe; called without one while
+    `evaluate_every` is set, it says so before it starts."""
+    from lavie_model.training.trainer import TrainSettings, train
+
+    settings = TrainSettings(stage="base", model=str(tiny_folder), videos=shards["videos"],
+                             output=str(tmp_path / "run"), overrides={"evaluate_every": 2})
+    with pytest.raises(ValueError, match="no probe was given"):
+        train(settings)
+    assert not (tmp_path / "run").exists()
+
+
 def test_model_folder_without_the_stage_unet_is_named(tiny_folder, shards, tmp_path, capsys):
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -3,15 +3,20 @@ trivial baseline it must beat.
 
     base           CLIPSIM and temporal consistency on the fixed prompts and the validation captions; FVD
                    against the validation clips; shapes adherence (colour, direction) on prompts of the
-                   demo's shapes grammar, beside the text-to-image model's colour on the same prompts
-                   (base/t2i_colour: does video fine-tuning keep what the image model knew?)
+                   demo's shapes grammar (shapes.PROMPTS), beside the text-to-image model's colour on the same
+                   prompts (base/t2i_colour: does video fine-tuning keep what the image model knew?), and how
+                   far the shapes move (base/shapes_moving, base/shapes_displacement)
     interpolation  PSNR and SSIM of the frames it fills in, from every 4th frame of validation clips, beside
-                   the linear blend of the two neighbouring keyframes (interpolation/psnr_blend)
+                   four references on the same frames: holding the nearest keyframe (interpolation/psnr_hold),
+                   the linear blend of the two neighbouring keyframes (psnr_blend), the blend of their VAE
+                   latents decoded (psnr_latent_blend), and the VAE round trip of the true frames (psnr_vae, the
+                   ceiling of a latent model)
     vsr            PSNR and SSIM of validation clips upscaled from x4 smaller copies, beside bicubic upscaling
                    (vsr/psnr_bicubic)
 
-Seeds are fixed, so the same model gives the same numbers. A gallery of prompt -> base -> interpolated ->
-super-resolved videos is written as GIFs.
+Adherence is counted on a few dozen samples, so each rate is kept with its count (`rates`: hits, n and the 95%
+Wilson interval, see stats.py). Seeds are fixed, so the same model gives the same numbers. A gallery of
+prompt -> base -> interpolated -> super-resolved videos is written as GIFs.
 """
 
 import json
@@ -24,32 +29,26 @@ import torch.nn.functional as F
 
 from ..config import load_preset
 from ..curation.scores import ScoreConfig, load_clip
-from ..training.data import decode_video, expand_shards, is_validation, raw_samples, resize_crop
+from ..training.data import expand_shards, is_validation, raw_samples, resize_crop, validation_clips
 from ..video import write_video
+from .interpolation import interpolation_references
 from .metrics import clipsim, fvd, load_video_extractor, psnr, ssim, temporal_consistency
-from .shapes import parse_prompt, shapes_adherence
+from .shapes import PROMPTS, parse_prompt, shapes_adherence
+from .stand_ins import t2i_images, t2i_pipeline
+from .stats import Rate
 
-# Prompts of the shapes grammar, each colour, direction and shape at least twice. None names a combination of
-# colour, shape, direction and background that the demo corpus's training clips show, so they test
-# composition, not recall (the metrics with `_unseen` count the prompts absent from the shards at hand).
-PROMPTS = [
-    "a red circle moving left on a gray background",
-    "a blue square moving right on a white background",
-    "a yellow triangle moving up on a black background",
-    "a green circle moving down on a gray background",
-    "a purple square moving left on a white background",
-    "an orange triangle moving right on a white background",
-    "a red square moving up on a white background",
-    "a blue triangle moving down on a black background",
-]
-# Metrics where higher is better; the others (FVD) are better lower.
+# Metrics where higher is better; FVD is better lower, and the shapes' motion describes without ranking.
 LOWER_IS_BETTER = ("base/fvd",)
-# Each stage's metric, the baseline it must beat, and by how much it may fall short: PSNR not at all; colour
-# adherence is counted on a few samples, so a loss of up to COLOUR_MARGIN (3 of 16 samples) is sampling noise.
+UNRANKED = ("base/shapes_moving", "base/shapes_displacement")
+# Each stage's metric, the baselines it must beat (the strongest of those measured), and by how much it may fall
+# short: PSNR not at all; colour adherence is counted on a few samples, so a loss of up to COLOUR_MARGIN (3 of 16
+# samples) is sampling noise.
 COLOUR_MARGIN = 0.2
-BASELINES = {"base/shapes_colour": ("base/t2i_colour", COLOUR_MARGIN),
-             "interpolation/psnr": ("interpolation/psnr_blend", 0.0),
-             "vsr/psnr": ("vsr/psnr_bicubic", 0.0)}
+BASELINES = {"base/shapes_colour": (("base/t2i_colour",), COLOUR_MARGIN),
+             "interpolation/psnr": (("interpolation/psnr_blend", "interpolation/psnr_latent_blend"), 0.0),
+             "vsr/psnr": (("vsr/psnr_bicubic",), 0.0)}
+# The rate that following a prompt by chance gives: 1 in 6 colours, 1 in 4 directions.
+CHANCE = {"colour": 1 / 6, "direction": 1 / 4}
 
 
 @dataclass
@@ -65,23 +64,6 @@ class EvalSettings:
     clip_model: str = ScoreConfig.clip_model
     clip_weights: str | None = None
     i3d_path: str | None = None  # the StyleGAN-V I3D TorchScript file; without it a labelled fallback
-
-
-def validation_clips(shards, percent: float, count: int, frames: int, size: tuple[int, int]) -> list[dict]:
-    """Up to `count` held-out clips with at least `frames` frames: key, caption, (frames, 3, h, w) in [0, 1] at
-    `size`, and the decoded (frames, 3, H, W) uint8 `source` for other sizes."""
-    clips = []
-    for shard in expand_shards(shards, "video shards"):
-        for sample in raw_samples(shard):
-            if len(clips) == count:
-                return clips
-            if not is_validation(sample["__key__"], percent):
-                continue
-            video = decode_video(sample["mp4"], sample["__key__"])
-            if len(video) >= frames:
-                clips.append({"key": sample["__key__"], "caption": sample["txt"].decode().strip(),
-                              "frames": (resize_crop(video[:frames], size) + 1) / 2, "source": video[:frames]})
-    return clips
 
 
 def trained_combinations(shards, percent: float) -> set[tuple]:
@@ -106,33 +88,24 @@ def prompt_adherence_base(pipe, settings, prompts, generator):
     return videos, repeated
 
 
-def blend_keyframes(keyframes: torch.Tensor) -> torch.Tensor:
-    """(b, K, 3, h, w) keyframes -> (b, 4K - 3, 3, h, w): each in-between frame the linear blend of its two
-    neighbouring keyframes (the interpolation stage's trivial baseline)."""
-    weights = torch.arange(4, dtype=keyframes.dtype) / 4  # (4,): 0, 1/4, 1/2, 3/4 of the way to the next
-    left, right = keyframes[:, :-1, None], keyframes[:, 1:, None]  # (b, K-1, 1, 3, h, w)
-    w = weights[None, None, :, None, None, None]
-    between = (1 - w) * left + w * right  # (b, K-1, 4, 3, h, w)
-    return torch.cat([between.flatten(1, 2), keyframes[:, -1:]], dim=1)
-
-
-def t2i_colour(t2i, prompts: list[str], size: tuple[int, int], settings: "EvalSettings") -> float:
+def t2i_colour(t2i, prompts: list[str], size: tuple[int, int], settings: "EvalSettings") -> Rate:
     """Colour adherence of the text-to-image model's stills for the prompts, as many samples as the base stage."""
     from ..model_folder import load_components
-    from .stand_ins import t2i_images, t2i_pipeline
 
     parts = load_components(t2i, ["tokenizer", "text_encoder", "vae", "unet", "scheduler"], "t2i")[0]
     pipe = t2i_pipeline(parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"], parts["scheduler"])
     repeated = [p for p in prompts for _ in range(settings.samples_per_prompt)]
     images = t2i_images(pipe, repeated, size, settings.base_steps, seed=settings.seed)
-    return shapes_adherence(images[:, None], repeated)["colour_accuracy"]
+    adherence = shapes_adherence(images[:, None], repeated)
+    return Rate(adherence["colour_hits"], adherence["n"])
 
 
 def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSettings = EvalSettings(),
              log=print, t2i=None) -> dict:
     """Score the stages a model folder holds, each beside its baseline (`t2i`: the folder of the text-to-image
-    model the base stage started from, for base/t2i_colour); returns {"model", "metrics", "extractor", "clip",
-    "validation_keys", "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside the gallery GIFs."""
+    model the base stage started from, for base/t2i_colour); returns {"model", "metrics", "rates", "extractor",
+    "clip", "validation_keys", "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside the gallery
+    GIFs. `rates` holds each counted metric with samples (Rate.as_dict: value, hits, n, Wilson low and high)."""
     from ..model_folder import present_components
     from ..pipelines import LaVieBasePipeline, LaVieInterpolationPipeline, LaVieVSRPipeline
 
@@ -141,7 +114,7 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
     config = load_preset(preset)
     percent = config["training"]["validation_percent"]
     present = present_components(model)
-    metrics, gallery = {}, []
+    metrics, rates, gallery = {}, {}, []
     clip_model, preprocess, tokenizer, clip_label = load_clip(
         ScoreConfig(clip_model=settings.clip_model, clip_weights=settings.clip_weights))
     extractor = load_video_extractor(settings.i3d_path)
@@ -158,16 +131,19 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
     log("base: fixed prompts and validation captions")
     fixed, fixed_prompts = prompt_adherence_base(base, settings, settings.prompts, generator())
     adherence = shapes_adherence(fixed, fixed_prompts)
-    metrics["base/shapes_colour"] = adherence["colour_accuracy"]
-    if t2i is not None and adherence["n"]:
-        metrics["base/t2i_colour"] = t2i_colour(t2i, settings.prompts, size, settings)
-    metrics["base/shapes_direction"] = adherence["direction_accuracy"]
+    n = adherence["n"]
+    rates["base/shapes_colour"] = Rate(adherence["colour_hits"], n)
+    if t2i is not None and n:
+        rates["base/t2i_colour"] = t2i_colour(t2i, settings.prompts, size, settings)
+    rates["base/shapes_direction"] = Rate(adherence["direction_hits"], n)
+    rates["base/shapes_moving"] = Rate(adherence["moving"], n)
     seen = trained_combinations(videos, percent)
     unseen = [sample for sample in adherence["per_sample"] if sample["expected_colour"] is not None
               and parse_prompt(sample["prompt"]) not in seen]
     for name in ("colour", "direction"):
-        hits = [sample[f"{name}_ok"] for sample in unseen]
-        metrics[f"base/shapes_{name}_unseen"] = sum(hits) / len(hits) if hits else math.nan
+        rates[f"base/shapes_{name}_unseen"] = Rate(sum(sample[f"{name}_ok"] for sample in unseen), len(unseen))
+    metrics.update({name: rate.value for name, rate in rates.items()})
+    metrics["base/shapes_displacement"] = adherence["mean_displacement"]
     metrics["base/clipsim"] = clipsim(clip_model, preprocess, tokenizer, fixed, fixed_prompts)
     metrics["base/temporal_consistency"] = temporal_consistency(clip_model, preprocess, fixed)
     if validation:
@@ -192,7 +168,7 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
         between = torch.arange(truth.shape[1]) % 4 != 0  # the frames filled in; the keyframes were given
         metrics["interpolation/psnr"] = psnr(filled[:, between], truth[:, between])
         metrics["interpolation/ssim"] = ssim(filled[:, between], truth[:, between])
-        metrics["interpolation/psnr_blend"] = psnr(blend_keyframes(truth[:, ::4])[:, between], truth[:, between])
+        metrics.update(interpolation_references(interpolate.vae, truth))
 
     if upscale is not None and validation:
         log("vsr: validation clips from x4 smaller copies")
@@ -222,30 +198,45 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
                 row[stage] = write_video(video[0], out_dir / f"gallery{index}_{stage}.gif", 32)
         gallery.append(row)
     metrics = {name: (None if isinstance(v, float) and math.isnan(v) else float(v)) for name, v in metrics.items()}
-    result = {"model": str(model), "metrics": metrics, "extractor": extractor.name, "clip": clip_label,
+    result = {"model": str(model), "metrics": metrics,
+              "rates": {name: rate.as_dict() for name, rate in rates.items() if rate.n},
+              "extractor": extractor.name, "clip": clip_label,
               "validation_keys": [clip["key"] for clip in validation], "adherence": adherence["per_sample"],
               "gallery": gallery}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
+def rates_of(result: dict) -> dict[str, Rate]:
+    """The counted metrics of an `evaluate` result (or its metrics.json), as Rates."""
+    return {name: Rate(rate["hits"], rate["n"]) for name, rate in result["rates"].items()}
+
+
+def baseline_of(metrics: dict, name: str) -> tuple[str, float] | None:
+    """The baseline the metric `name` must beat: the strongest of its BASELINES measured, as (its name, its
+    value); None when none was measured."""
+    measured = [(baseline, metrics[baseline]) for baseline in BASELINES[name][0] if metrics.get(baseline) is not None]
+    return max(measured, key=lambda pair: pair[1]) if measured else None
+
+
 def below_baselines(metrics: dict) -> list[str]:
     """The stages whose metric falls short of its baseline by more than the margin allowed (see BASELINES)."""
     short = []
-    for name, (baseline, margin) in BASELINES.items():
-        value, reference = metrics.get(name), metrics.get(baseline)
-        if value is not None and reference is not None and value < reference - margin:
-            short.append(f"{name}: {value:.4g} below its baseline {baseline} {reference:.4g}"
+    for name, (_, margin) in BASELINES.items():
+        value, baseline = metrics.get(name), baseline_of(metrics, name)
+        if value is not None and baseline is not None and value < baseline[1] - margin:
+            short.append(f"{name}: {value:.4g} below its baseline {baseline[0]} {baseline[1]:.4g}"
                          + (f" (margin {margin:g})" if margin else ""))
     return short
 
 
 def regressions(candidate: dict, reference: dict, tolerance: float) -> list[str]:
-    """The metrics where the candidate is worse than the reference by more than `tolerance` (relative)."""
+    """The metrics where the candidate is worse than the reference by more than `tolerance` (relative); the
+    UNRANKED ones (how far the shapes move) are not compared."""
     worse = []
     for name, value in reference.items():
         new = candidate.get(name)
-        if value is None or new is None:
+        if value is None or new is None or name in UNRANKED:
             continue
         margin = tolerance * max(abs(value), 1e-8)
         if (new > value + margin) if name in LOWER_IS_BETTER else (new < value - margin):

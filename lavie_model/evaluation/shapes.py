@@ -13,9 +13,11 @@ The shape's colour is the mean of its most saturated pixels, so that edges blend
     track(video)          per-frame centroid and foreground area, and the shape's mean colour
     named_colour(rgb)     the nearest corpus colour
     named_background(frame)  gray / white / black by brightness, checkered / striped / noisy by texture
+    displacement(centroids)  net displacement of the shape, as a fraction of the frame side
     direction(centroids)  left / right / up / down from the net displacement, None when it hardly moves
     parse_prompt(text)    (colour, shape, direction, background) of a caption of the corpus grammar, else None
-    shapes_adherence      colour and direction accuracy over the prompts of that grammar
+    shapes_adherence      colour and direction hits over the prompts of that grammar, and how far the shapes move
+    PROMPTS               the fixed prompts of that grammar the base stage is scored on (evaluate.py, the probes)
 """
 
 import math
@@ -27,6 +29,20 @@ import torch.nn.functional as F
 from lavie_model.curation.demo_corpus import BACKGROUNDS, COLOURS, parse_caption
 
 parse_prompt = parse_caption  # the grammar lives with the corpus that writes it
+
+# Prompts of the shapes grammar, each colour, direction and shape at least twice. None names a combination of
+# colour, shape, direction and background that the demo corpus's training clips show, so they test
+# composition, not recall (evaluate.py's metrics with `_unseen` count the prompts absent from the shards at hand).
+PROMPTS = [
+    "a red circle moving left on a gray background",
+    "a blue square moving right on a white background",
+    "a yellow triangle moving up on a black background",
+    "a green circle moving down on a gray background",
+    "a purple square moving left on a white background",
+    "an orange triangle moving right on a white background",
+    "a red square moving up on a white background",
+    "a blue triangle moving down on a black background",
+]
 
 CHROMA_THRESHOLD = 0.15  # the least saturated corpus colour (green) has chroma 100 / 255 = 0.39
 MIN_AREA = 0.004  # fraction of the frame: the smallest corpus shape (a triangle) covers about 2%
@@ -120,37 +136,54 @@ def named_background(frame: torch.Tensor, chroma_threshold: float = CHROMA_THRES
     return "noisy"
 
 
+def net_shift(centroids: torch.Tensor) -> tuple[float, float] | None:
+    """(dx, dy) from the first to the last found centroid of (f, 2) centroids, as fractions of the width and the
+    height; None when fewer than two frames have a centroid."""
+    valid = centroids[~centroids.isnan().any(dim=-1)]  # (k, 2)
+    if len(valid) < 2:
+        return None
+    dx, dy = (valid[-1] - valid[0]).tolist()
+    return dx, dy
+
+
+def displacement(centroids: torch.Tensor) -> float | None:
+    """The length of the net shift (fraction of the frame side); None when fewer than two frames have a centroid."""
+    shift = net_shift(centroids)
+    return None if shift is None else math.hypot(*shift)
+
+
 def direction(centroids: torch.Tensor, min_shift: float = MIN_SHIFT) -> str | None:
     """left / right / up / down: the main axis of the displacement from the first to the last found centroid.
 
     None when fewer than two frames have a centroid or the shape moved less than `min_shift` (frame fraction).
     """
-    valid = centroids[~centroids.isnan().any(dim=-1)]  # (k, 2)
-    if len(valid) < 2:
+    shift = net_shift(centroids)
+    if shift is None or math.hypot(*shift) < min_shift:
         return None
-    dx, dy = (valid[-1] - valid[0]).tolist()
-    if math.hypot(dx, dy) < min_shift:
-        return None
+    dx, dy = shift
     if abs(dx) >= abs(dy):
         return "right" if dx > 0 else "left"
     return "down" if dy > 0 else "up"  # image rows grow downwards
 
 
 def shapes_adherence(videos, prompts: list[str]) -> dict:
-    """Colour and direction accuracy of videos ((b, f, 3, h, w) or a list of (f, 3, h, w), in [0, 1]).
+    """Colour and direction adherence of videos ((b, f, 3, h, w) or a list of (f, 3, h, w), in [0, 1]).
 
-    Only prompts of the corpus grammar count (`n`); accuracies are NaN when there are none. A "standing
-    still" prompt is followed when no direction is found. `per_sample` has one dict per video.
+    Only prompts of the corpus grammar count (`n`): `colour_hits` and `direction_hits` of them, and their
+    accuracies (NaN when n is 0). A "standing still" prompt is followed when no direction is found. How the
+    shapes move, whatever the prompt: `moving` counts the samples whose net displacement is at least MIN_SHIFT,
+    `mean_displacement` is the mean displacement (fraction of the frame side) over the samples where a shape
+    was found in two frames or more (NaN when none). `per_sample` has one dict per video.
     """
     if len(videos) != len(prompts):
         raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
-    per_sample, colour_hits, direction_hits, n = [], 0, 0, 0
+    per_sample, n, colour_hits, direction_hits, moving, shifts = [], 0, 0, 0, 0, []
     for video, prompt in zip(videos, prompts):
         result = track(video)
-        colour, moved = named_colour(result.colour), direction(result.centroids)
+        colour, moved, shift = named_colour(result.colour), direction(result.centroids), displacement(result.centroids)
         parsed = parse_prompt(prompt)
-        sample = {"prompt": prompt, "colour": colour, "direction": moved, "expected_colour": None,
-                  "expected_direction": None, "colour_ok": None, "direction_ok": None}
+        sample = {"prompt": prompt, "colour": colour, "direction": moved, "displacement": shift,
+                  "expected_colour": None, "expected_direction": None, "colour_ok": None, "direction_ok": None}
         if parsed is not None:
             expected_colour, _, expected_direction, _ = parsed
             sample.update(expected_colour=expected_colour, expected_direction=expected_direction,
@@ -158,6 +191,11 @@ def shapes_adherence(videos, prompts: list[str]) -> dict:
             n += 1
             colour_hits += sample["colour_ok"]
             direction_hits += sample["direction_ok"]
+            moving += moved is not None
+            if shift is not None:
+                shifts.append(shift)
         per_sample.append(sample)
     return {"colour_accuracy": colour_hits / n if n else math.nan,
-            "direction_accuracy": direction_hits / n if n else math.nan, "n": n, "per_sample": per_sample}
+            "direction_accuracy": direction_hits / n if n else math.nan, "n": n, "colour_hits": colour_hits,
+            "direction_hits": direction_hits, "moving": moving,
+            "mean_displacement": sum(shifts) / len(shifts) if shifts else math.nan, "per_sample": per_sample}

@@ -4,6 +4,7 @@
                      showing the named colour and the named background
     held_out_frames  stills of held-out combinations, rendered at a given size, for the upscaler
     upscaler_psnr    PSNR of those stills upscaled x4 from x4 smaller copies, beside plain bicubic upscaling
+    colour_fidelity  how well held-out clips survive an autoencoder's round trip: PSNR, and the shapes' colours
     probe            the trainer's periodic score of a stage's EMA weights (`evaluate_every`): one of the above,
                      or for the base stage shapes_adherence on the evaluation prompts
 
@@ -15,13 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..training.data import resize_crop
+from ..training.data import resize_crop, validation_clips
 from ..training.scenes import HELD_OUT, held_out_prompts, still_caption
 from .metrics import psnr
-from .shapes import named_background, named_colour, parse_prompt, shapes_adherence, track
+from .shapes import PROMPTS, named_background, named_colour, parse_prompt, shapes_adherence, track
 
 PROBE_SAMPLES_PER_PROMPT = 4
 PROBE_STEPS = 20
+FIDELITY_CLIPS = 32  # held-out clips the autoencoders' colour check reconstructs
 
 
 def t2i_pipeline(unet, tokenizer, text_encoder, vae, scheduler):
@@ -134,7 +136,6 @@ def probe(unet, parts, preset: dict) -> dict:
     elif parts.stage == "base":
         from ..model_folder import generation_settings
         from ..pipelines import LaVieBasePipeline
-        from .evaluate import PROMPTS
 
         pipe = LaVieBasePipeline(parts.tokenizer, parts.text_encoder, parts.vae,
                                  DDPMScheduler.from_config(parts.noise_scheduler.config), unet,
@@ -155,12 +156,25 @@ def probe(unet, parts, preset: dict) -> dict:
 
 def validation_stills(videos, preset: dict, size: tuple[int, int], count: int = 16) -> tuple[torch.Tensor, list[str]]:
     """The middle frame of up to `count` held-out validation clips at `size`: (n, 3, h, w) in [0, 1], captions."""
-    from .evaluate import validation_clips
-
     clips = validation_clips(videos, preset["training"]["validation_percent"], count, 1, size)
     if not clips:
         return torch.zeros(0, 3, *size), []
     return torch.stack([clip["frames"][0] for clip in clips]), [clip["caption"] for clip in clips]
+
+
+def colour_fidelity(vae, videos, validation_percent: float, frames: int, size) -> dict:
+    """How well held-out clips survive encoding and decoding: PSNR, and for captions of the demo's shapes
+    grammar whether the shape keeps its colour (shapes_adherence on the reconstructions; `n` such clips)."""
+    clips = validation_clips(videos, validation_percent, FIDELITY_CLIPS, frames, size)
+    if not clips:
+        return {"clips": 0, "n": 0, "colour_accuracy": None, "psnr": None}
+    real = torch.stack([clip["frames"] for clip in clips])  # (b, f, 3, H, W) in [0, 1]
+    with torch.no_grad():
+        latents = vae.encode(real.flatten(0, 1) * 2 - 1).latent_dist.mean
+        decoded = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1).unflatten(0, real.shape[:2])
+    adherence = shapes_adherence(decoded, [clip["caption"] for clip in clips])
+    return {"clips": len(clips), "n": adherence["n"], "psnr": psnr(decoded, real),
+            "colour_accuracy": adherence["colour_accuracy"] if adherence["n"] else None}
 
 
 def score_stand_ins(sd, upscaler, videos, preset: str = "tiny", samples_per_prompt: int = 8) -> dict:
@@ -169,7 +183,6 @@ def score_stand_ins(sd, upscaler, videos, preset: str = "tiny", samples_per_prom
     (and the 2x one's shape colours kept) on validation clips."""
     from ..config import load_preset
     from ..model_folder import load_components
-    from ..training.vae import colour_fidelity
 
     config = load_preset(preset)
     sampling = config["sampling"]

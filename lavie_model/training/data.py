@@ -6,7 +6,8 @@ its own shards, otherwise every consumer reads all shards and keeps every n-th s
 shuffle buffer and epochs follow each other without end. Everything random (the buffer, frame offsets,
 caption dropping) is drawn from generators seeded by (seed, consumer, sample index), so the stream is a
 function of the seed alone, and resuming after `skip_batches` batches reproduces the rest of it exactly
-without decoding what it skips.
+without decoding what it skips. `validation_clips` reads the held-out validation split, which the stream leaves
+out, for scoring.
 """
 
 import glob
@@ -198,6 +199,22 @@ def frame_count(sample: dict) -> int | None:
     value = record.get("frame_count", record.get("latent_frames"))  # latent samples record what they hold
     return int(value) if value is not None else None
 
+
+def validation_clips(shards, percent: float, count: int, frames: int, size: tuple[int, int]) -> list[dict]:
+    """Up to `count` held-out clips with at least `frames` frames: key, caption, (frames, 3, h, w) in [0, 1] at
+    `size`, and the decoded (frames, 3, H, W) uint8 `source` for other sizes."""
+    clips = []
+    for shard in expand_shards(shards, "video shards"):
+        for sample in raw_samples(shard):
+            if len(clips) == count:
+                return clips
+            if not is_validation(sample["__key__"], percent):
+                continue
+            video = decode_video(sample["mp4"], sample["__key__"])
+            if len(video) >= frames:
+                clips.append({"key": sample["__key__"], "caption": sample["txt"].decode().strip(),
+                              "frames": (resize_crop(video[:frames], size) + 1) / 2, "source": video[:frames]})
+    return clips
 
 class TrainingStream(IterableDataset):
     """Training examples for one stage from video shards (and, for the base stage, image shards).

@@ -260,11 +260,15 @@ def truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def train(settings: TrainSettings, report=None, log=print) -> Path:
+def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
     """Train one stage; returns the exported model folder. `report(record)` gets rank 0's logged metrics, `log`
-    its messages."""
+    its messages. `probe(unet, parts, preset) -> dict` scores the EMA weights every `evaluate_every` steps on
+    rank 0 (lavie_model.evaluation.stand_ins.probe, passed in by the caller: training code imports no evaluation
+    code); it is needed only when `evaluate_every` is set."""
     preset = check(settings)
     training = preset["training"]
+    if training["evaluate_every"] and probe is None:
+        raise ValueError("evaluate_every is set but no probe was given: pass lavie_model.evaluation.stand_ins.probe")
     single_rank_environment()
 
     import deepspeed
@@ -276,7 +280,6 @@ def train(settings: TrainSettings, report=None, log=print) -> Path:
     from . import checkpoint
     from .data import TrainingStream, collate
     from .export import ema_model, replace_component
-    from ..evaluation.stand_ins import probe
     from .stages import UNET, load_parts, load_unet, sample_generators, stage_data, training_loss
 
     cuda = torch.cuda.is_available()

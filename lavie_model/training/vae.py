@@ -5,13 +5,15 @@ This trains a model folder's `vae` (or `vsr_vae`) on frames of the video shards 
 reconstruction error weighted towards coloured pixels (see reconstruction_loss) plus a small KL term, AdamW,
 one process; the held-out validation clips are left out. Afterwards the latent scaling factor is set so the
 latents have unit variance, as Stable Diffusion's 0.18215 does for its VAE, and a new model folder is
-written with the trained autoencoder in place. With real weights (`paper`) the pretrained VAE is used as it
+written with the trained autoencoder in place (and, given a `fidelity` scorer, its held-out scores: see
+lavie_model.evaluation.stand_ins.colour_fidelity). With real weights (`paper`) the pretrained VAE is used as it
 is and this is not needed.
 """
 
 import json
 import math
 import time
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
@@ -30,7 +32,6 @@ KL_WEIGHT = 1e-6
 # the small autoencoder learns luminance first: after 120 steps 30 of 92 shape clips came back in their colour
 # (the rest greyish or a neighbouring hue), against 91 of 92 with this weight (32 x 32, same steps and data).
 CHROMA_WEIGHT = 10.0
-FIDELITY_CLIPS = 32  # held-out clips the colour check reconstructs
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -67,13 +68,15 @@ def frame_batches(videos, images, size, batch_size: int, seed: int, crop: int | 
 def train_vae(model, videos, output, component: str = "vae", images=None, steps: int = 600, batch_size: int = 16,
               learning_rate: float = 1e-3, preset: str = "tiny", crop: int | None = 32, seed: int = 0,
               size: tuple[int, int] | None = None, rendered: int = 0, scaling_factor: float | None = None,
-              log=print) -> Path:
+              fidelity: Callable[..., dict] | None = None, log=print) -> Path:
     """Train `component` of the model folder `model`; write `output`, a copy of it with the trained autoencoder.
     Frames are `size` (default: the size the preset trains that component's stages at; the x4 upscaler's is the
     super-resolution crop size), cut to random `crop` x `crop` windows (None: whole frames), `rendered` stills of
     the shapes grammar added to each batch. The latent scale is measured on whole frames: the scaling factor is
     set to give unit-variance latents, or, with `scaling_factor` (the x4 upscaler's fixed 0.08333), the latent
-    space is rescaled so that this factor does."""
+    space is rescaled so that this factor does. `fidelity(vae, videos, validation_percent, frames, size)` scores
+    the trained autoencoder on the held-out clips (lavie_model.evaluation.stand_ins.colour_fidelity); its result
+    is recorded in the folder's training info."""
     if component not in ("vae", "vsr_vae"):
         raise ValueError(f"component must be vae or vsr_vae, got {component!r}")
     torch.manual_seed(seed)
@@ -119,8 +122,9 @@ def train_vae(model, videos, output, component: str = "vae", images=None, steps:
     else:
         rescale_latents(vae, 1 / (scaling_factor * float(latents.std())))
     info = {"stage": component, "steps": steps, "final_mse": history[-1]["mse"],
-            "scaling_factor": vae.config.scaling_factor,
-            "fidelity": colour_fidelity(vae, videos, percent, training_preset["data"]["num_frames"], size)}
+            "scaling_factor": vae.config.scaling_factor}
+    if fidelity is not None:
+        info["fidelity"] = fidelity(vae, videos, percent, training_preset["data"]["num_frames"], size)
     output = replace_component(model, output, component, vae, info)
     history_file = Path(output) / component / "training_history.json"  # kept when later stages copy the folder
     history_file.write_text(json.dumps({"info": info, "history": history}) + "\n")
@@ -139,21 +143,3 @@ def rescale_latents(vae, k: float) -> None:
         vae.quant_conv.bias[c:] += 2 * math.log(k)  # variance scaled by k^2
         vae.post_quant_conv.weight /= k  # (c_out, c_in, 1, 1): each input channel back to its old scale
 
-
-def colour_fidelity(vae, videos, validation_percent: float, frames: int, size) -> dict:
-    """How well held-out clips survive encoding and decoding: PSNR, and for captions of the demo's shapes
-    grammar whether the shape keeps its colour (shapes_adherence on the reconstructions; `n` such clips)."""
-    from ..evaluation.evaluate import validation_clips
-    from ..evaluation.metrics import psnr
-    from ..evaluation.shapes import shapes_adherence
-
-    clips = validation_clips(videos, validation_percent, FIDELITY_CLIPS, frames, size)
-    if not clips:
-        return {"clips": 0, "n": 0, "colour_accuracy": None, "psnr": None}
-    real = torch.stack([clip["frames"] for clip in clips])  # (b, f, 3, H, W) in [0, 1]
-    with torch.no_grad():
-        latents = vae.encode(real.flatten(0, 1) * 2 - 1).latent_dist.mean
-        decoded = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1).unflatten(0, real.shape[:2])
-    adherence = shapes_adherence(decoded, [clip["caption"] for clip in clips])
-    return {"clips": len(clips), "n": adherence["n"], "psnr": psnr(decoded, real),
-            "colour_accuracy": adherence["colour_accuracy"] if adherence["n"] else None}

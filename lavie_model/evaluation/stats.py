@@ -1,0 +1,67 @@
+"""Rates with their uncertainty: a rate counted on n samples is reported with its 95% Wilson interval, and it
+beats a baseline only where the whole interval lies above it.
+
+    wilson(hits, n)            the 95% Wilson score interval of hits / n
+    binomial_p(hits, n, p0)    one-sided exact p-value of seeing >= hits of n when the true rate is p0
+    Rate(hits, n)              a counted rate: .value, .low, .high, .beats(baseline), str() "31% (10/32, 18%-49%)"
+
+Why Wilson: the normal-approximation interval collapses to a point at 0 or n hits and undercovers for small n;
+Wilson's stays inside [0, 1] and covers close to its nominal 95% at the sample counts used here (32-200).
+"""
+
+import math
+from dataclasses import dataclass
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (low, high) of the rate hits / n; (0, 1) when n is 0."""
+    if n < 0 or not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n, got {hits} of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def binomial_p(hits: int, n: int, p0: float) -> float:
+    """P(X >= hits) for X ~ Binomial(n, p0): the one-sided p-value of `hits` against the rate p0."""
+    if not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n, got {hits} of {n}")
+    return min(1.0, sum(math.comb(n, k) * p0**k * (1 - p0) ** (n - k) for k in range(hits, n + 1)))
+
+
+@dataclass(frozen=True)
+class Rate:
+    """hits of n, with its 95% Wilson interval."""
+
+    hits: int
+    n: int
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.n if self.n else math.nan
+
+    @property
+    def low(self) -> float:
+        return wilson(self.hits, self.n)[0]
+
+    @property
+    def high(self) -> float:
+        return wilson(self.hits, self.n)[1]
+
+    def beats(self, baseline: "float | Rate") -> bool:
+        """Whether the interval's lower end lies above the baseline (a rate, or another Rate's value)."""
+        level = baseline.value if isinstance(baseline, Rate) else baseline
+        return self.n > 0 and self.low > level
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "hits": self.hits, "n": self.n, "low": self.low, "high": self.high}
+
+    def __str__(self) -> str:
+        if not self.n:
+            return "n/a (0 samples)"
+        return f"{self.value:.0%} ({self.hits}/{self.n}, {self.low:.0%}-{self.high:.0%})"
