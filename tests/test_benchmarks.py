@@ -43,3 +43,20 @@ def test_shapes_learning_curve_runs_at_its_smallest_size(tiny_folder, demo_shard
     results = json.loads(out.read_text())["results"]
     assert [row["step"] for row in results] == [1, 2] and all(0 <= row["colour"] <= 1 for row in results)
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_motion_sweep_smoke_scores_both_stages_and_ships_the_best(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "motion_sweep.py"), "--smoke", "--out", str(out)],
+                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    results = json.loads((out / "sweep.json").read_text())
+    assert {r["stage"] for r in results.values()} == {"base", "interpolation"}
+    for result in results.values():
+        assert result["exit"] == 0 and [row["step"] for row in result["curve"]] == [0, 2]
+    base = next(r for r in results.values() if r["stage"] == "base")["curve"][-1]
+    assert base["direction_classifier"]["n"] == 8 and base["sampled_direction"]["n"] == 8
+    interpolation = next(r for r in results.values() if r["stage"] == "interpolation")["curve"][-1]
+    assert interpolation["psnr_latent_blend"] < interpolation["psnr_vae"]
+    assert "| step | loss | classifier direction |" in (out / "sweep.md").read_text()
+    assert (out / "best_base.tar").stat().st_size > 0 and (out / "best_interpolation.tar").stat().st_size > 0

@@ -41,6 +41,9 @@ RUN_BY = {
     **{f"python benchmarks/{name}.py": "tests/test_benchmarks.py::test_each_benchmark_runs_at_its_smallest_size"
        for name in ("unet_step", "generate", "curation", "train_step")},
     "python benchmarks/shapes_learning.py": "tests/test_benchmarks.py::test_shapes_learning_curve_runs_at_its_smallest_size",
+    "python benchmarks/motion_sweep.py":
+        "tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best",
+    "python -m lavie_model.tiny_lavie": "tests/test_motion.py::test_tiny_lavie_cascade_score_and_ship",
 }
 
 

@@ -18,7 +18,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -181,6 +180,8 @@ def random_scene(rng: np.random.Generator, index: int, moving: bool = True, back
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     """(f, h, w, 3) uint8 frames to H.264 yuv420p, on one encoder thread so that the bytes are reproducible."""
+    import av  # here, so that the grammar and renderer import where PyAV is not installed (a bare GPU node)
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
