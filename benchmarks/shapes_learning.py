@@ -2,7 +2,7 @@
 
     python benchmarks/shapes_learning.py [--sd FOLDER | --model FOLDER] [--videos SHARDS] [--images SHARDS]
         [--steps 600] [--evals 0,150,300,600] [--batch-size 8] [--set NAME=VALUE ...]
-        [--guidance 4,7.5] [--samples-per-prompt 4] [--sampling-steps 25] [--preset tiny] [--device cpu]
+        [--guidance 4,7.5] [--samples-per-prompt 12] [--sampling-steps 25] [--preset tiny] [--device cpu]
         [--grid PNG] [--json FILE]
 
 Fine-tunes the base UNet as the demo does, from the text-to-image model inflated to video (by default the
@@ -11,7 +11,8 @@ cascade folder whose base UNet to continue), on the shards with the trainer's ow
 optimizer and EMA, in one process without DeepSpeed. At each step count of `--evals` (0: before any step,
 the image model's own colour adherence) it samples the fixed prompts of the evaluation
 (`lavie_model/evaluation/evaluate.py`, none of them a combination the demo corpus shows) from the EMA
-weights and scores them with `shapes_adherence`. It answers how many steps a recipe needs before the samples
+weights and scores them with `shapes_adherence`, each rate with its count and 95% Wilson interval (8 prompts x
+12 samples = 96 per point by default). It answers how many steps a recipe needs before the samples
 follow their prompts, which the demo itself (one evaluation, after all its steps) cannot; on a GPU
 (`--device cuda`) a long curve takes minutes. Preset settings change with `--set` as in `lavie train`
 (`--set learning_rate=1e-3 lr_2d_scale=0.1 frame_stride=3`).
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="preset training settings")
     parser.add_argument("--guidance", default="4,7.5", help="guidance scales to sample with")
-    parser.add_argument("--samples-per-prompt", type=int, default=4)
+    parser.add_argument("--samples-per-prompt", type=int, default=12, help="8 prompts x 12 = 96 samples per point")
     parser.add_argument("--sampling-steps", type=int, default=25)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="data loader processes")
@@ -51,6 +52,7 @@ def main() -> None:
 
     from lavie_model.evaluation.evaluate import PROMPTS
     from lavie_model.evaluation.shapes import shapes_adherence
+    from lavie_model.evaluation.stats import Rate
     from lavie_model.model_folder import assemble
     from lavie_model.pipelines import LaVieBasePipeline
     from lavie_model.stand_ins import shipped
@@ -97,9 +99,12 @@ def main() -> None:
             adherence = shapes_adherence(videos_out, prompts)
             row = {"step": step, "samples": step * args.batch_size, "guidance": guidance,
                    "colour": adherence["colour_accuracy"], "direction": adherence["direction_accuracy"],
+                   "colour_rate": Rate(adherence["colour_hits"], adherence["n"]).as_dict(),
+                   "direction_rate": Rate(adherence["direction_hits"], adherence["n"]).as_dict(),
                    "loss": 0.0 if step == 0 else loss, "seconds": time.perf_counter() - started}
             results.append(row)
-            print(f"| {step} | {row['samples']} | {guidance:g} | {row['colour']:.1%} | {row['direction']:.1%} | "
+            colour, moved = (Rate(adherence[k], adherence["n"]) for k in ("colour_hits", "direction_hits"))
+            print(f"| {step} | {row['samples']} | {guidance:g} | {colour} | {moved} | "
                   f"{row['loss']:.4f} | {row['seconds']:.0f} |", flush=True)
         if args.grid and step == evals[-1]:
             frames_grid(videos_out, args.samples_per_prompt, Path(args.grid))
