@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: test demo pretrain ablations ui bench clean-venv
+.PHONY: test demo pretrain ablations ui bench gpu-check clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/unet_step.py
+
+# One CUDA GPU, under 9 minutes: OUT/device_check.md and .json (benchmarks/device_check.py; README: The GPU check).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/device_check.py --out $${OUT:-device_check}
 
 clean-venv:
 	rm -rf $(VENV)

@@ -37,9 +37,12 @@
    images: (2, 4, 16 + M, 40, 64) latents) on a randomly initialised paper UNet
    (`build_base_unet(load_preset('paper'))`), in a fresh process. No VAE or text encoder is loaded and
    nothing is downloaded: the latents and text embeddings (77 x 768 per frame) are random tensors of the
-   right shapes. Time per step, peak allocated memory, the card's name; and what reading pixels would add to
-   each step: an SD 1.4-shaped VAE encoder over the batch's frames at 320 x 512 and a CLIP ViT-L/14-shaped
-   text encoder over its captions (random weights), as a share of a pixel step.
+   right shapes. Time per step, peak allocated memory, the card's name, the step's model FLOPs (counted on the
+   meta device, without checkpointing's recomputation) and the MFU they give on a card of known peak; and what
+   reading pixels would add to each step: an SD 1.4-shaped VAE encoder over the batch's frames at 320 x 512 and
+   a CLIP ViT-L/14-shaped text encoder over its captions (random weights), as a share of a pixel step.
+   `paper_steps` times the interpolation and VSR stages too (benchmarks/device_check.py runs all three), and
+   without deepspeed a plain bf16-autocast AdamW step.
 5. --latent-steps N: precomputed latents against pixels (training/latents.py). Latent shards of the shards
    are built (the time and the bytes per clip are reported), then the same DeepSpeed engine runs N steps on
    the fixed pixel batch against the same samples' latent batch, and N steps fed by a pixel loader against N
@@ -335,7 +338,8 @@ def run_tiny(args) -> dict:
     from lavie_model.model_folder import init_random
     from lavie_model.training.data import collate
     from lavie_model.training.stages import load_parts, load_unet, stage_data
-    from lavie_model.training.trainer import TrainSettings, deepspeed_config, single_rank_environment
+    from lavie_model.training.trainer import (TrainSettings, deepspeed_config, release_shared_buffer,
+                                              single_rank_environment)
 
     single_rank_environment()
     import deepspeed
@@ -381,6 +385,8 @@ def run_tiny(args) -> dict:
             f" + images {tuple(batch['images'].shape)}" if "images" in batch else "")
 
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        if not cuda:
+            release_shared_buffer(0)  # DeepSpeed's CPU all-reduce buffer in /dev/shm, which it never removes
         plain_unet = load_unet(model, args.stage).train().to(device)
         ds_unet = load_unet(model, args.stage).train()
         plain_step = plain_stepper(plain_unet, parts, batch, training, args.seed, cuda)
@@ -506,6 +512,21 @@ def progress(began: float, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- paper run
 
+# Stable Diffusion 1.4's autoencoder and CLIP ViT-L/14 text encoder, as configs: random weights, nothing loaded
+SD_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+          "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4,
+          "norm_num_groups": 32, "sample_size": 512}
+SD_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+           "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu"}
+# Dense bf16 tensor-core peak (FLOP/s) by a part of the card's name, the first that matches; other cards: unknown
+DENSE_BF16_PEAK = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 SXM", 989e12), ("H100 80GB HBM3", 989e12),
+                   ("A100", 312e12))
+
+
+def dense_bf16_peak(card: str) -> float | None:
+    return next((peak for part, peak in DENSE_BF16_PEAK if part in card), None)
+
+
 def paper_case(queue, preset_name, steps, images):
     """In a fresh process: DeepSpeed steps of a random paper-size base UNet on random latents (CUDA, bf16)."""
     try:
@@ -516,105 +537,190 @@ def paper_case(queue, preset_name, steps, images):
         queue.put({"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
 
 
-def paper_steps(preset_name, steps, images, device_name="cuda") -> dict:
+def paper_unet(stage: str, preset: dict):
+    """A randomly initialised UNet of `stage` at the preset's size. The VSR UNet inflates the preset's
+    x4-upscaler-shaped config, else the real x4 upscaler's, with its 2D weights frozen as the trainer trains it."""
+    from lavie_model.config import base_unet_config
+    from lavie_model.convert import sd_x4_upscaler_unet_config
+    from lavie_model.models import UNet3DConditionModel, UNet3DVSRModel, vsr_config_from_2d
+
+    config = base_unet_config(preset)
+    if stage == "base":
+        return UNet3DConditionModel(**config)
+    if stage == "interpolation":  # noisy and conditioning latents side by side
+        return UNet3DConditionModel(**config | {"block_design": "interpolation",
+                                                "in_channels": 2 * config["in_channels"]})
+    model = preset["model"]
+    unet_2d = model["vsr"]["unet_2d"] if "vsr" in model else sd_x4_upscaler_unet_config()
+    unet = UNet3DVSRModel(**vsr_config_from_2d(unet_2d, model["group_norm_across_frames"]))
+    unet.freeze_2d_weights()
+    return unet
+
+
+def stage_inputs(unet, stage: str, preset: dict, images: int) -> tuple:
+    """Random inputs of a stage's training micro-batch, made on the current default device: (sample, timesteps, text,
+    kwargs, target). The sample holds the conditioning channels too: base (b, 4, F + M, h, w) with M images, one
+    text per frame; interpolation (b, 8, 4K - 3, h, w), noisy and keyframe latents; vsr (b, 7, f, s/4, s/4), the
+    latents of s x s crops (the x4 upscaler's VAE: the low-resolution size) and the low-resolution frames."""
+    import torch
+
+    training, data = preset["training"], preset["data"]
+    b, (h, w) = training["batch_size"], data["latent_size"]
+    kwargs = {}
+    if stage == "base":
+        f = data["num_frames"] + images
+        kwargs = {"num_image_frames": images} if images else {}
+    elif stage == "interpolation":
+        f = 4 * training["interpolation"]["keyframes"] - 3
+    else:
+        f, (h, w) = training["vsr"]["num_frames"], (n // 4 for n in training["vsr"]["size"])
+        kwargs = {"class_labels": torch.randint(training["vsr"]["max_noise_level"] + 1, (b,))}
+    text_shape = (b, f, 77) if stage == "base" else (b, 77)
+    sample = torch.randn(b, unet.config.in_channels, f, h, w)
+    timesteps = torch.randint(preset["scheduler"]["num_train_timesteps"], (b,))
+    text = torch.randn(*text_shape, unet.config.cross_attention_dim)
+    target = torch.randn(b, unet.config.out_channels, f, h, w)
+    return sample, timesteps, text, kwargs, target
+
+
+def step_flops(stage: str, preset: dict, images: int) -> dict:
+    """FLOPs of one forward and of one training step's forward and backward (no recomputation: model FLOPs),
+    counted with torch.utils.flop_counter on the meta device (shapes only: no memory, no compute)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        unet = paper_unet(stage, preset).train()
+        sample, timesteps, text, kwargs, target = stage_inputs(unet, stage, preset, images)
+    if "class_labels" in kwargs:  # the noise-level embedding: a lookup, no FLOPs; its check reads values meta lacks
+        del kwargs["class_labels"]
+        unet.class_embedding = None
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        unet(sample, timesteps, text, **kwargs)
+    with FlopCounterMode(display=False) as step:
+        F.mse_loss(unet(sample, timesteps, text, **kwargs).sample, target).backward()
+    return {"forward": forward.get_total_flops(), "step": step.get_total_flops()}
+
+
+def paper_steps(preset_name, steps, images, device_name="cuda", stage="base", deadline=None) -> dict:
+    """Training steps of a randomly initialised `stage` UNet of the preset on one random micro-batch of its training
+    shapes, with gradient checkpointing: DeepSpeed with the trainer's config (ZeRO-2; bf16 on CUDA) when deepspeed
+    imports, else a plain AdamW step (bf16 autocast on CUDA). One warm-up step, then `steps` timed ones, fewer when
+    time.time() passes `deadline`. With the step's model FLOPs and MFU, and for the base stage what reading pixels
+    would add: an SD-shaped VAE encoder over the frames and images and a CLIP-shaped text encoder over the captions."""
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(name, None)  # a port of its own, not the parent's
     import torch
-
-    from lavie_model.config import build_base_unet, load_preset
-    from lavie_model.training.trainer import TrainSettings, deepspeed_config, single_rank_environment
-
-    cuda = device_name == "cuda"
-    single_rank_environment()
-    import deepspeed
     import torch.nn.functional as F
 
-    quiet_deepspeed()
-    from diffusers import DDPMScheduler
+    from lavie_model.config import load_preset
+    from lavie_model.training.trainer import (TrainSettings, deepspeed_config, release_shared_buffer,
+                                              single_rank_environment)
 
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    cuda = device_name == "cuda"
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     preset = load_preset(preset_name)
     training = preset["training"]
-    m = training["image_frames"] if images is None else images
-    settings = TrainSettings(stage="base", model="(random)", videos="(random)", output="(none)", preset=preset_name)
-    ds_config = deepspeed_config(settings, training, cuda)
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    m = (training["image_frames"] if images is None else images) if stage == "base" else 0
+    flops = step_flops(stage, preset, m)
+    single_rank_environment()
+    try:
+        import deepspeed
+    except ImportError:
+        deepspeed = None
 
     torch.manual_seed(0)
-    unet = build_base_unet(preset).train()
+    with device:
+        unet = paper_unet(stage, preset).train()
     unet.enable_gradient_checkpointing()
     parameters = sum(p.numel() for p in unet.parameters())
     trainable, optimizer, schedule = make_optimizer(unet, training)
-    engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
-    scheduler = DDPMScheduler(**{k: v for k, v in preset["scheduler"].items()})
-    b, f = training["batch_size"], preset["data"]["num_frames"]
-    h, w = preset["data"]["latent_size"]
-    text_dim = preset["model"]["unet_2d"]["cross_attention_dim"]
-    channels = unet.config.in_channels
-    generator = torch.Generator().manual_seed(1)
-    dtype = engine.module.dtype
+    if deepspeed is not None:
+        quiet_deepspeed()
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        if not cuda:
+            release_shared_buffer(0)
+        settings = TrainSettings(stage=stage, model="(random)", videos="(random)", output="(none)", preset=preset_name)
+        ds_config = deepspeed_config(settings, training, cuda)
+        engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+        model, dtype = engine.module, engine.module.dtype
+        engine_name = f"DeepSpeed {deepspeed.__version__} ZeRO-{ds_config['zero_optimization']['stage']}"
+    else:
+        model, dtype = unet, torch.float32  # fp32 weights under bf16 autocast, as the trainer without DeepSpeed
+        engine_name = "plain torch (deepspeed not installed)"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and deepspeed is None)
+    with device:
+        sample, timesteps, text, kwargs, target = stage_inputs(unet, stage, preset, m)
+    sample, text = sample.to(dtype), text.to(dtype)
 
     def step():
-        latents = torch.randn(b, channels, f + m, h, w, generator=generator).to(device)
-        text = torch.randn(b, f + m, 77, text_dim, generator=generator).to(device, dtype)
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        kwargs = {"num_image_frames": m} if m else {}
-        prediction = engine.module(noisy.to(dtype), timesteps, text, **kwargs).sample
-        loss = F.mse_loss(prediction.float(), noise.float())
-        engine.backward(loss)
-        engine.step()
-        return loss.item()
-
-    def sync():
+        with autocast:
+            loss = F.mse_loss(model(sample, timesteps, text, **kwargs).sample.float(), target)
+        if deepspeed is not None:
+            engine.backward(loss)
+            engine.step()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, training["max_grad_norm"])
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
 
-    step()  # warm-up
-    sync()
-    scale = 2 ** (len(SD_VAE["block_out_channels"]) - 1)
-    encode_s = encoder_seconds(b * (f + m), (h * scale, w * scale), b * (1 + m), device, dtype)
+    started = time.perf_counter()
+    step()  # warm-up: allocates gradients and optimizer states
+    warmup_s = time.perf_counter() - started
+    encode = {}
+    if stage == "base":
+        b, f = sample.shape[0], sample.shape[2]
+        vae = preset["model"].get("vae", SD_VAE)
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        size = tuple(n * scale for n in sample.shape[-2:])
+        frozen_dtype = torch.bfloat16 if cuda else torch.float32  # the frozen encoders, as the trainer holds them
+        encode_s = encoder_seconds(b * f, size, b * (1 + m), device, frozen_dtype, vae,
+                                   preset["model"].get("text_encoder", SD_TEXT), repeats=3 if cuda else 1)
+        encode = {"encode_s": encode_s, "encode_frames": b * f, "encode_size": list(size)}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     values = []
-    for _ in range(steps):
+    while len(values) < steps and (not values or deadline is None or time.time() < deadline):
         start = time.perf_counter()
         step()
-        sync()
         values.append(time.perf_counter() - start)
-    return {"card": torch.cuda.get_device_name(device) if cuda else "cpu", "parameters": parameters,
-            "latents": [b, channels, f + m, h, w], "text": [b, f + m, 77, text_dim], "image_frames": m,
-            "dtype": str(dtype), "zero_stage": ds_config["zero_optimization"]["stage"],
-            "gradient_checkpointing": True, "seconds": values, "median_s": statistics.median(values),
-            "samples_per_s": b / statistics.median(values),
+    median = statistics.median(values)
+    card = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak = dense_bf16_peak(card) if cuda else None
+    batch = sample.shape[0]
+    return {"stage": stage, "card": card, "engine": engine_name, "parameters": parameters,
+            "trainable_parameters": sum(p.numel() for p in trainable), "sample": list(sample.shape),
+            "text": list(text.shape), "image_frames": m, "dtype": str(dtype), "gradient_checkpointing": True,
+            "warmup_s": warmup_s, "seconds": values, "median_s": median, "samples_per_s": batch / median,
+            "stopped_by_deadline": len(values) < steps,
             "max_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
             "peak_rss_mb": peak_rss_bytes() / 2**20,
             "inputs": "random latents and text embeddings (no VAE, no text encoder, no weights)",
-            "encode_s": encode_s, "encode_frames": b * (f + m), "encode_size": [h * scale, w * scale],
-            "vae_share": encode_s / (encode_s + statistics.median(values))}
+            "forward_flops": flops["forward"], "step_flops": flops["step"],
+            "tflops_per_s": flops["step"] / median / 1e12,
+            "dense_bf16_peak": peak, "mfu": flops["step"] / median / peak if peak else None,
+            **encode, **({"vae_share": encode["encode_s"] / (encode["encode_s"] + median)} if encode else {})}
 
 
-# Stable Diffusion 1.4's autoencoder and CLIP ViT-L/14 text encoder, as configs: random weights, nothing loaded
-SD_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-          "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4,
-          "norm_num_groups": 32, "sample_size": 512}
-SD_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-           "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu"}
-
-
-def encoder_seconds(frames: int, size: tuple[int, int], captions: int, device, dtype, repeats: int = 3) -> float:
-    """Median seconds of what the pixel path adds to each step at paper size and precomputed latents remove: the
-    SD-shaped VAE encoder over `frames` frames of `size` and the text encoder over `captions` captions, in one
-    call each, as training_loss makes them."""
+def encoder_seconds(frames: int, size: tuple[int, int], captions: int, device, dtype, vae_config=SD_VAE,
+                    text_config=SD_TEXT, repeats: int = 3) -> float:
+    """Median seconds of what the pixel path adds to each step and precomputed latents remove: a VAE encoder
+    (Stable Diffusion's by default) over `frames` frames of `size` and a text encoder (CLIP ViT-L/14's) over
+    `captions` captions, in one call each, as training_loss makes them."""
     import torch
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    vae = AutoencoderKL(**SD_VAE).to(device, dtype).eval()
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SD_TEXT)).to(device, dtype).eval()
-    pixels = torch.randn(frames, 3, *size, device=device, dtype=dtype)
-    tokens = torch.randint(SD_TEXT["vocab_size"], (captions, 77), device=device)
+    with torch.device(device):
+        vae = AutoencoderKL(**vae_config).to(dtype).eval()
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).to(dtype).eval()
+        pixels = torch.randn(frames, 3, *size, dtype=dtype)
+        tokens = torch.randint(text_encoder.config.vocab_size, (captions, 77))
     cuda = torch.device(device).type == "cuda"
 
     def run():
@@ -727,12 +833,15 @@ def report(results: dict, paper: dict | None) -> None:
     else:
         print(f"4. paper-size base step on {paper['card']}: a randomly initialised {paper['parameters'] / 1e6:.0f} M-"
               f"parameter base UNet; {paper['inputs']}")
-        print(f"   latents {tuple(paper['latents'])} (16 frames + {paper['image_frames']} images), text "
-              f"{tuple(paper['text'])}, {paper['dtype']}, ZeRO-{paper['zero_stage']}, gradient checkpointing")
+        print(f"   latents {tuple(paper['sample'])} (16 frames + {paper['image_frames']} images), text "
+              f"{tuple(paper['text'])}, {paper['dtype']}, {paper['engine']}, gradient checkpointing")
         allocated = (f"max allocated {paper['max_allocated_mb'] / 1024:.1f} GiB, "
                      if paper["max_allocated_mb"] is not None else "")
         print(f"   {paper['median_s']:.3f} s/step (median of {len(paper['seconds'])}), "
               f"{paper['samples_per_s']:.2f} samples/s, {allocated}peak RSS {paper['peak_rss_mb'] / 1024:.1f} GiB")
+        mfu = f", MFU {paper['mfu']:.1%} of the card's dense bf16 peak" if paper["mfu"] is not None else ""
+        print(f"   {paper['step_flops'] / 1e12:.1f} TFLOP per step (model FLOPs, counted): "
+              f"{paper['tflops_per_s']:.0f} TFLOP/s{mfu}")
         size = " x ".join(map(str, paper["encode_size"]))
         print(f"   pixels instead of latents would add {paper['encode_s']:.3f} s per step (the SD-shaped VAE over "
               f"{paper['encode_frames']} frames of {size} and the text encoder): {paper['vae_share']:.0%} of a pixel "

@@ -2,8 +2,10 @@
 are measured by hand and reported, never asserted)."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,33 @@ def test_motion_sweep_smoke_scores_both_stages_and_ships_the_best(tmp_path):
     assert interpolation["psnr_latent_blend"] < interpolation["psnr_vae"]
     assert "| step | loss | classifier direction |" in (out / "sweep.md").read_text()
     assert (out / "best_base.tar").stat().st_size > 0 and (out / "best_interpolation.tar").stat().st_size > 0
+
+
+def test_device_check_smoke_reports_every_section(tmp_path):
+    """`make gpu-check`'s script in its CPU mode, so that it cannot rot between the tasks that have a GPU: every
+    section runs (the learning one is skipped: motion_sweep's smoke run is tested above) and the report has a
+    status and a heading for each."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--smoke", "--out", str(out)],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    sections = json.loads((out / "device_check.json").read_text())["sections"]
+    assert {name: section["status"] for name, section in sections.items()} == {
+        "environment": "pass", "correctness": "pass", "paper": "pass", "learning": "skipped"}
+    headings = [line for line in (out / "device_check.md").read_text().splitlines() if line.startswith("## ")]
+    assert headings == [f"## {section['title']}: {section['status']}" for section in sections.values()]
+    paper = sections["paper"]["figures"]
+    assert all(paper[f"train {stage}"]["step_flops"] > paper[f"train {stage}"]["forward_flops"] > 0
+               for stage in ("base", "interpolation", "vsr"))
+    assert paper["sampling"]["stages"]["vsr"]["output"] == [1, 29, 3, 128, 128]  # 8 frames -> 29 -> x4
+
+
+def test_device_check_survives_a_crash_and_a_hang():
+    """Work in a process of its own: a crash (a segfault, the kernel's out-of-memory killer) or a hang past its
+    budget becomes that item's error, and the check goes on."""
+    from benchmarks.device_check import in_own_process
+
+    assert "exit code 3" in in_own_process(os._exit, (3,), timeout=60)["error"]
+    started = time.time()
+    assert "over the section's budget" in in_own_process(time.sleep, (300,), timeout=2)["error"]
+    assert time.time() - started < 30

@@ -44,6 +44,9 @@ RUN_BY = {
     "python benchmarks/motion_sweep.py":
         "tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best",
     "python -m lavie_model.tiny_lavie": "tests/test_motion.py::test_tiny_lavie_cascade_score_and_ship",
+    # the GPU check's script in its --smoke mode; the GPU run itself by hand, on a GPU
+    "make gpu-check": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
+    "python benchmarks/device_check.py": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
 }
 
 

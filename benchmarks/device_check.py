@@ -1,0 +1,668 @@
+"""One prepared GPU check: does this machine run the pipeline, and how fast, in one run of under 9 minutes.
+
+    python benchmarks/device_check.py --out DIR [--smoke] [--budget-seconds 540]
+
+Writes DIR/device_check.json and DIR/device_check.md, a report: per section its figures, pass or fail, and the
+error if any. No section stops the others: each runs within its own share of the budget, records its error and
+the next one goes on; sections 3 and 4 run their work in processes of their own, so that a CUDA out-of-memory
+or a crash there ends only that item. Each section imports what it needs when it runs, so a missing package
+(deepspeed, open_clip, av, dagster) is that section's error, not the script's.
+
+1. Environment: the card, its memory, the CUDA, cuDNN, torch, diffusers, transformers and DeepSpeed versions,
+   bf16 support, and which scaled-dot-product-attention backends run a small bf16 input.
+2. Correctness: the tiny preset's three UNets (random, seeded weights; the zero-initialised temporal layers
+   given weights) on the GPU in fp32 (TF32 off) and in bf16 against fp32 on the CPU, as ||gpu - cpu|| / ||cpu||;
+   and the test suite's official-equivalence fixtures (tests/fixtures/official_*_reference.pt: the official
+   LaVie UNets' outputs on small configs) replayed on the GPU in fp32, as the max abs error.
+3. Paper-size cost (random weights, nothing downloaded): a training step of each stage at the paper preset's
+   sizes (train_step.paper_steps: bf16, gradient checkpointing, DeepSpeed ZeRO-2 when deepspeed imports, else a
+   plain AdamW step): seconds, samples/s, peak memory, model FLOPs and MFU, and for the base stage what reading
+   pixels would add; then the whole cascade (16 x 320 x 512 -> 61 frames -> 61 x 1280 x 2048) through its stage
+   pipelines for a few denoising steps per stage, the UNet calls timed, extrapolated to the preset's default
+   steps, with the peak memory of the cascade with every stage loaded.
+4. Learning in minutes: benchmarks/motion_sweep.py (the shipped tiny LaVie's recipes from the stand-ins, scored on
+   held-out clips) for the time left, its tables included.
+
+`--smoke` runs sections 1-3 on the CPU with the tiny preset and one step, in about a minute (a test runs it), and
+skips section 4: motion_sweep's own smoke run takes minutes on a CPU and has its own test.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import queue as queues
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("base", "interpolation", "vsr")
+PACKAGES = ("diffusers", "transformers", "deepspeed", "webdataset", "braceexpand", "open_clip_torch", "av", "dagster")
+THRESHOLDS = {"fp32": 1e-3, "bf16": 5e-2}  # relative error against fp32 on the CPU
+OFFICIAL_THRESHOLD = 1e-4  # max abs error against the official outputs, as tests/test_convert.py asserts
+PAPER_STEPS = 5  # timed training steps per stage, after one warm-up step
+SAMPLING_STEPS = {"base": 3, "interpolation": 3, "vsr": 2}  # denoising steps run per stage (VSR: per 8-frame chunk)
+MFU_GOAL = 0.40  # issue 26's goal for the paper-size base step
+LEARNING_RECIPES = "base-2d-0.3,interp-residual"  # the recipes of the shipped tiny LaVie (its MODEL_CARD.md)
+LEARNING_OVERHEAD_S = 120  # motion_sweep's start-up, scoring and export beside its training time: a guess so far
+REPORT_S = 10  # kept at the end of the budget for stopping the last section and writing the report
+SMOKE_LEARNING = ("skipped in smoke mode: runs motion_sweep --smoke in its own test "
+                  "(tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best; "
+                  "3.7 minutes on the project's 2-core CPU)")
+# Stable Diffusion x4 upscaler's autoencoder and OpenCLIP ViT-H/14 text encoder, as configs: random weights
+X4_VAE = {"block_out_channels": [128, 256, 512], "down_block_types": ["DownEncoderBlock2D"] * 3,
+          "up_block_types": ["UpDecoderBlock2D"] * 3, "layers_per_block": 2, "latent_channels": 4,
+          "norm_num_groups": 32, "scaling_factor": 0.08333}
+X4_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+           "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu"}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def need_cuda(smoke: bool) -> None:
+    import torch
+
+    if not smoke and not torch.cuda.is_available():
+        raise RuntimeError("CUDA is not available here: this section needs a GPU (--smoke runs it on the CPU)")
+
+
+def to_dtype(model, dtype):
+    """`model` in `dtype`, its `_keep_in_fp32_modules` (the rotary frequencies) in fp32, as
+    from_pretrained(torch_dtype=...) loads it."""
+    import torch
+
+    torch.nn.Module.to(model, dtype)  # diffusers' own `to` warns of the modules put back in fp32 below
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in (getattr(model, "_keep_in_fp32_modules", None) or ()):
+            module.to(torch.float32)
+    return model
+
+
+def reporting(queue, function, args):
+    """In a child process: function(*args) into `queue`, or the error that ended it."""
+    try:
+        queue.put(function(*args))
+    except BaseException as error:  # report, do not leave the parent waiting
+        queue.put({"error": first_line(error), "traceback": traceback.format_exc()})
+
+
+def in_own_process(function, args: tuple, timeout: float) -> dict:
+    """function(*args) in a fresh (spawned) process; its dict, or {"error": ...} when it raised (a CUDA
+    out-of-memory), crashed (a segfault, the kernel's out-of-memory killer) or ran past `timeout` seconds (then it
+    is killed)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=reporting, args=(queue, function, args))
+    process.start()
+    ends = time.time() + timeout
+    try:
+        while True:
+            alive = process.is_alive()  # a result is in the queue before its process ends
+            try:
+                return queue.get(timeout=1)
+            except queues.Empty:
+                if not alive:
+                    return {"error": f"the process ended with exit code {process.exitcode} and no result "
+                                     "(killed for memory?)"}
+                if time.time() > ends:
+                    process.kill()
+                    return {"error": f"stopped after {timeout:.0f} s: over the section's budget"}
+    finally:
+        process.join(10)  # a child that reported ends by itself
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def status_of(items: dict) -> str:
+    """A section's status from its items': error > fail > partial > pass."""
+    for status in ("error", "fail", "partial"):
+        if any(item.get("status") == status for item in items.values()):
+            return status
+    return "pass"
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git checkout)"
+    return head + (" with uncommitted changes" if changed else "")
+
+
+# ---------------------------------------------------------------------------------------------- 1. environment
+
+def package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def sdpa_backends(device, dtype) -> dict:
+    """Per torch.nn.attention.SDPBackend: "ok" when it runs (1, 8, 256, 64) queries, else its error and the reasons
+    torch warned of."""
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 8, 256, 64, device=device, dtype=dtype)  # (b, heads, tokens, head dim)
+    results = {}
+    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with sdpa_kernel(getattr(SDPBackend, name)):
+                    F.scaled_dot_product_attention(q, q, q)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                results[name] = "ok"
+            except Exception as error:  # RuntimeError "No available kernel", or a backend this torch lacks
+                reasons = "; ".join(str(w.message).splitlines()[0] for w in caught)
+                results[name] = (first_line(error) + (f" ({reasons})" if reasons else ""))[:400]
+    return results
+
+
+def environment(args, deadline: float) -> dict:
+    import platform
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    figures = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+               "cudnn": torch.backends.cudnn.version(), **{name: package_version(name) for name in PACKAGES}}
+    if cuda:
+        properties = torch.cuda.get_device_properties(0)
+        figures |= {"card": properties.name, "memory_gib": round(properties.total_memory / 2**30, 1),
+                    "compute_capability": f"{properties.major}.{properties.minor}",
+                    "bf16": torch.cuda.is_bf16_supported()}
+    else:
+        figures |= {"card": "none (CPU only)", "bf16": False}
+    figures["sdpa"] = sdpa_backends(device, torch.bfloat16)
+    fused = figures["sdpa"]["FLASH_ATTENTION"] == "ok" or figures["sdpa"]["EFFICIENT_ATTENTION"] == "ok"
+    if args.smoke:
+        ok, why = figures["sdpa"]["MATH"] == "ok", "smoke mode: the CPU, the MATH attention backend runs"
+    else:
+        ok, why = cuda and figures["bf16"] and fused, "a CUDA card with bf16 and a fused attention backend"
+    return {"status": "pass" if ok else "fail", "figures": figures, "criterion": why}
+
+
+# ---------------------------------------------------------------------------------------------- 2. correctness
+
+def randomize_zero_parameters(model, seed: int = 0):
+    """Seeded weights for every parameter that starts at zero (the temporal layers' output projections, ...), as
+    training would give them: else the temporal layers are the identity and go untested."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return model
+
+
+def tiny_unets(preset: dict) -> dict:
+    """The tiny preset's three UNets with random, seeded weights: base inflated from its 2D UNet, interpolation
+    from that base (stages.interpolation_from_base), VSR inflated from its x4-upscaler-shaped 2D UNet."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from lavie_model.models import UNet3DConditionModel, UNet3DVSRModel
+    from lavie_model.training.stages import interpolation_from_base
+
+    across = preset["model"]["group_norm_across_frames"]
+    torch.manual_seed(0)
+    base = UNet3DConditionModel.from_pretrained_2d(UNet2DConditionModel(**preset["model"]["unet_2d"]),
+                                                   group_norm_across_frames=across)
+    unet_2d = UNet2DConditionModel(**preset["model"]["vsr"]["unet_2d"])
+    vsr = UNet3DVSRModel.from_pretrained_2d(unet_2d, group_norm_across_frames=across)
+    unets = {"base": base, "interpolation": interpolation_from_base(base), "vsr": vsr}
+    return {stage: randomize_zero_parameters(unet, seed).eval() for seed, (stage, unet) in enumerate(unets.items())}
+
+
+def official_replay(stage: str, device) -> dict:
+    """The official-equivalence fixture of `stage` replayed on `device` in fp32: its model converted from the
+    fixture's deterministic weights (as tests/test_convert.py and tests/test_vsr.py build it), its stored inputs,
+    the max abs error against the stored official output."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from official_weights import deterministic_state_dict
+
+    from lavie_model.convert import CONVERTERS
+
+    reference = torch.load(ROOT / "tests" / "fixtures" / f"official_{stage}_reference.pt", weights_only=True)
+    model = CONVERTERS[stage](deterministic_state_dict(reference["shapes"], reference["seed"]),
+                              reference["unet2d_config"]).to(device).eval()
+    kwargs = {"class_labels": reference["class_labels"].to(device)} if "class_labels" in reference else {}
+    with torch.no_grad():
+        output = model(reference["sample"].to(device), reference["timestep"].to(device),
+                       reference["encoder_hidden_states"].to(device), **kwargs).sample.cpu()
+    error = (output - reference["output"]).abs().max().item()
+    return {"max_abs_error": error, "threshold": OFFICIAL_THRESHOLD, "output": list(output.shape),
+            "status": "pass" if error <= OFFICIAL_THRESHOLD else "fail"}
+
+
+def against_cpu(unet, inputs: tuple, reference, device, dtype: str) -> dict:
+    """The relative error of `unet` run on `device` in `dtype` ("fp32", "bf16") against its fp32 CPU output."""
+    import copy
+
+    import torch
+
+    sample, timesteps, text, kwargs = inputs
+    precision = torch.float32 if dtype == "fp32" else torch.bfloat16
+    model = to_dtype(copy.deepcopy(unet).to(device), precision)
+    kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    with torch.no_grad():
+        output = model(sample.to(device, precision), timesteps.to(device), text.to(device, precision),
+                       **kwargs).sample.float().cpu()
+    error = ((output - reference).norm() / reference.norm()).item()
+    return {"relative_error": error, "threshold": THRESHOLDS[dtype], "output": list(output.shape),
+            "status": "pass" if error < THRESHOLDS[dtype] else "fail"}
+
+
+def correctness(args, deadline: float) -> dict:
+    import torch
+    from train_step import stage_inputs
+
+    from lavie_model.config import load_preset
+
+    need_cuda(args.smoke)
+    device = torch.device("cpu" if args.smoke else "cuda")
+    preset = load_preset("tiny")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 here
+    items, official, notes = {}, {}, []
+    try:
+        for stage, unet in tiny_unets(preset).items():
+            torch.manual_seed(1)
+            sample, timesteps, text, kwargs, _ = stage_inputs(unet, stage, preset, preset["training"]["image_frames"])
+            with torch.no_grad():
+                reference = unet(sample, timesteps, text, **kwargs).sample  # fp32 on the CPU
+            for dtype in THRESHOLDS:
+                if time.time() > deadline:
+                    notes.append(f"stopped at the section's budget before {stage} {dtype}")
+                    items[f"{stage} {dtype}"] = {"status": "partial"}
+                    continue
+                try:
+                    items[f"{stage} {dtype}"] = against_cpu(unet, (sample, timesteps, text, kwargs), reference,
+                                                            device, dtype)
+                except Exception as error:
+                    items[f"{stage} {dtype}"] = {"status": "error", "error": first_line(error)}
+        for stage in STAGES:
+            try:
+                official[stage] = official_replay(stage, device)
+            except Exception as error:
+                official[stage] = {"status": "error", "error": first_line(error)}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.cuda.empty_cache()
+    return {"status": status_of(items | {f"official {k}": v for k, v in official.items()}), "notes": notes,
+            "figures": {"device": str(device), "unets": items, "official": official}}
+
+
+# ---------------------------------------------------------------------------------------------- 3. paper-size cost
+
+def timed_calls(module, sync) -> list[float]:
+    """The seconds of each forward call of `module` from now on, recorded by hooks (synchronised)."""
+    calls, starts = [], []
+
+    def before(*_):
+        sync()
+        starts.append(time.perf_counter())
+
+    def after(*_):
+        sync()
+        calls.append(time.perf_counter() - starts.pop())
+
+    module.register_forward_pre_hook(before)
+    module.register_forward_hook(after)
+    return calls
+
+
+def random_cascade(preset: dict, device, dtype):
+    """The cascade's three stage pipelines (LaVieCascadePipeline) with random weights at the preset's sizes, made on
+    `device`: the preset's text encoder and VAE where it defines them (tiny), else Stable Diffusion 1.4's and the x4
+    upscaler's shapes (paper); CLIP's tokenizer from the shipped stand-ins (no download)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+    from train_step import SD_TEXT, SD_VAE, paper_unet
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from lavie_model.config import load_preset
+    from lavie_model.model_folder import generation_settings
+    from lavie_model.pipelines.cascade import STAGE_PIPELINES, LaVieCascadePipeline
+    from lavie_model.stand_ins import shipped
+
+    model = preset["model"]
+    tokenizer = CLIPTokenizer.from_pretrained(shipped("tiny")["sd"] / "tokenizer")
+    x4 = load_preset("tiny")["model"]["vsr"]  # the x4 upscaler's schedulers, as the tiny preset records them
+    text_config, vae_config = model.get("text_encoder", SD_TEXT), model.get("vae", SD_VAE)
+    vsr_text = dict(text_config, hidden_size=model["vsr"]["unet_2d"]["cross_attention_dim"]) if "vsr" in model \
+        else X4_TEXT
+
+    def text_encoder(config):
+        ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+               "eos_token_id": tokenizer.eos_token_id}
+        return to_dtype(CLIPTextModel(CLIPTextConfig(**ids | config)), dtype).eval()
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        parts = {
+            "tokenizer": tokenizer, "text_encoder": text_encoder(text_config),
+            "vae": to_dtype(AutoencoderKL(**vae_config), dtype).eval(),
+            "scheduler": DDPMScheduler(**preset["scheduler"]),
+            **{f"unet_{stage}": to_dtype(paper_unet(stage, preset), dtype).eval() for stage in STAGES},
+            "vsr_tokenizer": tokenizer, "vsr_text_encoder": text_encoder(vsr_text),
+            "vsr_vae": to_dtype(AutoencoderKL(**model["vsr"]["vae"] if "vsr" in model else X4_VAE), dtype).eval(),
+            "vsr_scheduler": DDIMScheduler(**x4["scheduler"]),
+            "vsr_low_res_scheduler": DDPMScheduler(**x4["low_res_scheduler"]),
+        }
+    settings = generation_settings(preset, 2 ** (len(vae_config["block_out_channels"]) - 1))
+    return LaVieCascadePipeline({stage: pipeline(**{name: parts[name] for name in pipeline.components_needed},
+                                                 **settings) for stage, pipeline in STAGE_PIPELINES.items()})
+
+
+def cascade_sampling(preset_name: str, device_name: str, steps: dict, deadline: float) -> dict:
+    """The whole cascade with random weights at the preset's sizes, batch 1, `steps[stage]` denoising steps per
+    stage (per 8-frame chunk for VSR), guidance as the preset samples (2 UNet rows per call when on). Per stage: the
+    UNet calls' seconds (hooks), the stage's fixed cost (text encoding, VAE coding: the rest of its time), its time
+    extrapolated to the preset's default steps, and the peak memory with every stage loaded."""
+    import resource
+
+    import torch
+
+    from lavie_model.config import load_preset
+
+    cuda = device_name == "cuda"
+    device = torch.device(device_name)
+    preset = load_preset(preset_name)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def peak_gib():  # since the last reset on CUDA; of the whole process on the CPU
+        if cuda:
+            return torch.cuda.max_memory_allocated() / 2**30
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    started = time.perf_counter()
+    cascade = random_cascade(preset, device, torch.bfloat16 if cuda else torch.float32)
+    results = {"build_s": time.perf_counter() - started, "stages": {},
+               "weights_gib": torch.cuda.memory_allocated() / 2**30 if cuda else None}
+    generator = torch.Generator(device).manual_seed(0)
+    prompt, video = "a red circle moving left", None
+    for stage, pipeline in cascade.stages.items():
+        pipeline.set_progress_bar_config(disable=True)
+        if time.time() > deadline:
+            results["stages"][stage] = {"status": "partial", "error": "not run: its share of the budget was spent"}
+            break
+        calls = timed_calls(getattr(pipeline, f"unet_{stage}"), sync)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        options = {"num_inference_steps": steps[stage], "generator": generator}
+        try:
+            video = pipeline(prompt, **options).frames if stage == "base" else pipeline(video, prompt, **options).frames
+        except Exception as error:  # an out-of-memory, say: the stages before keep their figures, the next need this
+            results["stages"][stage] = {"status": "error", "error": first_line(error), "peak_gib": peak_gib()}
+            break
+        sync()
+        seconds = time.perf_counter() - start
+        per_step = statistics.median(calls[1:] or calls)  # the first call warms up
+        chunks = len(calls) // steps[stage]
+        default = preset["sampling"][stage]["steps"]
+        fixed = seconds - sum(calls)
+        results["stages"][stage] = {
+            "status": "pass", "output": list(video.shape), "steps": steps[stage], "unet_calls": calls,
+            "rows": 2 if pipeline.config.sampling[stage]["guidance_scale"] > 1 else 1, "chunks": chunks,
+            "seconds": seconds, "per_step_s": per_step, "fixed_s": fixed, "default_steps": default,
+            "extrapolated_s": fixed + default * chunks * per_step, "peak_gib": peak_gib()}
+    ran = results["stages"].values()
+    results["peak_gib"] = max((stage["peak_gib"] for stage in ran if "peak_gib" in stage), default=None)
+    results["extrapolated_s"] = sum(stage["extrapolated_s"] for stage in ran if "extrapolated_s" in stage)
+    results["memory"] = "CUDA max allocated" if cuda else "peak resident set of the process"
+    return results
+
+
+def paper_cost(args, deadline: float) -> dict:
+    from train_step import paper_steps
+
+    need_cuda(args.smoke)
+    preset, device = ("tiny", "cpu") if args.smoke else ("paper", "cuda")
+    steps = 1 if args.smoke else PAPER_STEPS
+    sampling_steps = {stage: 1 for stage in STAGES} if args.smoke else SAMPLING_STEPS
+    work = [(f"train {stage}", paper_steps, (preset, steps, None, device, stage)) for stage in STAGES]
+    work.append(("sampling", cascade_sampling, (preset, device, sampling_steps)))
+    items = {}
+    for i, (name, function, function_args) in enumerate(work):
+        started = time.time()
+        left = deadline - started
+        if left < 10:
+            items[name] = {"status": "partial", "error": "not run: the section's budget was spent"}
+            continue
+        # each item gets a fair share of what is left to time its steps in; it is killed only at the section's end
+        result = in_own_process(function, (*function_args, time.time() + left / (len(work) - i)), left)
+        if "error" in result:
+            result["status"] = "error"
+        elif name == "sampling":
+            result["status"] = status_of(result["stages"])
+        else:
+            result["status"] = "partial" if result["stopped_by_deadline"] else "pass"
+        items[name] = result
+        print(f"  3. {name}: {result['status']} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    base = items["train base"]
+    notes = []
+    if base.get("mfu") is not None:
+        notes.append(f"base step MFU {base['mfu']:.1%}: the goal of {MFU_GOAL:.0%} is "
+                     + ("met" if base["mfu"] >= MFU_GOAL else "not met"))
+    return {"status": status_of(items), "notes": notes, "figures": {"preset": preset, "device": device, **items}}
+
+
+# ---------------------------------------------------------------------------------------------- 4. learning
+
+def learning(args, deadline: float) -> dict:
+    folder = Path(args.out) / "learning"
+    command = [sys.executable, str(ROOT / "benchmarks" / "motion_sweep.py"), "--out", str(folder),
+               "--recipes", LEARNING_RECIPES]
+    if args.smoke:
+        return {"status": "skipped", "notes": [SMOKE_LEARNING], "figures": {"command": shlex.join(command)}}
+    need_cuda(args.smoke)
+    seconds = deadline - time.time() - LEARNING_OVERHEAD_S
+    if seconds < 30:
+        return {"status": "skipped", "notes": [f"only {deadline - time.time():.0f} s were left: too little to train"]}
+    command += ["--seconds", f"{seconds:.0f}"]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "log.txt", "w") as log:  # its own process group: a timeout ends its training processes too
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+        try:
+            code = process.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            code = process.wait()
+    figures = {"command": shlex.join(command), "exit": code, "log": str(folder / "log.txt")}
+    if (folder / "sweep.json").is_file():
+        figures["runs"] = {name: {"stage": run["stage"], "exit": run["exit"], "evaluations": len(run["curve"]),
+                                  "clips_per_s": run["clips_per_s"]}
+                           for name, run in json.loads((folder / "sweep.json").read_text()).items()}
+        figures["sweep_md"] = (folder / "sweep.md").read_text()
+    failed = [f"{name} (exit {run['exit']})" for name, run in figures.get("runs", {}).items() if run["exit"] != 0]
+    if code == 0 and not failed:
+        return {"status": "pass", "figures": figures}
+    why = ("stopped at the section's budget" if code == -signal.SIGKILL else f"motion_sweep exited with code {code}"
+           + (f", runs failed: {', '.join(failed)}" if failed else ""))
+    tail = (folder / "log.txt").read_text()[-1500:]
+    return {"status": "error", "error": f"{why}; the end of its log:\n{tail}", "figures": figures}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+SECTIONS = (  # name, title, share of the budget (None: what is left)
+    ("environment", "1. Environment", 0.04),
+    ("correctness", "2. Correctness on the GPU", 0.12),
+    ("paper", "3. Paper-size cost per stage", 0.46),
+    ("learning", "4. Learning in minutes", None),
+)
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def gib(mb) -> str:
+    return f"{mb / 1024:.1f}" if mb is not None else ""
+
+
+def environment_md(figures: dict) -> list[str]:
+    lines = table(["figure", "value"], [[key, value] for key, value in figures.items() if key != "sdpa"])
+    return lines + ["", "Attention backends (torch.nn.attention.sdpa_kernel, bf16):", ""] + table(
+        ["backend", "result"], [[name, result] for name, result in figures["sdpa"].items()])
+
+
+def correctness_md(figures: dict) -> list[str]:
+    rows = [[name, f"{item['relative_error']:.2e}" if "relative_error" in item else item.get("error", ""),
+             f"< {THRESHOLDS[name.split()[-1]]:g}", item["status"]] for name, item in figures["unets"].items()]
+    lines = [f"The tiny preset's UNets on {figures['device']} against fp32 on the CPU, ||a - b|| / ||b||:", ""]
+    lines += table(["UNet, dtype", "relative error", "threshold", "result"], rows)
+    rows = [[stage, f"{item['max_abs_error']:.2e}" if "max_abs_error" in item else item.get("error", ""),
+             f"<= {OFFICIAL_THRESHOLD:g}", item["status"]] for stage, item in figures["official"].items()]
+    return lines + ["", f"Official-equivalence fixtures replayed on {figures['device']} (fp32), max abs error against "
+                    "the official LaVie output:", ""] + table(["stage", "max abs error", "threshold", "result"], rows)
+
+
+def paper_md(figures: dict) -> list[str]:
+    rows, errors = [], []
+    for stage in STAGES:
+        item = figures[f"train {stage}"]
+        if "median_s" not in item:
+            errors.append(f"- train {stage}: {item.get('error', item['status'])}")
+            continue
+        memory = gib(item["max_allocated_mb"]) if item["max_allocated_mb"] is not None else \
+            f"{gib(item['peak_rss_mb'])} (RSS)"
+        rows.append([stage, item["engine"], tuple(item["sample"]),
+                     f"{item['parameters'] / 1e6:.0f} M ({item['trainable_parameters'] / 1e6:.0f} M)",
+                     f"{item['median_s']:.3f} ({len(item['seconds'])})", f"{item['samples_per_s']:.2f}", memory,
+                     f"{item['step_flops'] / 1e12:.2f}", f"{item['tflops_per_s']:.1f}",
+                     f"{item['mfu']:.1%}" if item["mfu"] is not None else "(peak unknown)"])
+    lines = [f"Training steps, {figures['preset']} preset on {figures['device']}: random weights and inputs, gradient "
+             "checkpointing; model FLOPs counted on the meta device (no recomputation); MFU against the card's "
+             "dense bf16 peak.", ""]
+    lines += table(["stage", "engine", "sample (b, c, f, h, w)", "parameters (trainable)", "s/step (steps)",
+                    "samples/s", "peak GiB", "TFLOP/step", "TFLOP/s", "MFU"], rows)
+    base = figures["train base"]
+    if "encode_s" in base:
+        size = " x ".join(map(str, base["encode_size"]))
+        lines += ["", f"Base from pixels instead of latents: the VAE encoder over {base['encode_frames']} frames of "
+                  f"{size} and the text encoder add {base['encode_s']:.3f} s per step, {base['vae_share']:.0%} of a "
+                  "pixel step: the share precomputed latents remove."]
+    sampling = figures["sampling"]
+    if "stages" in sampling:
+        rows = [[stage, tuple(s["output"]), s["rows"], f"{s['steps']} x {s['chunks']}", f"{s['per_step_s']:.3f}",
+                 f"{s['fixed_s']:.1f}", f"{s['extrapolated_s']:.1f} ({s['default_steps']} steps)",
+                 f"{s['peak_gib']:.1f}"] for stage, s in sampling["stages"].items() if "output" in s]
+        lines += ["", "Sampling through the stage pipelines in cascade order, batch 1, every stage loaded (weights "
+                  + (f"{sampling['weights_gib']:.1f} GiB" if sampling["weights_gib"] is not None else "on the CPU")
+                  + "); s/step is one UNet call (all guidance rows), the fixed cost the rest of the stage's time:", ""]
+        lines += table(["stage", "output (b, f, 3, h, w)", "UNet rows", "steps x chunks", "s/step", "fixed s",
+                        "extrapolated s", "peak GiB"], rows)
+        if sampling["peak_gib"] is not None:
+            lines += ["", f"Whole cascade: peak {sampling['peak_gib']:.1f} GiB ({sampling['memory']}) over the stages "
+                      f"run; {sampling['extrapolated_s']:.0f} s extrapolated to the default steps."]
+        errors += [f"- sampling {stage}: {s['error']}" for stage, s in sampling["stages"].items() if "error" in s]
+    elif "error" in sampling:
+        errors.append(f"- sampling: {sampling['error']}")
+    return lines + (["", "Errors:", ""] + errors if errors else [])
+
+
+def learning_md(figures: dict) -> list[str]:
+    lines = ["```bash", figures["command"], "```"]
+    if "sweep_md" in figures:  # its headings two levels down, below this section's
+        lines += [""] + [("##" + line if line.startswith("#") else line) for line in figures["sweep_md"].splitlines()]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    sections = report["sections"]
+    lines = [f"# Device check: {sections.get('environment', {}).get('figures', {}).get('card', '?')}", "",
+             f"{report['mode']}; {report['started']}; commit {report['commit']}; {report['total_s']:.0f} s of a "
+             f"{report['budget_s']:.0f} s budget.", ""]
+    lines += table(["section", "status", "seconds (budget)"],
+                   [[s["title"], s["status"], f"{s['seconds']:.0f} ({s['budget_s']:.0f})"] for s in sections.values()])
+    render = {"environment": environment_md, "correctness": correctness_md, "paper": paper_md,
+              "learning": learning_md}
+    for name, section in sections.items():
+        lines += ["", f"## {section['title']}: {section['status']}", ""]
+        if section.get("criterion"):
+            lines += [f"Pass: {section['criterion']}.", ""]
+        if section.get("figures"):
+            try:
+                lines += render[name](section["figures"])
+            except Exception as error:  # a figure missing must not lose the report
+                lines += [f"(figures not rendered: {first_line(error)}; see device_check.json)"]
+        lines += [f"- {note}" for note in section.get("notes", [])]
+        if section.get("error"):
+            lines += ["", "Error:", "", "```text", section["error"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, report: dict) -> None:
+    (out / "device_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "device_check.md").write_text(markdown(report))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for device_check.json and device_check.md")
+    parser.add_argument("--smoke", action="store_true", help="the CPU, the tiny preset, one step; no section 4")
+    parser.add_argument("--budget-seconds", type=float, default=540, help="for all sections together")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    ends = began + args.budget_seconds
+    report = {"mode": "smoke (CPU, tiny preset, one step)" if args.smoke else "GPU",
+              "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
+              "budget_s": args.budget_seconds, "total_s": 0.0, "sections": {}}
+    runs = {"environment": environment, "correctness": correctness, "paper": paper_cost, "learning": learning}
+    for name, title, share in SECTIONS:
+        start = time.time()
+        budget = ends - REPORT_S - start if share is None else min(share * args.budget_seconds, ends - start)
+        print(f"{title} ({budget:.0f} s)", file=sys.stderr, flush=True)
+        section = {"title": title, "budget_s": budget}
+        try:
+            section |= runs[name](args, start + budget)
+        except Exception as error:
+            section |= {"status": "error", "error": f"{first_line(error)}\n\n{traceback.format_exc()}"}
+        section["seconds"] = time.time() - start
+        report["sections"][name] = section
+        report["total_s"] = time.time() - began
+        write(out, report)  # after each section: whatever comes later, this much is kept
+    print((out / "device_check.md").read_text())
+    return 1 if any(s["status"] in ("error", "fail") for s in report["sections"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
