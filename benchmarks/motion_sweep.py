@@ -41,13 +41,14 @@ def score(stage: str, row: dict) -> float:
 
 
 def table(rows: list[dict], stage: str) -> str:
+    from lavie_model.evaluation.stats import Rate
+
     if stage == "base":
         lines = ["| step | loss | classifier direction | margin | sampled colour | sampled direction |",
                  "|---|---|---|---|---|---|"]
         for r in rows:
             def rate(key):
-                x = r.get(key)
-                return f"{x['value']:.0%} ({x['hits']}/{x['n']}, {x['low']:.0%}-{x['high']:.0%})" if x else ""
+                return str(Rate(r[key]["hits"], r[key]["n"])) if key in r else ""
             lines.append(f"| {r['step']} | {r['loss']:.4f} | {rate('direction_classifier')} | "
                          f"{r['relative_margin']:+.4f} | {rate('sampled_colour')} | {rate('sampled_direction')} |")
     else:

@@ -17,6 +17,7 @@ import torch
 
 from ..curation.demo_corpus import DIRECTIONS, Scene, parse_caption
 from ..text import encode_prompts
+from .interpolation import encode
 from .stats import Rate
 
 TIMESTEPS = (100, 300, 500, 700, 900)
@@ -50,14 +51,11 @@ def direction_scores(unet, parts, frames: torch.Tensor, captions: list[str], tim
     losses = torch.zeros(n, len(names), dtype=torch.float64)  # mean over the (timestep, noise) pairs
     pairs = [(t, j) for t in timesteps for j in range(noises)]
     jobs = [(i, d, k) for i in range(n) for d in range(len(names)) for k in range(len(pairs))]
-    latents = {}  # clip index -> (c, f, h, w)
+    latents = encode(parts.vae, frames) * parts.vae.config.scaling_factor  # (n, f, c, h, w) posterior means
+    latents = latents.transpose(1, 2).to(device, torch.float32)  # (n, c, f, h, w)
     for first in range(0, len(jobs), batch_size):
         chunk = jobs[first:first + batch_size]
-        for i in sorted({i for i, _, _ in chunk} - set(latents)):
-            video = frames[i].to(parts.vae.device, parts.vae.dtype) * 2 - 1  # (f, 3, H, W) in [-1, 1]
-            mean = parts.vae.encode(video).latent_dist.mean * parts.vae.config.scaling_factor  # (f, c, h, w)
-            latents[i] = mean.transpose(0, 1).to(device, torch.float32)  # (c, f, h, w)
-        clean = torch.stack([latents[i] for i, _, _ in chunk])  # (b, c, f, h, w)
+        clean = latents[[i for i, _, _ in chunk]]  # (b, c, f, h, w)
         noise = torch.stack([torch.randn(clean.shape[1:], generator=torch.Generator().manual_seed(
             int(np.random.SeedSequence([seed, i, pairs[k][1]]).generate_state(1)[0]))) for i, _, k in chunk]).to(device)
         t = torch.tensor([pairs[k][0] for _, _, k in chunk], device=device)  # (b,)

@@ -107,7 +107,7 @@ def train_motion(model_folder, run_dir, recipe: MotionRecipe, preset: dict, devi
     from ..models.unet_3d import UNet3DConditionModel
     from .export import ema_model
     from .stages import load_parts, load_unet, sample_generators, training_loss
-    from .trainer import optimizer_and_schedule
+    from .trainer import optimizer_and_schedule, truncate_log
 
     if recipe.stage not in ("base", "interpolation"):
         raise ValueError(f"motion pretraining trains the base or interpolation stage, not {recipe.stage!r}")
@@ -148,10 +148,7 @@ def train_motion(model_folder, run_dir, recipe: MotionRecipe, preset: dict, devi
         log(f"resumed {run_dir} at step {step}")
     (run_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
     for name in ("metrics.jsonl", "curve.jsonl"):  # drop rows past the checkpoint (a run killed after it)
-        path = run_dir / name
-        if path.exists():
-            rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            path.write_text("".join(row + "\n" for row in rows))
+        truncate_log(run_dir / name, step)
 
     def averaged() -> torch.nn.Module:
         copy_ = copy.deepcopy(unet).eval()
