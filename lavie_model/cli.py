@@ -121,9 +121,10 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
         "--inflate-missing, inflated afresh from the 2D UNets as a starting point for training).")
     p.add_argument("--sd", required=True, help="Stable Diffusion 1.4 folder in diffusers layout")
     p.add_argument("--upscaler", help="Stable Diffusion x4 upscaler folder in diffusers layout (for the VSR stage)")
-    p.add_argument("--base", help="lavie_base.pt")
-    p.add_argument("--interpolation", help="lavie_interpolation.pt")
-    p.add_argument("--vsr", help="lavie_vsr.pt")
+    p.add_argument("--base", help="lavie_base.pt, or a UNet folder in this project's layout (e.g. "
+                   "lavie_model/pretrained/tiny/lavie/unet_base)")
+    p.add_argument("--interpolation", help="lavie_interpolation.pt, or a UNet folder")
+    p.add_argument("--vsr", help="lavie_vsr.pt, or a UNet folder")
     p.add_argument("--inflate-missing", action="store_true",
                    help="inflate the UNets of stages without a checkpoint from the 2D UNets")
     p.add_argument("--preset", default="paper", help="frame counts, sizes and sampling defaults: paper (default), "

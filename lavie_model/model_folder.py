@@ -10,12 +10,20 @@ The cascade starts from a Stable Diffusion folder and an x4 upscaler folder (dif
 `unet/` the stages inflate): the real ones at paper scale, the tiny world's pretrained stand-ins otherwise
 (`init_stand_ins` builds them untrained; lavie_model/pretrained/ holds the trained ones).
 Components are loaded with the classes named here, never with classes named by the folder.
+model_index.json's "_untrained" lists the UNets whose video weights are a starting point for training, not a
+trained stage (inflated afresh from a 2D UNet, or random); training a stage takes its UNet off the list.
 """
 
 import json
 from pathlib import Path
 
 STAGES = ("base", "interpolation", "vsr")
+UNTRAINED = "_untrained"
+
+
+def untrained_unets(path) -> list[str]:
+    """The UNets of a model folder marked as an untrained starting point (model_index.json "_untrained")."""
+    return list(read_index(path).get(UNTRAINED, []))
 
 
 def component_class(name: str):
@@ -55,10 +63,11 @@ def read_index(path) -> dict:
 
 
 def present_components(path) -> list[str]:
-    """The components a model folder holds (listed in model_index.json and present on disk)."""
+    """The components a model folder holds (listed in model_index.json and present on disk; "_" keys are the
+    folder's own records, not components)."""
     index = read_index(path)
-    return [name for name, entry in index.items()
-            if isinstance(entry, list) and entry[0] is not None and (Path(path) / name).is_dir()]
+    return [name for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)
+            and len(entry) == 2 and entry[0] is not None and (Path(path) / name).is_dir()]
 
 
 def load_components(path, names, stage: str, torch_dtype=None):
@@ -176,7 +185,8 @@ def init_random(output, preset: str = "tiny", seed: int = 0) -> Path:
         "vsr_low_res_scheduler": DDPMScheduler(**vsr["low_res_scheduler"]),
     }
     scale = 2 ** (len(model["vae"]["block_out_channels"]) - 1)
-    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": preset["name"]})
+    return write_model_folder(output, components, generation_settings(preset, scale) | {
+        "preset": preset["name"], UNTRAINED: ["unet_base", "unet_interpolation", "unet_vsr"]})
 
 
 def init_stand_ins(output, preset: str = "tiny", seed: int = 0) -> dict[str, Path]:
@@ -238,10 +248,11 @@ def init_stand_ins(output, preset: str = "tiny", seed: int = 0) -> dict[str, Pat
 def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None, inflate_missing=False,
              preset: str = "paper") -> Path:
     """A model folder from Stable Diffusion 1.x and x4 upscaler folders (or the tiny world's stand-ins, with
-    `preset="tiny"`) plus released checkpoints; frame counts, sizes and sampling defaults are the preset's.
+    `preset="tiny"`) plus released checkpoints (the official .pt files, or UNet folders in this project's
+    diffusers layout); frame counts, sizes and sampling defaults are the preset's.
 
     A stage with no checkpoint is left out, or with `inflate_missing` inflated afresh from the 2D UNet
-    (untrained temporal layers: a starting point for training, not a model to sample from).
+    (untrained temporal layers: a starting point for training, not a model to sample from; listed as such).
     """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
@@ -261,14 +272,19 @@ def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None,
         "vae": lambda: AutoencoderKL.from_pretrained(sd / "vae"),
         "scheduler": lambda: DDPMScheduler(**preset["scheduler"]),
     }
+    def released(path, cls, convert, config):
+        if Path(path).is_dir():  # a UNet folder (a trained stage, the shipped tiny LaVie's)
+            return lambda: cls.from_pretrained(path, torch_dtype=torch.float32)
+        return lambda: convert(load_checkpoint(path), config, f"checkpoint {path}")
+
     if base:
-        components["unet_base"] = lambda: convert_base(load_checkpoint(base), sd_unet_config, f"checkpoint {base}")
+        components["unet_base"] = released(base, UNet3DConditionModel, convert_base, sd_unet_config)
     elif inflate_missing:
         components["unet_base"] = lambda: UNet3DConditionModel.from_pretrained_2d(
             sd, subfolder="unet", group_norm_across_frames=across)
     if interpolation:
-        components["unet_interpolation"] = lambda: convert_interpolation(
-            load_checkpoint(interpolation), sd_unet_config, f"checkpoint {interpolation}")
+        components["unet_interpolation"] = released(interpolation, UNet3DConditionModel, convert_interpolation,
+                                                    sd_unet_config)
     elif inflate_missing:
         components["unet_interpolation"] = lambda: UNet3DConditionModel.from_pretrained_2d(
             sd, subfolder="unet", group_norm_across_frames=across, block_design="interpolation",
@@ -286,14 +302,17 @@ def assemble(output, sd, upscaler=None, base=None, interpolation=None, vsr=None,
             "vsr_low_res_scheduler": lambda: DDPMScheduler.from_pretrained(up / "low_res_scheduler"),
         }
         if vsr:
-            components["unet_vsr"] = lambda: convert_vsr(load_checkpoint(vsr), up_unet_config, f"checkpoint {vsr}")
+            components["unet_vsr"] = released(vsr, UNet3DVSRModel, convert_vsr, up_unet_config)
         elif inflate_missing:
             components["unet_vsr"] = lambda: UNet3DVSRModel.from_pretrained_2d(
                 up, subfolder="unet", group_norm_across_frames=across)
     elif vsr:
         raise ValueError("the VSR checkpoint needs the x4 upscaler folder (--upscaler) it was inflated from")
     scale = 2 ** (len(json.loads((sd / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
-    return write_model_folder(output, components, generation_settings(preset, scale) | {"preset": preset_name})
+    untrained = [f"unet_{stage}" for stage, given in (("base", base), ("interpolation", interpolation), ("vsr", vsr))
+                 if not given and f"unet_{stage}" in components]
+    return write_model_folder(output, components, generation_settings(preset, scale)
+                              | {"preset": preset_name, UNTRAINED: untrained})
 
 
 def _diffusers_folder(path, parts, what) -> Path:

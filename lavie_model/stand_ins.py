@@ -9,6 +9,8 @@ project pretrains its own (the `pretraining` assets) and ships them here, in the
                                                      learning curves, the command that rebuilds them
     lavie_model/pretrained/PRESET/card.json          the same figures as data
     lavie_model/pretrained/PRESET/curves.png         the learning curves
+    lavie_model/pretrained/PRESET/lavie/             the tiny LaVie: base and interpolation UNets pretrained on
+                                                     rendered clips (lavie_model/tiny_lavie.py, its MODEL_CARD.md)
 
 Weights ship as fp16 safetensors (the loaders read them as fp32); the scores in the card are measured on the
 shipped files.
@@ -33,6 +35,27 @@ def shipped(preset: str = "tiny") -> dict[str, Path]:
         raise FileNotFoundError(f"no shipped stand-ins for the {preset} preset ({', '.join(missing)} missing): "
                                 "run `make pretrain` to build them")
     return folders
+
+
+def shipped_lavie(preset: str = "tiny") -> dict[str, Path]:
+    """{"base": folder, "interpolation": folder}: the shipped tiny LaVie's UNets; a clear error when absent."""
+    folders = {stage: SHIPPED / preset / "lavie" / f"unet_{stage}" for stage in ("base", "interpolation")}
+    missing = [str(f) for f in folders.values() if not (f / "config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no shipped tiny LaVie for the {preset} preset ({', '.join(missing)} missing): "
+                                "python -m lavie_model.tiny_lavie train and ship build it")
+    return folders
+
+
+def shipped_cascade(output, preset: str = "tiny") -> Path:
+    """A cascade model folder at `output`, as `lavie assemble` builds one from the released LaVie: the stand-ins'
+    text encoder, VAE and x4 upscaler, the shipped tiny LaVie's base and interpolation UNets (read as fp32) and a
+    super-resolution UNet inflated afresh from the upscaler stand-in (marked untrained)."""
+    from .model_folder import assemble
+
+    folders, unets = shipped(preset), shipped_lavie(preset)
+    return assemble(output, folders["sd"], folders["upscaler"], base=unets["base"],
+                    interpolation=unets["interpolation"], inflate_missing=True, preset=preset)
 
 
 def half_copy(source: Path, target: Path) -> None:

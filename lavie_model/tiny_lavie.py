@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .curation.demo_corpus import DIRECTIONS, Scene
+from .stand_ins import shipped_cascade
 from .training.scenes import HELD_OUT, ClipMotion, render_clips
 
 HELD_OUT_CLIPS = 96  # each of the 12 held-out combinations moving each of 4 ways, twice
@@ -125,38 +126,6 @@ def start_model(preset: str) -> Path:
     folders = shipped(preset)
     return assemble(Path(tempfile.mkdtemp()) / "cascade", folders["sd"], folders["upscaler"], inflate_missing=True,
                     preset=preset)
-
-
-def shipped_unets(preset: str = "tiny") -> dict[str, Path]:
-    """{"base": folder, "interpolation": folder}: the shipped tiny LaVie's UNets; a clear error when absent."""
-    from .stand_ins import SHIPPED
-
-    folders = {stage: SHIPPED / preset / "lavie" / f"unet_{stage}" for stage in ("base", "interpolation")}
-    missing = [str(f) for f in folders.values() if not (f / "config.json").is_file()]
-    if missing:
-        raise FileNotFoundError(f"no shipped tiny LaVie for the {preset} preset ({', '.join(missing)} missing)")
-    return folders
-
-
-def shipped_cascade(output, preset: str = "tiny") -> Path:
-    """A cascade model folder at `output`: the stand-ins' text encoder, VAE and x4 upscaler with the shipped tiny
-    LaVie's base and interpolation UNets (read as fp32) and a super-resolution UNet inflated afresh from the
-    upscaler stand-in (its temporal layers untrained)."""
-    import shutil
-
-    from .models.unet_3d import UNet3DConditionModel
-
-    output = Path(output)
-    cascade = start_model(preset)
-    for stage, folder in shipped_unets(preset).items():
-        shutil.rmtree(cascade / f"unet_{stage}", ignore_errors=True)
-        unet = UNet3DConditionModel.from_pretrained(folder, torch_dtype=torch.float32)
-        unet.save_pretrained(cascade / f"unet_{stage}")
-    if output.exists():
-        raise FileExistsError(f"{output} exists; choose a new folder for the cascade")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(cascade, output)
-    return output
 
 
 def ship(base, interpolation, preset: str = "tiny", destination=None) -> dict[str, Path]:

@@ -110,3 +110,33 @@ def test_assemble_errors_are_named(sources, tmp_path, capsys):
     (tmp_path / "taken" / "file").write_text("")
     assert main(["assemble", "--sd", str(sources["sd"]), "--output", str(tmp_path / "taken")]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_untrained_unets_are_marked_and_a_trained_interpolation_unet_is_fine_tuned_further(sources, tmp_path):
+    """model_index.json lists the inflated UNets as untrained; the interpolation stage starts from the base UNet
+    only while its own is untrained, and a stage's UNet folder assembles as it is."""
+    from lavie_model.model_folder import assemble, untrained_unets
+    from lavie_model.training.export import replace_component
+    from lavie_model.training.stages import interpolation_starts_from_base, load_unet
+
+    sd, up, ckpt = sources["sd"], sources["upscaler"], sources["checkpoints"]
+    inflated = assemble(tmp_path / "a", sd, up, base=ckpt["base"], inflate_missing=True)
+    assert untrained_unets(inflated) == ["unet_interpolation", "unet_vsr"]
+    assert interpolation_starts_from_base(inflated)
+    from_base = load_unet(inflated, "interpolation")  # the base's weights, 4 more input channels at zero
+    assert torch.equal(from_base.state_dict()["conv_in.weight"][:, :4], sources["base"].state_dict()["conv_in.weight"])
+    assert not from_base.state_dict()["conv_in.weight"][:, 4:].any()
+
+    trained = UNet3DConditionModel.from_pretrained(inflated / "unet_interpolation")
+    randomize_temporal_layers(trained)
+    replace_component(inflated, tmp_path / "b", "unet_interpolation", trained, {"stage": "interpolation"})
+    assert untrained_unets(tmp_path / "b") == ["unet_vsr"] and not interpolation_starts_from_base(tmp_path / "b")
+    continued = load_unet(tmp_path / "b", "interpolation")
+    assert all(torch.equal(continued.state_dict()[name], tensor) for name, tensor in trained.state_dict().items())
+
+    # UNet folders of trained stages (the shipped tiny LaVie's, an earlier run's) assemble unchanged and unlisted
+    again = assemble(tmp_path / "c", sd, up, base=inflated / "unet_base",
+                     interpolation=tmp_path / "b" / "unet_interpolation", inflate_missing=True)
+    assert untrained_unets(again) == ["unet_vsr"]
+    copied = UNet3DConditionModel.from_pretrained(again / "unet_interpolation")
+    assert all(torch.equal(copied.state_dict()[name], tensor) for name, tensor in trained.state_dict().items())

@@ -28,6 +28,7 @@ def test_rendered_clips_are_the_corpus_renders_and_never_held_out():
         assert torch.equal(video, expected), scene
     drawn = random_scenes(np.random.default_rng(1), 500)
     assert not any((s.colour, s.shape, s.background) in HELD_OUT for s in drawn)
+    assert not any(s.big for s in drawn)  # the demo's new concept: never in pretraining
     held = random_scenes(np.random.default_rng(1), 50, held_out=True)
     assert all((s.colour, s.shape, s.background) in HELD_OUT for s in held)
     positions = ClipMotion().positions(rng, 100, 8, 2)  # (100, 8) fractions of the path, 2 frames apart
@@ -165,7 +166,8 @@ def test_tiny_lavie_cascade_score_and_ship(tmp_path):
     """The shipped tiny LaVie as a cascade folder, scored on held-out clips, shipped again elsewhere unchanged."""
     from safetensors.torch import load_file
 
-    from lavie_model.tiny_lavie import main, ship, shipped_unets
+    from lavie_model.stand_ins import shipped_lavie
+    from lavie_model.tiny_lavie import main, ship
 
     main(["cascade", str(tmp_path / "cascade")])
     main(["score", "--model", str(tmp_path / "cascade"), "--device", "cpu", "--held-out-clips", "4",
@@ -177,7 +179,7 @@ def test_tiny_lavie_cascade_score_and_ship(tmp_path):
     assert references["psnr"] > references["psnr_hold"]  # the shipped residual model, not a random one
     copies = ship(tmp_path / "cascade" / "unet_base", tmp_path / "cascade" / "unet_interpolation",
                   destination=tmp_path / "shipped")
-    for stage, folder in shipped_unets().items():
+    for stage, folder in shipped_lavie().items():
         public = [{k: v for k, v in json.loads((f / "config.json").read_text()).items() if not k.startswith("_")}
                   for f in (folder, copies[stage])]
         assert public[0] == public[1]
@@ -191,9 +193,9 @@ def test_tiny_lavie_cascade_score_and_ship(tmp_path):
 def test_the_shipped_tiny_lavie_loads_with_the_preset_shapes():
     from lavie_model.config import load_preset
     from lavie_model.models.unet_3d import UNet3DConditionModel
-    from lavie_model.tiny_lavie import shipped_unets
+    from lavie_model.stand_ins import shipped_lavie
 
-    folders = shipped_unets()
+    folders = shipped_lavie()
     model = load_preset("tiny")["model"]["unet_2d"]
     base = UNet3DConditionModel.from_pretrained(folders["base"])
     interpolation = UNet3DConditionModel.from_pretrained(folders["interpolation"])

@@ -28,7 +28,7 @@ def ema_model(module, ema):
 def replace_component(source, output, name: str, component, info: dict) -> Path:
     """Write `output` (replacing it whole, never half-written): folder `source` with `name` saved from
     `component`; model_index.json records `info` under "_training" (private: diffusers ignores it), keyed by
-    info["stage"]."""
+    info["stage"], and takes `name` off its "_untrained" list."""
     source, output = Path(source), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -40,6 +40,8 @@ def replace_component(source, output, name: str, component, info: dict) -> Path:
         index = json.loads((source / "model_index.json").read_text())
         index.setdefault(name, [type(component).__module__.split(".")[0], type(component).__name__])
         index["_training"] = index.get("_training", {}) | {info["stage"]: info}
+        if name in index.get("_untrained", []):  # trained now (model_folder.UNTRAINED)
+            index["_untrained"] = [other for other in index["_untrained"] if other != name]
         (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         previous = output.with_name(f".{output.name}.previous")
         if output.exists():

@@ -97,16 +97,15 @@ def train_motion(model_folder, run_dir, recipe: MotionRecipe, preset: dict, devi
                  probe: Callable[[int, torch.nn.Module], dict] | None = None, log=print,
                  deadline: float | None = None) -> tuple[torch.nn.Module, int]:
     """Train the recipe's stage of `model_folder` (a cascade folder; interpolation starts from its base UNet as
-    in the paper) to `recipe.steps`, resuming from run_dir/checkpoint.pt when there is one, or until
-    time.time() passes `deadline` (then checkpointed and probed at the step reached). `probe(step, ema_unet)`
+    in the paper unless the folder's own is trained) to `recipe.steps`, resuming from run_dir/checkpoint.pt when
+    there is one, or until time.time() passes `deadline` (then checkpointed and probed at the step reached). `probe(step, ema_unet)`
     scores the EMA weights every `eval_every` steps; its dict goes to curve.jsonl. Returns the UNet holding
     the EMA weights (fp32, on the CPU) and the step reached."""
     from diffusers.training_utils import EMAModel
 
-    from ..model_folder import present_components
     from ..models.unet_3d import UNet3DConditionModel
     from .export import ema_model
-    from .stages import load_parts, load_unet, sample_generators, training_loss
+    from .stages import interpolation_starts_from_base, load_parts, load_unet, sample_generators, training_loss
     from .trainer import optimizer_and_schedule, truncate_log
 
     if recipe.stage not in ("base", "interpolation"):
@@ -121,7 +120,7 @@ def train_motion(model_folder, run_dir, recipe: MotionRecipe, preset: dict, devi
     else:
         unet = load_unet(model_folder, recipe.stage).to(device)
     if recipe.stage == "interpolation" and unet.config.interpolation_target != recipe.interpolation_target:
-        if "unet_base" not in present_components(model_folder):  # a trained interpolation UNet: keep its target
+        if not interpolation_starts_from_base(model_folder):  # a trained interpolation UNet: keep its target
             raise ValueError(f"{model_folder}'s interpolation UNet denoises {unet.config.interpolation_target!r}, "
                              f"not the recipe's {recipe.interpolation_target!r}")
         unet.register_to_config(interpolation_target=recipe.interpolation_target)  # fresh from the base UNet

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ..model_folder import load_components, present_components
+from ..model_folder import load_components, present_components, untrained_unets
 from ..pipelines.interpolation import interpolation_condition
 from ..text import encode_prompts
 from .data import StageData
@@ -86,16 +86,25 @@ def load_parts(folder, stage: str) -> StageParts:
                       low_res)
 
 
+def interpolation_starts_from_base(folder) -> bool:
+    """Whether the interpolation stage of a model folder starts from its base UNet, as in the paper: when it has
+    one and its own interpolation UNet is missing or untrained (model_folder.UNTRAINED). A trained one (the
+    released LaVie's, the shipped tiny LaVie's, an earlier run's) is fine-tuned further."""
+    present = present_components(folder)
+    return "unet_base" in present and ("unet_interpolation" not in present
+                                       or "unet_interpolation" in untrained_unets(folder))
+
+
 def load_unet(folder, stage: str, train_2d: bool = False) -> torch.nn.Module:
-    """The UNet to train, in fp32. The interpolation UNet starts from the folder's base UNet when there is one
-    (as in the paper; the 4 conditioning input channels start at zero), else from its own weights. The VSR
-    UNet trains its temporal layers only unless `train_2d`. The stand-ins' UNets are diffusers 2D UNets."""
+    """The UNet to train, in fp32. The interpolation UNet starts from the folder's base UNet where
+    `interpolation_starts_from_base` (the 4 conditioning input channels start at zero), else from its own
+    weights. The VSR UNet trains its temporal layers only unless `train_2d`. The stand-ins' UNets are diffusers
+    2D UNets."""
     if stage in STILLS:
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel.from_pretrained(Path(folder) / UNET[stage], torch_dtype=torch.float32)
-    present = present_components(folder)
-    if stage == "interpolation" and "unet_base" in present:
+    if stage == "interpolation" and interpolation_starts_from_base(folder):
         return interpolation_from_base(load_components(folder, ["unet_base"], stage)[0]["unet_base"])
     unet = load_components(folder, [UNET[stage]], stage)[0][UNET[stage]]
     if stage == "vsr" and not train_2d:
