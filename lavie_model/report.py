@@ -74,55 +74,84 @@ def rate_cell(rate: Rate | None) -> str:
 
 
 def summary_rows(evaluation) -> list[dict]:
-    """Each stage's headline metric beside the baseline it must beat, from an evaluation folder's metrics.json.
+    """Each stage's headline metric beside the model the training started from (when the evaluation folder holds
+    its scores under start/) and the baseline it must beat, from an evaluation folder's metrics.json.
 
     A rate beats chance only where its 95% Wilson interval lies wholly above it (10 of 32 directions, 18%-49%, does
     not beat 25%); the base stage's colour is held to the text-to-image model's within COLOUR_MARGIN, as the gate
     holds it (to chance when no t2i model was scored); a PSNR beats its baseline when above the strongest one.
+    The new concept (big shapes, base/new_concept) is held to the start model: learned where the candidate's
+    interval lies wholly above the start model's rate. `vs start`: "better" or "worse" where the start model's figure lies outside the candidate's 95% interval, else
+    "same" (within it).
     """
     from .evaluation.evaluate import CHANCE, COLOUR_MARGIN, baseline_of, rates_of
     from .evaluation.shapes import MIN_SHIFT
 
     result = json.loads((Path(evaluation) / "metrics.json").read_text())
-    metrics, rates = result["metrics"], rates_of(result)
+    metrics, rates, intervals = result["metrics"], rates_of(result), result.get("intervals", {})
+    start_file = Path(evaluation) / "start" / "metrics.json"
+    start = json.loads(start_file.read_text()) if start_file.is_file() else None
+    start_rates = rates_of(start) if start else {}
     m = metrics.get
 
     def verdict(passed) -> str:
         return "n/a" if passed is None else "yes" if passed else "NO"
 
+    def against_start(name: str) -> str:
+        reference = None if start is None else start["metrics"].get(name)
+        if reference is None or m(name) is None or name not in intervals:
+            return "n/a"
+        low, high = intervals[name]
+        return "better" if reference < low else "worse" if reference > high else "same"
+
+    def row(stage: str, metric: str, name: str, value: str, start_value: str, baseline: str, beats: str) -> dict:
+        return {"stage": stage, "metric": metric, "value": value,
+                "start model": start_value if start is not None else "not scored", "vs start": against_start(name),
+                "baseline": baseline, "beats it": beats}
+
     def rate_row(name: str, metric: str, kind: str) -> dict:
         """A rate beside chance: beaten where its whole interval lies above it."""
         rate = rates.get(name)
-        return {"stage": "base", "metric": metric, "value": rate_cell(rate), "baseline": f"chance {CHANCE[kind]:.0%}",
-                "beats it": verdict(None if rate is None else rate.beats(CHANCE[kind]))}
+        return row("base", metric, name, rate_cell(rate), rate_cell(start_rates.get(name)),
+                   f"chance {CHANCE[kind]:.0%}", verdict(None if rate is None else rate.beats(CHANCE[kind])))
 
-    def above(name: str) -> str:
+    def psnr_row(stage: str, metric: str, name: str, baseline: str) -> dict:
         """Strictly above the strongest baseline: a tie with a blend or bicubic does not beat it."""
-        value, baseline = m(name), baseline_of(metrics, name)
-        return verdict(None if value is None or baseline is None else value > baseline[1])
+        value, strongest = m(name), baseline_of(metrics, name)
+        shown = decibels(value) + (f" ({intervals[name][0]:.2f}-{intervals[name][1]:.2f})" if name in intervals
+                                   and math.isfinite(intervals[name][0]) else "")
+        return row(stage, metric, name, shown, decibels(start["metrics"].get(name)) if start else "n/a", baseline,
+                   verdict(None if value is None or strongest is None else value > strongest[1]))
+
+    def concept_row() -> dict:
+        """The new concept beside the start model: learned where the whole interval lies above the start's rate."""
+        name = "base/new_concept"
+        rate, before = rates.get(name), start_rates.get(name)
+        return row("base", "new concept: big shapes for \"a big ...\" prompts", name, rate_cell(rate),
+                   rate_cell(before), "the start model",
+                   verdict(None if rate is None or before is None else rate.beats(before.value)))
 
     colour = rate_row("base/shapes_colour", "colour adherence", "colour")
     shapes, t2i = rates.get("base/shapes_colour"), rates.get("base/t2i_colour")
     if shapes is not None and t2i is not None:  # held to the image model's colour, as the gate holds it
         colour["baseline"] = f"t2i {t2i} (within {COLOUR_MARGIN:.0%}); {colour['baseline']}"
         colour["beats it"] = verdict(shapes.value >= t2i.value - COLOUR_MARGIN)
-    shift = m("base/shapes_displacement")
+    shift, start_shift = m("base/shapes_displacement"), start["metrics"].get("base/shapes_displacement") if start else None
     references = [("hold", "psnr_hold"), ("pixel blend", "psnr_blend"), ("latent blend", "psnr_latent_blend"),
                   ("VAE round trip (ceiling)", "psnr_vae")]
     return [
         colour,
         rate_row("base/shapes_direction", "direction adherence", "direction"),
-        {"stage": "base", "metric": f"moving at all (net shift >= {MIN_SHIFT:.0%} of the side); mean shift",
-         "value": f"{rate_cell(rates.get('base/shapes_moving'))}; "
-                  + ("n/a" if shift is None else f"{shift:.2f} of the side"),
-         "baseline": "-", "beats it": "-"},
+        row("base", f"moving at all (net shift >= {MIN_SHIFT:.0%} of the side); mean shift", "unranked",
+            f"{rate_cell(rates.get('base/shapes_moving'))}; " + ("n/a" if shift is None else f"{shift:.2f} of the side"),
+            f"{rate_cell(start_rates.get('base/shapes_moving'))}; "
+            + ("n/a" if start_shift is None else f"{start_shift:.2f} of the side"), "-", "-"),
+        concept_row(),
         rate_row("base/shapes_colour_unseen", "colour, prompts not in the shards", "colour"),
         rate_row("base/shapes_direction_unseen", "direction, prompts not in the shards", "direction"),
-        {"stage": "interpolation", "metric": "PSNR of the filled-in frames", "value": decibels(m("interpolation/psnr")),
-         "baseline": "; ".join(f"{label} {decibels(m('interpolation/' + name))}" for label, name in references),
-         "beats it": above("interpolation/psnr")},
-        {"stage": "vsr", "metric": "PSNR", "value": decibels(m("vsr/psnr")),
-         "baseline": f"bicubic {decibels(m('vsr/psnr_bicubic'))}", "beats it": above("vsr/psnr")},
+        psnr_row("interpolation", "PSNR of the filled-in frames", "interpolation/psnr",
+                 "; ".join(f"{label} {decibels(m('interpolation/' + name))}" for label, name in references)),
+        psnr_row("vsr", "PSNR", "vsr/psnr", f"bicubic {decibels(m('vsr/psnr_bicubic'))}"),
     ]
 
 
@@ -167,6 +196,10 @@ def write_report(out_dir, batches=(), runs: dict | None = None, evaluation=None,
                          "baseline": "chance 17%"},
                         {"model": "upscaler", "metric": "PSNR", "value": decibels(up["psnr"]),
                          "baseline": f"bicubic {decibels(up['psnr_bicubic'])}"}]), ""]
+        if (Path(pretrained) / "lavie" / "MODEL_CARD.md").is_file():
+            page += [f"Beside them, the tiny LaVie's base and interpolation UNets (`{Path(pretrained) / 'lavie'}`, "
+                     "its MODEL_CARD.md), which the training starts from unless told to inflate the 2D UNets: the "
+                     "evaluation's \"start model\" column.", ""]
 
     if runs:
         page += ["## Training", ""]

@@ -1,12 +1,15 @@
 """Evaluation assets (group `evaluation`): the trained cascade scored, then promoted if every stage beats its
 baseline and nothing regressed.
 
-`evaluation` scores the folder `vsr_model` exported (all three stages) with lavie_model.evaluation and shows
-a metrics table (each metric beside its baseline, the counted ones with hits/samples and their 95% Wilson
-interval, and the change against its previous materialization) and a gallery. Two blocking checks:
-`beats_baselines` (interpolation above the stronger of the pixel and the latent blend of its keyframes,
-super-resolution above bicubic, the base stage's colour adherence not below the text-to-image model's beyond
-its margin) and `no_regression` (against the promoted model's metrics). `promoted_model` runs only when both
+`evaluation` scores the folder `vsr_model` exported (all three stages) with lavie_model.evaluation, and beside
+it (`score_start`) the folder the training started from (base_model's `started_from`: the shipped tiny LaVie,
+the released LaVie, or the inflated image model), and shows a metrics table (each metric beside the start
+model's and its baseline, the counted ones with hits/samples and their 95% Wilson interval, and the change
+against its previous materialization) and a gallery. Two blocking checks: `beats_baselines` (interpolation
+above the stronger of the pixel and the latent blend of its keyframes, super-resolution above bicubic, the base
+stage's colour adherence not below the text-to-image model's beyond its margin) and `no_regression` (no rate or
+clip-averaged PSNR of the start model's or the promoted model's lies above the candidate's 95% interval, and no
+other metric of the promoted model's is better than the candidate's by more than `tolerance`). `promoted_model` runs only when both
 pass and points LAVIE_HOME/models/promoted, what `lavie generate` uses by default, at the candidate.
 """
 
@@ -37,7 +40,8 @@ class EvaluationSettings(dg.ConfigurableResource):
     clip_model: str = EvalSettings.clip_model
     clip_weights: str | None = None
     i3d_path: str | None = None
-    tolerance: float = 0.05  # relative regression a candidate may show against the promoted model
+    tolerance: float = 0.05  # relative regression allowed against the start and promoted models (no interval)
+    score_start: bool = True  # score the model the training started from too, the reference of no_regression
 
     def home(self) -> Path:
         return store.lavie_home(self.lavie_home)
@@ -66,6 +70,13 @@ def baseline_cell(metrics: dict, name: str) -> str | None:
     return f"{baseline[1]:.4g} ({baseline[0].split('/')[1]})"
 
 
+def started_from(instance) -> Path | None:
+    """The folder the latest base_model training started from (None: never trained, or it is gone)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("base_model"))
+    entry = event.asset_materialization.metadata.get("started_from") if event else None
+    return Path(entry.value) if entry is not None and Path(entry.value).is_dir() else None
+
+
 def latest_folder(instance, asset: str) -> Path | None:
     event = instance.get_latest_materialization_event(dg.AssetKey(asset))
     return Path(event.asset_materialization.metadata["model_folder"].value) if event else None
@@ -81,20 +92,36 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     home = evaluation_settings.home()
     model = previous_model(context, "vsr_model")
     out_dir = home / "evaluation" / context.run.run_id
-    result = evaluate(model, str(home / "shards" / "videos"), out_dir, evaluation_settings.preset,
-                      evaluation_settings.eval_settings(), log=context.log.info,
-                      t2i=latest_folder(context.instance, "t2i_model"))
+    t2i = latest_folder(context.instance, "t2i_model")
+
+    def score(folder, folder_out):
+        return evaluate(folder, str(home / "shards" / "videos"), folder_out, evaluation_settings.preset,
+                        evaluation_settings.eval_settings(), log=context.log.info, t2i=t2i)
+
+    result = score(model, out_dir)
     metrics, rates = result["metrics"], rates_of(result)
+    start, start_metrics, start_rates = started_from(context.instance), {}, {}
+    if evaluation_settings.score_start and start is not None:
+        context.log.info(f"scoring the start model {start}")
+        start_result = score(start, out_dir / "start")
+        start_metrics, start_rates = start_result["metrics"], rates_of(start_result)
 
     previous = latest_metrics(context.instance, "evaluation") or {}
     table = pd.DataFrame([{"metric": name, "value": None if v is None else round(v, 4),
                            "hits/samples, 95% interval": str(rates[name]) if name in rates else None,
+                           "start model": str(start_rates[name]) if name in start_rates
+                           else None if start_metrics.get(name) is None else round(start_metrics[name], 4),
                            "baseline": baseline_cell(metrics, name),
                            "previous": None if previous.get(name) is None else round(previous[name], 4),
                            "change": None if v is None or previous.get(name) is None else round(v - previous[name], 4)}
                           for name, v in metrics.items()])
     promoted = latest_metrics(context.instance, "promoted_model")
-    worse = regressions(metrics, promoted, evaluation_settings.tolerance) if promoted else []
+    # against the start model, the metrics with an interval (rates, clip-averaged PSNRs); against the promoted
+    # one, every ranked metric
+    start_reference = {name: value for name, value in start_metrics.items() if name in result["intervals"]}
+    worse = [f"against the {name}: {line}" for name, reference in (("start model", start_reference),
+                                                                   ("promoted model", promoted or {}))
+             for line in regressions(metrics, reference, evaluation_settings.tolerance, result["intervals"])]
     short = below_baselines(metrics)
     gallery = "\n\n".join(
         f"**{row['prompt']}**\n\n" + " -> ".join(gif(row[stage]) for stage in ("base", "interpolation", "vsr")
@@ -106,6 +133,8 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
             "metrics": markdown_table(table),
             "metrics_json": dg.MetadataValue.json(metrics),
             "rates": dg.MetadataValue.json(result["rates"]),
+            "start_model": dg.MetadataValue.path(str(start)) if start_metrics else "not scored",
+            "start_metrics_json": dg.MetadataValue.json(start_metrics),
             "fvd_features": result["extractor"],
             "clip": result["clip"],
             "validation_keys": dg.MetadataValue.json(result["validation_keys"]),
@@ -118,7 +147,9 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
                 "pairs": dg.MetadataValue.json({name: list(baselines) for name, (baselines, _) in BASELINES.items()})}),
             dg.AssetCheckResult(check_name="no_regression", passed=not worse, metadata={
                 "regressions": dg.MetadataValue.json(worse),
-                "against": "the promoted model" if promoted else "nothing promoted yet"})],
+                "against": ", ".join(name for name, present in (("the start model", start_metrics),
+                                                                ("the promoted model", promoted)) if present)
+                or "nothing: no start model scored, nothing promoted yet"})],
     )
 
 

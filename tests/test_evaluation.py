@@ -125,6 +125,23 @@ def test_regressions_respect_direction_and_tolerance():
     assert regressions({"base/shapes_displacement": 0.1}, reference, 0.05) == []  # motion describes, not ranks
 
 
+def test_the_gate_refuses_a_regression_beyond_the_candidates_interval():
+    """Where the candidate's metric has a 95% interval (a rate, a clip-averaged PSNR), it regressed only when the
+    reference lies beyond it, however far the values differ; FVD the other way round."""
+    rate = Rate(10, 32)  # 31%, 18%-49%
+    intervals = {"base/shapes_direction": (rate.low, rate.high), "interpolation/psnr": (31.5, 32.5),
+                 "base/fvd": (90.0, 110.0)}
+    candidate = {"base/shapes_direction": rate.value, "interpolation/psnr": 32.0, "base/fvd": 100.0}
+    within = {"base/shapes_direction": 0.45, "interpolation/psnr": 32.4, "base/fvd": 91.0}
+    assert regressions(candidate, within, 0.05, intervals) == []  # 45% against 31%: within 18-49%
+    assert regressions(candidate, within, 0.05) != []  # without intervals, the relative tolerance refuses it
+    beyond = {"base/shapes_direction": 0.55, "interpolation/psnr": 32.6, "base/fvd": 85.0}
+    worse = regressions(candidate, beyond, 0.05, intervals)
+    assert [line.split(":")[0] for line in worse] == ["base/shapes_direction", "interpolation/psnr", "base/fvd"]
+    assert worse[0] == "base/shapes_direction: 0.3125 (95% interval 0.1795-0.4857) against 0.55"
+    assert regressions(candidate, {"base/fvd": 120.0, "interpolation/psnr": 20.0}, 0.05, intervals) == []
+
+
 def base_only(folder: Path, out: Path) -> Path:
     """A model folder with the base stage only (its later stages left out, so there is nothing for them to lose)."""
     out.mkdir()
@@ -185,6 +202,31 @@ def test_a_candidate_below_a_baseline_or_regressing_is_not_promoted_and_generate
     assert json.loads((tiny_folder / "model_index.json").read_text())["num_frames"] == 8
 
 
+def test_the_evaluation_scores_the_model_the_training_started_from_beside_the_candidate(tiny_folder, tmp_path):
+    """base_model's `started_from` is scored too: its figures in the table and the summary, and the gate holds the
+    candidate to it (the same weights: nothing regressed)."""
+    home = shards_with_validation(tmp_path / "home")
+    candidate = base_only(tiny_folder, tmp_path / "base-only")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "base_model", metadata={"started_from": dg.MetadataValue.path(str(candidate))}))
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "vsr_model", metadata={"model_folder": dg.MetadataValue.path(str(candidate))}))
+        result = dg.materialize([evaluation], instance=instance, raise_on_error=False, resources={
+            "evaluation_settings": EvaluationSettings(lavie_home=str(home), **FAST | {"samples_per_prompt": 2})})
+        metadata = result.asset_materializations_for_node("evaluation")[0].metadata
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert metadata["start_model"].value == str(candidate)
+    assert metadata["start_metrics_json"].value == metadata["metrics_json"].value  # the same weights and seeds
+    assert "start model" in metadata["metrics"].value
+    assert checks["no_regression"].passed and checks["no_regression"].metadata["against"].value == "the start model"
+    folder = Path(metadata["report"].value).parent
+    rows = {row["metric"].split(":")[0]: row for row in summary_rows(folder)}
+    assert rows["new concept"]["start model"] == rows["new concept"]["value"]  # 16 samples of the "big" prompts
+    assert rows["new concept"]["value"].split("(")[1].split(",")[0].endswith("/16")
+    assert rows["direction adherence"]["vs start"] == "same"
+
+
 def summary(folder: Path, rates: dict[str, Rate], **metrics) -> dict[str, str]:
     """summary_rows of an evaluation folder with these rates and metrics: {metric: "beats it"}."""
     folder.mkdir(exist_ok=True)
@@ -204,7 +246,8 @@ def test_a_rate_beats_chance_only_with_its_interval_and_a_tie_with_a_baseline_do
              "interpolation/psnr_hold": 28.0, "interpolation/psnr_vae": 40.0, "vsr/psnr": 30.5,
              "vsr/psnr_bicubic": 30.0}
     verdicts = summary(tmp_path, rates, **psnrs)
-    assert list(verdicts.values()) == ["yes", "NO", "-", "yes", "NO", "NO", "yes"]  # 10/32 and 5/16: not above 25%
+    # 10/32 and 5/16: not above 25%; the new concept unscored
+    assert list(verdicts.values()) == ["yes", "NO", "-", "n/a", "yes", "NO", "NO", "yes"]
     assert verdicts["direction adherence"] == "NO" and Rate(10, 32).value > 0.25
     rows = {row["metric"]: row for row in summary_rows(tmp_path)}
     assert rows["direction adherence"]["value"] == str(Rate(10, 32))
@@ -221,3 +264,32 @@ def test_a_rate_beats_chance_only_with_its_interval_and_a_tie_with_a_baseline_do
     assert better["PSNR of the filled-in frames"] == "NO"  # above the pixel blend, below the latent one
     alone = summary(tmp_path, {"base/shapes_colour": Rate(3, 8)})  # no t2i model scored: held to chance
     assert alone["colour adherence"] == "NO" and alone["direction adherence"] == "n/a"
+
+
+def test_the_summary_sets_each_figure_beside_the_start_models(tmp_path):
+    """With the start model scored (start/metrics.json): its figure beside the candidate's, "better"/"worse" where
+    it lies outside the candidate's interval, and the new concept learned only where the candidate's whole interval
+    lies above the start model's rate."""
+    start = {"base/shapes_direction": Rate(8, 32), "base/new_concept": Rate(0, 16), "base/shapes_colour": Rate(30, 32)}
+    summary(tmp_path / "start", start, **{"interpolation/psnr": 31.0})
+    candidate = {"base/shapes_direction": Rate(9, 32), "base/new_concept": Rate(6, 16),
+                 "base/shapes_colour": Rate(20, 32)}
+    folder = tmp_path / "candidate"
+    folder.mkdir()
+    metrics = {name: rate.value for name, rate in candidate.items()} | {"interpolation/psnr": 32.0}
+    intervals = {name: [rate.low, rate.high] for name, rate in candidate.items()} | {"interpolation/psnr": [31.5, 32.5]}
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "intervals": intervals, "rates": {
+        name: rate.as_dict() for name, rate in candidate.items()}}))
+    (folder / "start").symlink_to(tmp_path / "start")
+    rows = {row["metric"].split(":")[0]: row for row in summary_rows(folder)}
+    concept = rows["new concept"]
+    assert concept["value"] == str(Rate(6, 16)) and concept["start model"] == str(Rate(0, 16))
+    assert concept["beats it"] == "yes" and concept["vs start"] == "better"  # 6/16: 18%-61%, above 0%
+    assert rows["direction adherence"]["vs start"] == "same"  # 25% lies within 9/32's 15%-45%
+    assert rows["colour adherence"]["vs start"] == "worse"  # 94% lies above 20/32's 45%-77%
+    assert rows["PSNR of the filled-in frames"]["vs start"] == "better"  # 31.0 below 31.5-32.5
+    assert rows["PSNR of the filled-in frames"]["value"] == "32.00 dB (31.50-32.50)"
+
+    summary(tmp_path / "start", start | {"base/new_concept": Rate(3, 16)})
+    assert {row["metric"].split(":")[0]: row for row in summary_rows(folder)}["new concept"]["beats it"] == "NO"
+    assert {row["start model"] for row in summary_rows(tmp_path / "start")} == {"not scored"}

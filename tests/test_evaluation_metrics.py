@@ -31,6 +31,8 @@ from lavie_model.evaluation import (
     wilson,
 )
 from lavie_model.evaluation.metrics import FallbackExtractor, frame_embeddings
+from lavie_model.evaluation.shapes import BIG_FROM, CONCEPT_PROMPTS, PROMPTS, apparent_radius
+from lavie_model.evaluation.stats import mean_interval
 
 
 def scene_video(scene: demo_corpus.Scene, frames: int = 6, size: int = demo_corpus.SIZE) -> torch.Tensor:
@@ -234,8 +236,35 @@ def test_parse_prompt_follows_the_corpus_grammar():
     assert parse_prompt("An orange square standing still on a noisy background.") == \
         ("orange", "square", None, "noisy")
     two_shots = "a red circle moving left on a gray background, then a blue square moving up on a white background"
-    for text in (two_shots, "a cat on a sofa", "a pink circle moving left on a gray background"):
+    for text in (two_shots, "a cat on a sofa", "a pink circle moving left on a gray background",
+                 "a big big red circle on a gray background"):
         assert parse_prompt(text) is None
+    big = demo_corpus.Scene("triangle", "orange", "noisy", "up", 0.27, 0.5)
+    assert big.big and big.caption() == "a big orange triangle moving up on a noisy background"
+    assert parse_prompt(big.caption()) == ("orange", "triangle", "up", "noisy") and demo_corpus.is_big(big.caption())
+    assert not demo_corpus.is_big("an orange triangle moving up on a noisy background")
+    assert [demo_corpus.is_big(p) for p in CONCEPT_PROMPTS] == [True] * len(PROMPTS)
+    assert [parse_prompt(p) for p in CONCEPT_PROMPTS] == [parse_prompt(p) for p in PROMPTS]
+
+
+def test_big_shapes_are_told_from_ordinary_ones_by_their_apparent_radius():
+    """Every shape kind at the corpus's radii, at the 32 px the tiny cascade draws: ordinary ones below BIG_FROM,
+    big ones above; shapes_adherence counts the big prompts and those drawn big."""
+    ordinary = [demo_corpus.Scene(shape, "red", background, "left", radius, 0.5) for shape in demo_corpus.SHAPES
+                for background in ("gray", "striped") for radius in demo_corpus.RADIUS]
+    big = [demo_corpus.Scene(shape, "blue", background, "down", radius, 0.4) for shape in demo_corpus.SHAPES
+           for background in ("white", "noisy") for radius in demo_corpus.BIG_RADIUS]
+    for scene in ordinary + big:
+        radius = apparent_radius(track(scene_video(scene, size=32)), scene.shape)
+        assert (radius >= BIG_FROM) == scene.big, (scene, radius)
+        assert radius == pytest.approx(scene.radius, rel=0.35)  # a small triangle at 32 px reads up to 31% large
+    videos = [scene_video(scene, size=32) for scene in ordinary + big]
+    big_prompts = [scene.caption() for scene in big]
+    result = shapes_adherence(videos, [s.caption() for s in ordinary] + big_prompts)
+    assert (result["big"], result["big_hits"]) == (len(big), len(big))
+    swapped = shapes_adherence(videos[:len(big)], big_prompts)  # ordinary shapes for "a big ..." prompts
+    assert (swapped["big"], swapped["big_hits"]) == (len(big), 0)
+    assert apparent_radius(track(noise_videos(1)[0]), "circle") is None  # no shape found
 
 
 @pytest.mark.parametrize("size", [128, 32])
@@ -313,6 +342,15 @@ def test_wilson_interval_on_known_cases():
         assert wilson(hits, n)[0] == pytest.approx(1 - wilson(n - hits, n)[1])  # symmetric in hits and misses
     with pytest.raises(ValueError, match="hits <= n"):
         wilson(5, 4)
+
+
+def test_mean_interval_on_known_cases():
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2) = 4.3027
+    assert mean == 2 and (low, high) == pytest.approx((2 - 4.3027 / 3**0.5, 2 + 4.3027 / 3**0.5), abs=1e-3)
+    assert mean_interval([5.0, 5.0, 5.0, 5.0]) == (5.0, 5.0, 5.0)  # no spread: the mean alone
+    assert mean_interval([30.0]) == (30.0, -math.inf, math.inf)  # one clip: its spread is unknown
+    mean, low, high = mean_interval(range(100))  # large n: close to the normal interval, 1.96 standard errors
+    assert high - mean == pytest.approx(1.984 * np.std(range(100), ddof=1) / 10, rel=1e-3)
 
 
 def test_binomial_p_value_on_exact_cases():

@@ -5,7 +5,9 @@ trivial baseline it must beat.
                    against the validation clips; shapes adherence (colour, direction) on prompts of the
                    demo's shapes grammar (shapes.PROMPTS), beside the text-to-image model's colour on the same
                    prompts (base/t2i_colour: does video fine-tuning keep what the image model knew?), and how
-                   far the shapes move (base/shapes_moving, base/shapes_displacement)
+                   far the shapes move (base/shapes_moving, base/shapes_displacement); the new concept: the
+                   share of samples for "a big ..." prompts (shapes.CONCEPT_PROMPTS) that show a big shape
+                   (base/new_concept), a word the shipped tiny LaVie never saw and the demo's batch teaches
     interpolation  PSNR and SSIM of the frames it fills in, from every 4th frame of validation clips, beside
                    four references on the same frames: holding the nearest keyframe (interpolation/psnr_hold),
                    the linear blend of the two neighbouring keyframes (psnr_blend), the blend of their VAE
@@ -28,14 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config import load_preset
+from ..curation.demo_corpus import COLOURS, DIRECTIONS
 from ..curation.scores import ScoreConfig, load_clip
 from ..training.data import expand_shards, is_validation, raw_samples, resize_crop, validation_clips
 from ..video import write_video
 from .interpolation import interpolation_references
-from .metrics import clipsim, fvd, load_video_extractor, psnr, ssim, temporal_consistency
-from .shapes import PROMPTS, parse_prompt, shapes_adherence
+from .metrics import clipsim, fvd, load_video_extractor, psnr, psnr_per_video, ssim, temporal_consistency
+from .shapes import CONCEPT_PROMPTS, PROMPTS, parse_prompt, shapes_adherence
 from .stand_ins import t2i_images, t2i_pipeline
-from .stats import Rate
+from .stats import Rate, mean_interval
 
 # Metrics where higher is better; FVD is better lower, and the shapes' motion describes without ranking.
 LOWER_IS_BETTER = ("base/fvd",)
@@ -48,12 +51,13 @@ BASELINES = {"base/shapes_colour": (("base/t2i_colour",), COLOUR_MARGIN),
              "interpolation/psnr": (("interpolation/psnr_blend", "interpolation/psnr_latent_blend"), 0.0),
              "vsr/psnr": (("vsr/psnr_bicubic",), 0.0)}
 # The rate that following a prompt by chance gives: 1 in 6 colours, 1 in 4 directions.
-CHANCE = {"colour": 1 / 6, "direction": 1 / 4}
+CHANCE = {"colour": 1 / len(COLOURS), "direction": 1 / len(DIRECTIONS)}
 
 
 @dataclass
 class EvalSettings:
     prompts: list[str] = field(default_factory=lambda: list(PROMPTS))
+    concept_prompts: list[str] = field(default_factory=lambda: list(CONCEPT_PROMPTS))  # [] to skip
     samples_per_prompt: int = 2
     validation_clips: int = 8
     base_steps: int = 25
@@ -103,9 +107,11 @@ def t2i_colour(t2i, prompts: list[str], size: tuple[int, int], settings: "EvalSe
 def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSettings = EvalSettings(),
              log=print, t2i=None) -> dict:
     """Score the stages a model folder holds, each beside its baseline (`t2i`: the folder of the text-to-image
-    model the base stage started from, for base/t2i_colour); returns {"model", "metrics", "rates", "extractor",
-    "clip", "validation_keys", "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside the gallery
-    GIFs. `rates` holds each counted metric with samples (Rate.as_dict: value, hits, n, Wilson low and high)."""
+    model the base stage started from, for base/t2i_colour); returns {"model", "metrics", "rates", "intervals",
+    "extractor", "clip", "validation_keys", "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside
+    the gallery GIFs. `rates` holds each counted metric with samples (Rate.as_dict: value, hits, n, Wilson low
+    and high); `intervals` the 95% interval [low, high] of every rate and of the PSNRs averaged over clips
+    (Student t over the clips' PSNRs)."""
     from ..model_folder import present_components
     from ..pipelines import LaVieBasePipeline, LaVieInterpolationPipeline, LaVieVSRPipeline
 
@@ -114,7 +120,7 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
     config = load_preset(preset)
     percent = config["training"]["validation_percent"]
     present = present_components(model)
-    metrics, rates, gallery = {}, {}, []
+    metrics, rates, intervals, gallery = {}, {}, {}, []
     clip_model, preprocess, tokenizer, clip_label = load_clip(
         ScoreConfig(clip_model=settings.clip_model, clip_weights=settings.clip_weights))
     extractor = load_video_extractor(settings.i3d_path)
@@ -142,6 +148,10 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
               and parse_prompt(sample["prompt"]) not in seen]
     for name in ("colour", "direction"):
         rates[f"base/shapes_{name}_unseen"] = Rate(sum(sample[f"{name}_ok"] for sample in unseen), len(unseen))
+    if settings.concept_prompts:
+        log("base: the new concept's prompts")
+        concept = shapes_adherence(*prompt_adherence_base(base, settings, settings.concept_prompts, generator()))
+        rates["base/new_concept"] = Rate(concept["big_hits"], concept["big"])
     metrics.update({name: rate.value for name, rate in rates.items()})
     metrics["base/shapes_displacement"] = adherence["mean_displacement"]
     metrics["base/clipsim"] = clipsim(clip_model, preprocess, tokenizer, fixed, fixed_prompts)
@@ -166,7 +176,8 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
                                         num_inference_steps=settings.interpolation_steps, generator=generator()).frames
                             for i in range(0, len(truth), 2)])
         between = torch.arange(truth.shape[1]) % 4 != 0  # the frames filled in; the keyframes were given
-        metrics["interpolation/psnr"] = psnr(filled[:, between], truth[:, between])
+        mean, low, high = mean_interval(psnr_per_video(filled[:, between], truth[:, between]))  # over the clips
+        metrics["interpolation/psnr"], intervals["interpolation/psnr"] = mean, (low, high)
         metrics["interpolation/ssim"] = ssim(filled[:, between], truth[:, between])
         metrics.update(interpolation_references(interpolate.vae, truth))
 
@@ -182,7 +193,8 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
         upscaled = torch.cat([upscale(small[i:i + 2], [c["caption"] for c in validation[i:i + 2]],
                                       num_inference_steps=settings.vsr_steps, generator=generator()).frames
                               for i in range(0, len(small), 2)])
-        metrics["vsr/psnr"] = psnr(upscaled, truth)
+        mean, low, high = mean_interval(psnr_per_video(upscaled, truth))
+        metrics["vsr/psnr"], intervals["vsr/psnr"] = mean, (low, high)
         metrics["vsr/ssim"] = ssim(upscaled, truth)
         metrics["vsr/psnr_bicubic"] = psnr(F.interpolate(small.flatten(0, 1), scale_factor=4, mode="bicubic")
                                            .clamp(0, 1).unflatten(0, truth.shape[:2]), truth)
@@ -198,8 +210,10 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
                 row[stage] = write_video(video[0], out_dir / f"gallery{index}_{stage}.gif", 32)
         gallery.append(row)
     metrics = {name: (None if isinstance(v, float) and math.isnan(v) else float(v)) for name, v in metrics.items()}
+    intervals |= {name: (rate.low, rate.high) for name, rate in rates.items() if rate.n}
     result = {"model": str(model), "metrics": metrics,
               "rates": {name: rate.as_dict() for name, rate in rates.items() if rate.n},
+              "intervals": {name: [float(low), float(high)] for name, (low, high) in intervals.items()},
               "extractor": extractor.name, "clip": clip_label,
               "validation_keys": [clip["key"] for clip in validation], "adherence": adherence["per_sample"],
               "gallery": gallery}
@@ -230,13 +244,20 @@ def below_baselines(metrics: dict) -> list[str]:
     return short
 
 
-def regressions(candidate: dict, reference: dict, tolerance: float) -> list[str]:
-    """The metrics where the candidate is worse than the reference by more than `tolerance` (relative); the
-    UNRANKED ones (how far the shapes move) are not compared."""
-    worse = []
+def regressions(candidate: dict, reference: dict, tolerance: float, intervals: dict | None = None) -> list[str]:
+    """The metrics where the candidate is worse than the reference: beyond the candidate's 95% interval where it
+    has one (`intervals`, evaluate's: the rates and the clip-averaged PSNRs; the reference lies wholly above it,
+    or below it for FVD), else by more than `tolerance` (relative). The UNRANKED ones (how far the shapes move)
+    are not compared."""
+    worse, intervals = [], intervals or {}
     for name, value in reference.items():
         new = candidate.get(name)
         if value is None or new is None or name in UNRANKED:
+            continue
+        if name in intervals:
+            low, high = intervals[name]
+            if (value < low) if name in LOWER_IS_BETTER else (value > high):
+                worse.append(f"{name}: {new:.4g} (95% interval {low:.4g}-{high:.4g}) against {value:.4g}")
             continue
         margin = tolerance * max(abs(value), 1e-8)
         if (new > value + margin) if name in LOWER_IS_BETTER else (new < value - margin):

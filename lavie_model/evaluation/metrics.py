@@ -82,11 +82,16 @@ def temporal_consistency(model, preprocess, videos: torch.Tensor, batch_size: in
 # ---------------------------------------------------------------------------------------------------- PSNR, SSIM
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean per-frame PSNR in dB for data range 1 (capped at 100 dB for identical frames)."""
+def psnr_per_video(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(b,): each video's mean per-frame PSNR in dB for data range 1 (capped at 100 dB for identical frames)."""
     _check_pair(a, b)
     mse = (a.float() - b.float()).pow(2).mean(dim=(2, 3, 4))  # (b, f)
-    return float((10 * torch.log10(1 / mse.clamp_min(PSNR_MIN_MSE))).mean())
+    return (10 * torch.log10(1 / mse.clamp_min(PSNR_MIN_MSE))).mean(dim=1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-frame PSNR in dB for data range 1 (capped at 100 dB for identical frames)."""
+    return float(psnr_per_video(a, b).mean())
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:

@@ -15,9 +15,12 @@ The shape's colour is the mean of its most saturated pixels, so that edges blend
     named_background(frame)  gray / white / black by brightness, checkered / striped / noisy by texture
     displacement(centroids)  net displacement of the shape, as a fraction of the frame side
     direction(centroids)  left / right / up / down from the net displacement, None when it hardly moves
+    apparent_radius(track, shape)  the radius a shape of that kind with the track's median area would have
     parse_prompt(text)    (colour, shape, direction, background) of a caption of the corpus grammar, else None
-    shapes_adherence      colour and direction hits over the prompts of that grammar, and how far the shapes move
+    shapes_adherence      colour, direction and size hits over the prompts of that grammar, and how far the
+                          shapes move
     PROMPTS               the fixed prompts of that grammar the base stage is scored on (evaluate.py, the probes)
+    CONCEPT_PROMPTS       the same with big shapes, the demo's new concept (evaluate.py's base/new_concept)
 """
 
 import math
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lavie_model.curation.demo_corpus import BACKGROUNDS, COLOURS, parse_caption
+from lavie_model.curation.demo_corpus import BACKGROUNDS, COLOURS, is_big, parse_caption
 
 parse_prompt = parse_caption  # the grammar lives with the corpus that writes it
 
@@ -44,11 +47,21 @@ PROMPTS = [
     "a blue triangle moving down on a black background",
 ]
 
+# The demo's new concept (demo_corpus.BIG_RADIUS): the same prompts with big shapes, never in the shipped models'
+# training (evaluate.py's base/new_concept).
+CONCEPT_PROMPTS = [prompt.replace(" ", " big ", 1).replace("an big", "a big") for prompt in PROMPTS]
+
 CHROMA_THRESHOLD = 0.15  # the least saturated corpus colour (green) has chroma 100 / 255 = 0.39
 MIN_AREA = 0.004  # fraction of the frame: the smallest corpus shape (a triangle) covers about 2%
 MAX_AREA = 0.3  # more than this is not one shape (colour noise, a coloured scene): no shape found
 CORE = 0.75  # the shape's colour is averaged over pixels with at least this fraction of the frame's top chroma
 MIN_SHIFT = 0.1  # net displacement (fraction of the frame side) below which the shape counts as still; corpus: 0.5
+# A shape's area per squared radius, as demo_corpus.shape_mask draws it (the square's half side is 0.85 r; the
+# triangle is 1.74 r wide and 1.5 r high), and the apparent radius from which a shape counts as big. Measured on
+# 300 corpus renders at 32 and 64 px: ordinary shapes (radius 0.12-0.18) read 0.127-0.219 (a small triangle's
+# blurred tip reads up to 20% large), big ones (0.25-0.29) 0.257-0.341; BIG_FROM lies midway.
+AREA_PER_SQUARED_RADIUS = {"circle": math.pi, "square": 1.7**2, "triangle": 0.87 * 1.5}
+BIG_FROM = 0.24
 
 
 # Backgrounds: plain ones by their grey level; textures by their grey-level autocorrelation (the shape masked).
@@ -166,36 +179,52 @@ def direction(centroids: torch.Tensor, min_shift: float = MIN_SHIFT) -> str | No
     return "down" if dy > 0 else "up"  # image rows grow downwards
 
 
+def apparent_radius(found: Track, shape: str) -> float | None:
+    """The radius (fraction of the frame side) of a `shape` whose area is the track's median over the frames where
+    a shape was found; None when none was."""
+    areas = found.areas[~found.centroids.isnan().any(dim=-1)]  # (k,)
+    if not len(areas):
+        return None
+    return math.sqrt(float(areas.median()) / AREA_PER_SQUARED_RADIUS[shape])
+
+
 def shapes_adherence(videos, prompts: list[str]) -> dict:
-    """Colour and direction adherence of videos ((b, f, 3, h, w) or a list of (f, 3, h, w), in [0, 1]).
+    """Colour, direction and size adherence of videos ((b, f, 3, h, w) or a list of (f, 3, h, w), in [0, 1]).
 
     Only prompts of the corpus grammar count (`n`): `colour_hits` and `direction_hits` of them, and their
-    accuracies (NaN when n is 0). A "standing still" prompt is followed when no direction is found. How the
+    accuracies (NaN when n is 0). A "standing still" prompt is followed when no direction is found. `big` of them
+    name a big shape (the demo's new concept), `big_hits` of those show one (apparent radius >= BIG_FROM). How the
     shapes move, whatever the prompt: `moving` counts the samples whose net displacement is at least MIN_SHIFT,
     `mean_displacement` is the mean displacement (fraction of the frame side) over the samples where a shape
     was found in two frames or more (NaN when none). `per_sample` has one dict per video.
     """
     if len(videos) != len(prompts):
         raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
-    per_sample, n, colour_hits, direction_hits, moving, shifts = [], 0, 0, 0, 0, []
+    per_sample, n, colour_hits, direction_hits, big, big_hits, moving, shifts = [], 0, 0, 0, 0, 0, 0, []
     for video, prompt in zip(videos, prompts):
         result = track(video)
         colour, moved, shift = named_colour(result.colour), direction(result.centroids), displacement(result.centroids)
         parsed = parse_prompt(prompt)
-        sample = {"prompt": prompt, "colour": colour, "direction": moved, "displacement": shift,
-                  "expected_colour": None, "expected_direction": None, "colour_ok": None, "direction_ok": None}
+        sample = {"prompt": prompt, "colour": colour, "direction": moved, "displacement": shift, "radius": None,
+                  "expected_colour": None, "expected_direction": None, "colour_ok": None, "direction_ok": None,
+                  "big": None}
         if parsed is not None:
-            expected_colour, _, expected_direction, _ = parsed
+            expected_colour, shape, expected_direction, _ = parsed
+            radius = apparent_radius(result, shape)
             sample.update(expected_colour=expected_colour, expected_direction=expected_direction,
-                          colour_ok=colour == expected_colour, direction_ok=moved == expected_direction)
+                          colour_ok=colour == expected_colour, direction_ok=moved == expected_direction,
+                          radius=radius, big=radius is not None and radius >= BIG_FROM)
             n += 1
             colour_hits += sample["colour_ok"]
             direction_hits += sample["direction_ok"]
+            if is_big(prompt):
+                big += 1
+                big_hits += sample["big"]
             moving += moved is not None
             if shift is not None:
                 shifts.append(shift)
         per_sample.append(sample)
     return {"colour_accuracy": colour_hits / n if n else math.nan,
             "direction_accuracy": direction_hits / n if n else math.nan, "n": n, "colour_hits": colour_hits,
-            "direction_hits": direction_hits, "moving": moving,
+            "direction_hits": direction_hits, "big": big, "big_hits": big_hits, "moving": moving,
             "mean_displacement": sum(shifts) / len(shifts) if shifts else math.nan, "per_sample": per_sample}

@@ -4,6 +4,7 @@ beats a baseline only where the whole interval lies above it.
     wilson(hits, n)            the 95% Wilson score interval of hits / n
     binomial_p(hits, n, p0)    one-sided exact p-value of seeing >= hits of n when the true rate is p0
     Rate(hits, n)              a counted rate: .value, .low, .high, .beats(baseline), str() "31% (10/32, 18%-49%)"
+    mean_interval(values)      the mean of per-sample values (a PSNR per clip) and its 95% Student-t interval
 
 Why Wilson: the normal-approximation interval collapses to a point at 0 or n hits and undercovers for small n;
 Wilson's stays inside [0, 1] and covers close to its nominal 95% at the sample counts used here (32-200).
@@ -65,3 +66,19 @@ class Rate:
         if not self.n:
             return "n/a (0 samples)"
         return f"{self.value:.0%} ({self.hits}/{self.n}, {self.low:.0%}-{self.high:.0%})"
+
+
+def mean_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of per-sample values and its 95% Student-t interval; unbounded (-inf, inf)
+    for fewer than two values, whose spread is unknown."""
+    from scipy.stats import t
+
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        return math.nan, -math.inf, math.inf
+    mean = sum(values) / n
+    if n < 2:
+        return mean, -math.inf, math.inf
+    half = t.ppf(0.975, n - 1) * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    return mean, mean - half, mean + half
