@@ -239,8 +239,9 @@ def curves_png(runs: list[dict], metrics, title: str) -> bytes:
             points = [run["points"] for run in runs if run["variant"] == variant]
             steps = [p["step"] for p in points[0]]
             values = [[p[metric] for p in run] for run in points]  # (seeds, steps)
-            mean = [statistics.fmean(column) for column in zip(*values)]
-            spread = [statistics.pstdev(column) if len(column) > 1 else 0.0 for column in zip(*values)]
+            measured = [[v for v in column if v is not None and not math.isnan(v)] for column in zip(*values)]
+            mean = [statistics.fmean(column) if column else math.nan for column in measured]  # FVD: NaN unmeasured
+            spread = [statistics.pstdev(column) if len(column) > 1 else 0.0 for column in measured]
             ax.plot(steps, mean, marker="o", label=variant)
             ax.fill_between(steps, [m - s for m, s in zip(mean, spread)], [m + s for m, s in zip(mean, spread)],
                             alpha=0.15)

