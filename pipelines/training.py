@@ -3,9 +3,11 @@ downstream of the pretrained models they start from (pipelines/pretraining.py: t
 
 Each asset launches `lavie train` under the deepspeed launcher through Dagster Pipes, streams its progress
 into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics and a loss
-curve. The base stage starts from a folder assembled as `lavie assemble --inflate-missing` would from the
-text-to-image and upscaler models (base UNet inflated from the 2D one, temporal layers new); each later stage
-starts from the folder the previous one exported, so the last holds the whole trained cascade. They share the `gpu` pool (one at a time, dagster_home/dagster.yaml). Their code version hashes the
+curve. The base stage starts from a folder assembled as `lavie assemble` would from the text-to-image and
+upscaler models and trained video UNets where there are some (`tiny`: the shipped tiny LaVie's base and
+interpolation UNets, as a user starts from the released LaVie), the rest inflated from the 2D UNets (temporal
+layers new); each later stage starts from the folder the previous one exported, so the last holds the whole
+trained cascade. They share the `gpu` pool (one at a time, dagster_home/dagster.yaml). Their code version hashes the
 trainer and the presets, so a change to either marks them stale. `retrain_schedule` (weekly) and
 `new_shards_sensor` (off by default) retrain when the shards differ from those the models were trained on.
 """
@@ -55,6 +57,9 @@ class TrainingSettings(dg.ConfigurableResource):
     sd: str | None = None
     upscaler: str | None = None
     pretrain: bool = False  # tiny: train the stand-ins from random weights here (make pretrain) instead
+    # tiny: inflate every video UNet from the stand-ins (as the paper starts from Stable Diffusion) instead of
+    # starting base and interpolation from the shipped tiny LaVie
+    inflate: bool = False
     initial_model: str | None = None  # folder the base stage starts from instead of one assembled from them
     ranks: int = 1  # processes (GPUs) per node
     nodes: int = 1
@@ -91,6 +96,20 @@ class TrainingSettings(dg.ConfigurableResource):
         except FileNotFoundError as error:
             raise dg.Failure(f"{error}; or set TrainingSettings.sd and .upscaler (Stable Diffusion 1.4 and x4 "
                              "upscaler folders in diffusers layout)") from error
+
+
+    def video_unets(self) -> dict[str, Path]:
+        """{"base": folder, "interpolation": folder}: the trained video UNets the cascade starts from, the shipped
+        tiny LaVie's where the preset ships one and the 2D models are its shipped stand-ins; {} (every video UNet
+        inflated) with `inflate`, `pretrain`, or `sd`/`upscaler` given."""
+        if self.inflate or self.pretrain or self.sd or self.upscaler:
+            return {}
+        from lavie_model.stand_ins import shipped_lavie
+
+        try:
+            return shipped_lavie(self.preset)
+        except FileNotFoundError:
+            return {}
 
 
 def trained_shards(home: Path, stage: str):
@@ -167,15 +186,20 @@ TRAINING = {"group_name": "training", "pool": "gpu", "code_version": code_versio
 
 def initial_cascade(context, settings: TrainingSettings) -> Path:
     """The folder the base stage starts from: TrainingSettings.initial_model, or one assembled from the latest
-    t2i_model and upscaler_model (every stage's UNet inflated from their 2D UNets, temporal layers new)."""
+    t2i_model and upscaler_model and the trained video UNets of `video_unets` (the other stages' UNets inflated
+    from the 2D UNets, temporal layers new)."""
     if settings.initial_model:
         return Path(settings.initial_model)
     from lavie_model.model_folder import assemble
 
     output = settings.home() / "models" / f"cascade-init-{context.run.run_id}"
     if not output.is_dir():
+        unets = settings.video_unets()
+        context.log.info("the cascade starts from " + (", ".join(f"{stage}: {folder}" for stage, folder in unets.items())
+                                                       or "video UNets inflated from the 2D models"))
         assemble(output, previous_model(context, "t2i_model"), previous_model(context, "upscaler_model"),
-                 inflate_missing=True, preset=settings.preset)
+                 base=unets.get("base"), interpolation=unets.get("interpolation"), inflate_missing=True,
+                 preset=settings.preset)
     return output
 
 
@@ -183,15 +207,16 @@ def initial_cascade(context, settings: TrainingSettings) -> Path:
           **TRAINING)
 def base_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    """The base text-to-video UNet: the text-to-image UNet inflated (temporal layers new), jointly fine-tuned on
-    video clips and images."""
+    """The base text-to-video UNet: a trained one (the shipped tiny LaVie's) or the text-to-image UNet inflated
+    (temporal layers new), jointly fine-tuned on video clips and images."""
     return train_stage(context, training, pipes, "base", initial_cascade(context, training))
 
 
 @dg.asset(deps=[base_model, video_shards, "base_latent_shards"], **TRAINING)
 def interpolation_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                         pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    """The temporal interpolation UNet, started from the trained base weights."""
+    """The temporal interpolation UNet, fine-tuned from a trained one where the cascade has it, else started from
+    the trained base weights."""
     return train_stage(context, training, pipes, "interpolation", previous_model(context, "base_model"))
 
 

@@ -126,6 +126,36 @@ def test_by_default_the_pretraining_assets_pass_the_shipped_or_given_folders_thr
         assert "no shipped stand-ins for the paper preset" in str(result.get_step_failure_events()[0].event_specific_data.error.message)
 
 
+def test_the_tiny_cascade_starts_from_the_shipped_tiny_lavie_unless_told_to_inflate(tmp_path, monkeypatch):
+    """As a user fine-tunes the released LaVie: the base stage starts from the shipped tiny LaVie's base and
+    interpolation UNets (only super-resolution inflated, marked untrained); `inflate`, `pretrain` or given 2D
+    models inflate every video UNet as the paper starts from Stable Diffusion."""
+    from safetensors.torch import load_file
+
+    from lavie_model.model_folder import untrained_unets
+    from lavie_model.stand_ins import shipped_lavie
+
+    assert TrainingSettings().video_unets() == shipped_lavie("tiny")
+    assert all(TrainingSettings(**given).video_unets() == {} for given in (
+        {"inflate": True}, {"pretrain": True}, {"sd": "sd", "upscaler": "x4"}, {"preset": "paper"}))
+    for name, value in clean_env().items():
+        monkeypatch.setenv(name, value)
+    home = curated_home(tmp_path / "home")
+    settings = TrainingSettings(lavie_home=str(home), max_steps={"base": 1},
+                                overrides=["image_frames=1", "batch_size=1", "evaluate_every=0"])
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([*PRETRAINING_ASSETS, base_model], instance=instance,
+                                resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
+        assert result.success
+    base = result.asset_materializations_for_node("base_model")[0].metadata
+    start = Path(base["started_from"].value)
+    assert untrained_unets(start) == ["unet_vsr"]
+    for stage, folder in shipped_lavie("tiny").items():
+        shipped_weights, started = (load_file(next(f.glob("*.safetensors"))) for f in (folder, start / f"unet_{stage}"))
+        assert all(torch.equal(shipped_weights[name].float(), started[name]) for name in shipped_weights), stage
+    assert untrained_unets(Path(base["model_folder"].value)) == ["unet_vsr"]
+
+
 def test_training_assets_share_one_pool_and_go_stale_with_the_code():
     assert [asset.op.pool for asset in [*PRETRAINING_ASSETS, *TRAINING_ASSETS]] == ["gpu"] * 6
     assert {asset.group_names_by_key[asset.key] for asset in PRETRAINING_ASSETS} == {"pretraining"}
