@@ -94,11 +94,11 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     out_dir = home / "evaluation" / context.run.run_id
     t2i = latest_folder(context.instance, "t2i_model")
 
-    def score(folder, folder_out):
+    def score(folder, folder_out, t2i=None):
         return evaluate(folder, str(home / "shards" / "videos"), folder_out, evaluation_settings.preset,
                         evaluation_settings.eval_settings(), log=context.log.info, t2i=t2i)
 
-    result = score(model, out_dir)
+    result = score(model, out_dir, t2i)  # the image model's colour once: the start model shares it
     metrics, rates = result["metrics"], rates_of(result)
     start, start_metrics, start_rates = started_from(context.instance), {}, {}
     if evaluation_settings.score_start and start is not None:
