@@ -60,6 +60,10 @@ class CurationSettings(dg.ConfigurableResource):
     # keep a piece's H.264 packets where the source already is at the clip size and rate and the piece runs
     # keyframe to keyframe (ClipConfig.stream_copy): no encode, no generation loss, the source's bitrate
     stream_copy: bool = False
+    # a Ray cluster to run the per-file work and the scoring on (HOST:PORT from a cluster node, ray://HOST:10001
+    # from outside it; docs/cluster.md); empty: `workers` local processes. LAVIE_HOME must be on storage every
+    # node mounts at the same path.
+    ray_address: str = ""
 
     def score_config(self) -> ScoreConfig:
         return ScoreConfig(clip_model=self.clip_model, clip_weights=self.clip_weights,
@@ -215,18 +219,21 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
         if CLIPPED in context.selected_asset_keys:
             jobs = [(path, sha, out_dir, config, measure, url_tables_module.spans_of(spans.get(sha)))
                     for path, sha in zip(raw["stored_path"], raw["sha256"])]
-            rows, results = zip(*in_workers(settings, _probe_and_cut, jobs)) if jobs else ((), [])
+            rows, results = zip(*in_workers(context, settings, _probe_and_cut, jobs)) if jobs else ((), [])
         else:
-            rows = in_workers(settings, probe_with_shots, raw["stored_path"], [ProbeConfig()] * len(raw),
-                              [config] * len(raw), raw["sha256"])
-        yield from _probed(context, folder, raw, rows)
+            rows = in_workers(context, settings, _probe, [(path, ProbeConfig(), config, sha)
+                                                           for path, sha in zip(raw["stored_path"], raw["sha256"])])
+        yield from _probed(context, folder, raw, rows, engine(settings))
     if CLIPPED in context.selected_asset_keys:
         if results is None:
             probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
             jobs = [(row, out_dir, config, measure, url_tables_module.spans_of(spans.get(row["sha256"])))
                     for row in probed.to_dict("records")]
-            results = in_workers(settings, _clips_of, jobs)
-        yield _clipped(context, folder, [result for result in results if result is not None], measure, removed)
+            results = in_workers(context, settings, _clips_of, jobs)
+        if settings.ray_address:  # partial clips of tasks whose worker died (their retries wrote the clips)
+            removed += remove_stale_partials(context, out_dir)
+        yield _clipped(context, folder, [result for result in results if result is not None], measure, removed,
+                       engine(settings))
 
 
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -246,10 +253,32 @@ def remove_stale_partials(context: dg.AssetExecutionContext, out_dir: Path) -> i
     return len(stale)
 
 
-def in_workers(settings: CurationSettings, function, *arguments) -> list:
-    """`function` mapped over `arguments` in `settings.workers` processes forked from this one."""
-    with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-        return list(pool.map(function, *arguments))
+def in_workers(context, settings: CurationSettings, function, jobs: list) -> list:
+    """[function(job) for job in jobs] in `settings.workers` processes forked from this one, or as Ray tasks on
+    the cluster at `settings.ray_address` (retried when a worker dies); in the jobs' order either way."""
+    if not settings.ray_address:
+        with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
+            return list(pool.map(function, jobs))
+    from lavie_model.ray_cluster import check_shared_storage, connected, map_tasks, tasks_retried
+
+    with connected(settings.ray_address) as ray:
+        nodes = check_shared_storage(ray, settings.home())
+        step = max(1, len(jobs) // 10)
+        results = map_tasks(ray, function, jobs, progress=lambda done, total: (done % step == 0 or done == total) and
+                            context.log.info(f"{function.__name__}: {done} of {total} done on Ray"))
+        retried = tasks_retried(ray, [function.__name__])
+    context.log.info(f"{function.__name__}: {len(jobs)} Ray tasks on {nodes} nodes at {settings.ray_address}, "
+                     f"{retried} retried")
+    return results
+
+
+def engine(settings: CurationSettings) -> str:
+    """Where a step's per-file work ran, for its metadata."""
+    return f"ray at {settings.ray_address}" if settings.ray_address else f"{settings.workers} local processes"
+
+
+def _probe(args) -> dict:
+    return probe_with_shots(*args)
 
 
 def _probe_and_cut(args) -> tuple[dict, tuple | None]:
@@ -274,7 +303,7 @@ def _plain(result) -> tuple[list[dict], list[dict], list[dict], list[dict], int]
             len(result.copied))
 
 
-def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, rows):
+def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, rows, ran_on: str):
     table = pd.DataFrame(list(rows), columns=[f.name for f in fields(ProbeResult)] + list(SHOT_COLUMNS))
     table = table.assign(name=raw["name"].values, run_id=context.run.run_id)
     write_table(table[table["ok"]], folder / "probe.parquet")
@@ -286,7 +315,7 @@ def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, 
         "dagster/row_count": len(usable), "quarantined": len(quarantine),
         "funnel": funnel(ingested=len(raw), decodable=len(usable)),
         "quarantine_reasons": reasons_table(quarantine),
-        "hours": round(float(usable["duration"].sum()) / 3600, 4),
+        "hours": round(float(usable["duration"].sum()) / 3600, 4), "engine": ran_on,
     })
     yield dg.AssetCheckResult(
         asset_key=PROBED, check_name="quarantine_fraction", passed=fraction <= MAX_QUARANTINE_FRACTION,
@@ -294,7 +323,7 @@ def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, 
 
 
 def _clipped(context: dg.AssetExecutionContext, folder: Path, results: list[tuple], measure: ClipMeasure,
-             removed: int) -> dg.MaterializeResult:
+             removed: int, ran_on: str) -> dg.MaterializeResult:
     # Explicit columns: a batch with no usable file still gives well-formed (empty) tables downstream.
     clips = pd.DataFrame([c for cs, *_ in results for c in cs], columns=[f.name for f in fields(ClipRow)])
     clips = clips.assign(run_id=context.run.run_id)
@@ -310,7 +339,7 @@ def _clipped(context: dg.AssetExecutionContext, folder: Path, results: list[tupl
     return dg.MaterializeResult(asset_key=CLIPPED, metadata={
         "dagster/row_count": len(clips), "dropped_pieces": len(drops),
         "still_megabytes": round(float(stills["jpeg"].map(len).sum()) / 2**20, 3),
-        "stale_partials_removed": removed,
+        "stale_partials_removed": removed, "engine": ran_on,
         "stream_copied": sum(copied for *_, copied in results),
         "funnel": funnel(decodable=len(probed), clips=len(clips)),
         "drop_reasons": reasons_table(drops),
@@ -336,8 +365,9 @@ def captioned_clips(context: dg.AssetExecutionContext, settings: CurationSetting
     table["caption_source"] = table["caption_source"].where(table["caption"].notna(), None)
     wanted = table["caption"].isna() | settings.recaption
     if settings.captioner_path and wanted.any():
-        generated = caption_clips(table[wanted], CaptionerConfig(model_path=settings.captioner_path),
-                                  stored_stills(folder))
+        config = CaptionerConfig(model_path=settings.captioner_path)
+        generated = batched(context, settings, _caption_chunk, table[wanted], config.batch_size * CHUNK_BATCHES, config,
+                            stored_stills(folder))
         table.loc[wanted, ["caption", "caption_source"]] = generated[["caption", "caption_source"]].to_numpy()
     write_table(table, folder / "captions.parquet")
     return dg.MaterializeResult(metadata={
@@ -352,7 +382,8 @@ def clip_scores(context: dg.AssetExecutionContext, settings: CurationSettings) -
     folder = settings.batch_dir(context.partition_key)
     clips = pd.read_parquet(folder / "captions.parquet")
     config = settings.score_config()
-    scores = score_clips(clips, config, stored_motion(folder, config), stored_stills(folder))
+    scores = batched(context, settings, _score_chunk, clips, max(1, config.batch_size // config.frames_per_clip)
+                     * CHUNK_BATCHES, config, stored_motion(folder, config), stored_stills(folder))
     write_table(scores, folder / "scores.parquet")
     summary = scores[["clip_score", "aesthetic", "motion", "duration"]].describe().round(4)
     plots = " ".join(picture(histogram_png(scores[name], name), "png", name)
@@ -361,6 +392,44 @@ def clip_scores(context: dg.AssetExecutionContext, settings: CurationSettings) -
         "dagster/row_count": len(scores), "summary": markdown_table(summary.reset_index()),
         "histograms": dg.MetadataValue.md(plots),
     })
+
+
+CHUNK_BATCHES = 32  # model batches per Ray task of scoring or captioning (each task loads the model once)
+
+
+def batched(context, settings: CurationSettings, function, clips: pd.DataFrame, rows_per_chunk: int, config,
+            *by_clip: dict) -> pd.DataFrame:
+    """function((clips, config, *by_clip)) in this process, or, with a Ray address, over chunks of
+    `rows_per_chunk` clips as Ray tasks, concatenated in order. `by_clip`: clip_id-keyed inputs. The tables come
+    out identical: a chunk is a multiple of the model's batch, so every forward pass sees the rows it sees here,
+    and each task computes on as many torch threads as this process (a different count rounds differently)."""
+    if not settings.ray_address or clips.empty:
+        return function((clips, config, *by_clip))
+    import torch
+
+    jobs = []
+    for start in range(0, len(clips), rows_per_chunk):
+        chunk = clips.iloc[start:start + rows_per_chunk]
+        jobs.append((function, torch.get_num_threads(),
+                     (chunk, config, *({key: values[key] for key in chunk["clip_id"] if key in values}
+                                       for values in by_clip))))
+    return pd.concat(in_workers(context, settings, _in_threads, jobs), ignore_index=True)
+
+
+def _in_threads(job):
+    import torch
+
+    function, threads, args = job
+    torch.set_num_threads(threads)
+    return function(args)
+
+
+def _score_chunk(args) -> pd.DataFrame:
+    return score_clips(*args)
+
+
+def _caption_chunk(args) -> pd.DataFrame:
+    return caption_clips(*args)
 
 
 def stored_motion(folder: Path, config: ScoreConfig) -> dict[str, float]:

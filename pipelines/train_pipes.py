@@ -1,10 +1,17 @@
 """The trainer as a Dagster Pipes process: `lavie train` whose rank 0 streams metrics back to the asset.
 
-The training assets launch it with the deepspeed launcher (`deepspeed ... pipelines/train_pipes.py train ...`).
-Rank 0 opens the Pipes channel, logs each logged step and reports the final metrics as the materialization;
-the other ranks just train. Outside Dagster the channel is a no-op, so this runs as `lavie train` does.
+The training assets launch it in one of two ways (TrainingSettings.launcher):
+- `deepspeed`: under the deepspeed launcher (`deepspeed ... pipelines/train_pipes.py train ...`). Rank 0 opens
+  the Pipes channel, logs each logged step and reports the final metrics as the materialization; the other
+  ranks just train.
+- `ray`: as the entrypoint of a Ray job (`python pipelines/train_pipes.py --ray-workers N train ...`). This
+  process, the job's driver, opens the channel and runs the ranks as Ray Train workers
+  (lavie_model.training.ray_train); rank 0's metrics reach it through a Ray queue, so the Pipes messages on the
+  job's log come from the driver alone and the workers' output cannot corrupt them.
+Outside Dagster the channel is a no-op, so this runs as `lavie train` does.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -17,11 +24,14 @@ from lavie_model.training.trainer import train
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    launch = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    launch.add_argument("--ray-workers", type=int, default=0, help="ranks to run as Ray Train workers")
+    known, rest = launch.parse_known_args(argv)
+    args = build_parser().parse_args(rest)
     if args.command != "train":
         raise SystemExit("train_pipes.py runs `train` only")
     settings = train_settings(args)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not known.ray_workers and int(os.environ.get("RANK", "0")) != 0:
         train(settings, probe=probe)
         return 0
     with open_dagster_pipes() as pipes:
@@ -31,7 +41,15 @@ def main(argv=None) -> int:
             last.update(record)
             pipes.log.info("step " + json.dumps(record))
 
-        exported = train(settings, report=report, log=pipes.log.info, probe=probe)
+        if known.ray_workers:
+            import ray
+
+            from lavie_model.training.ray_train import fit
+
+            ray.init(log_to_driver=True)  # inside a Ray job: the job's cluster
+            exported = fit(settings, known.ray_workers, report=report, log=pipes.log.info, probe=probe)
+        else:
+            exported = train(settings, report=report, log=pipes.log.info, probe=probe)
         pipes.report_asset_materialization(metadata={
             "model_folder": {"raw_value": str(exported), "type": "path"},
             "steps": last.get("step", 0), "final_loss": last.get("loss", float("nan")),

@@ -1,7 +1,8 @@
 """Training assets (group `training`): base_model -> interpolation_model -> vsr_model, on all curated shards,
 downstream of the pretrained models they start from (pipelines/pretraining.py: t2i_model, upscaler_model).
 
-Each asset launches `lavie train` under the deepspeed launcher through Dagster Pipes, streams its progress
+Each asset launches `lavie train` through Dagster Pipes, under the deepspeed launcher or as a Ray job whose driver
+runs the ranks as Ray Train workers (TrainingSettings.launcher, docs/cluster.md), streams its progress
 into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics and a loss
 curve. The base stage starts from a folder assembled as `lavie assemble` would from the text-to-image and
 upscaler models and trained video UNets where there are some (`tiny`: the shipped tiny LaVie's base and
@@ -14,6 +15,8 @@ trainer and the presets, so a change to either marks them stale. `retrain_schedu
 
 import hashlib
 import json
+import os
+import shlex
 import sys
 from importlib import resources
 from pathlib import Path
@@ -35,6 +38,8 @@ from lavie_model.training.trainer import free_port
 from .curation import image_shards, markdown_table, picture, video_shards
 
 TRAIN_PIPES = Path(__file__).with_name("train_pipes.py")
+MASTER_PORT = 29500  # where the ranks of several nodes meet on node 0 (the deepspeed launcher)
+LAUNCHERS = ("deepspeed", "ray")
 
 
 def code_version() -> str:
@@ -63,7 +68,15 @@ class TrainingSettings(dg.ConfigurableResource):
     initial_model: str | None = None  # folder the base stage starts from instead of one assembled from them
     ranks: int = 1  # processes (GPUs) per node
     nodes: int = 1
-    hostfile: str | None = None  # DeepSpeed hostfile for several nodes
+    # how the ranks start: "deepspeed" (its launcher, here) or "ray" (a Ray job on the cluster at ray_address whose
+    # driver runs nodes x ranks Ray Train workers; docs/cluster.md)
+    launcher: str = "deepspeed"
+    ray_address: str = ""  # the Ray dashboard's job API, http://HOST:8265; its token in RAY_AUTH_TOKEN
+    # deepspeed, several nodes: a hostfile listing them, and this launcher's place among them; every node runs its
+    # own launcher (one asset run here, the others through the scheduler, e.g. srun), no ssh
+    hostfile: str | None = None
+    node_rank: int = 0
+    master_addr: str | None = None  # the address of node 0, where the ranks meet
     deepspeed_config: str | None = None
     max_steps: dict[str, int] = {}  # per stage (and t2i, upscaler, autoencoders); the preset's when absent
     overrides: list[str] = []  # `--set NAME=VALUE` entries for every cascade stage
@@ -76,12 +89,17 @@ class TrainingSettings(dg.ConfigurableResource):
     def home(self) -> Path:
         return store.lavie_home(self.lavie_home)
 
-    def launcher(self) -> list[str]:
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(self.ranks),
-                   "--master_port", str(free_port())]
-        if self.hostfile:
-            command += ["--hostfile", self.hostfile, "--num_nodes", str(self.nodes)]
-        return command
+    def deepspeed_command(self) -> list[str]:
+        """The deepspeed launcher of this node; with several nodes `--no_ssh`: one launcher per node."""
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(self.ranks)]
+        if self.nodes > 1:
+            if not (self.hostfile and self.master_addr):
+                raise dg.Failure("several nodes with the deepspeed launcher need TrainingSettings.hostfile and "
+                                 ".master_addr (node 0's address); or use launcher='ray'")
+            return command + ["--hostfile", self.hostfile, "--num_nodes", str(self.nodes), "--no_ssh",
+                              "--node_rank", str(self.node_rank), "--master_addr", self.master_addr,
+                              "--master_port", str(MASTER_PORT)]
+        return command + ["--master_port", str(free_port())]
 
     def pretrained(self) -> dict[str, Path]:
         """{"sd": folder, "upscaler": folder}: the 2D models given, or the preset's shipped stand-ins."""
@@ -112,6 +130,25 @@ class TrainingSettings(dg.ConfigurableResource):
             return {}
 
 
+def run_on_ray(context, settings: TrainingSettings, arguments: list[str]) -> dg.MaterializeResult:
+    """Submit the trainer as a Ray job through Dagster Pipes (dagster-ray's PipesRayJobClient): its driver runs
+    `nodes x ranks` Ray Train workers and reports back; the job is stopped if the Dagster run is."""
+    if not settings.ray_address:
+        raise dg.Failure("launcher='ray' needs TrainingSettings.ray_address: the cluster's dashboard, http://HOST:8265")
+    from lavie_model.ray_cluster import LOCAL_ONLY, is_loopback
+
+    if is_loopback(settings.ray_address):
+        os.environ.update(LOCAL_ONLY)
+    from dagster_ray import PipesRayJobClient
+
+    entrypoint = [sys.executable, str(TRAIN_PIPES), "--ray-workers", str(settings.nodes * settings.ranks), *arguments]
+    client = PipesRayJobClient(address=settings.ray_address, poll_interval=1)
+    context.log.info(f"submitting to Ray at {settings.ray_address}: {settings.nodes * settings.ranks} workers")
+    # Ray's job API takes the entrypoint as one command line: every argument quoted
+    return client.run(context=context, submit_job_params={"entrypoint": shlex.join(entrypoint),
+                                                           "entrypoint_num_cpus": 0}).get_materialize_result()
+
+
 def trained_shards(home: Path, stage: str):
     videos = current_shards(home / "shards" / "videos")
     images = current_shards(home / "shards" / "images")
@@ -133,27 +170,33 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
                 model: Path) -> dg.MaterializeResult:
     import torch
 
+    if settings.launcher not in LAUNCHERS:
+        raise dg.Failure(f"TrainingSettings.launcher is {settings.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     home = settings.home()
     videos, images = trained_shards(home, stage)
     run_dir = home / "training" / stage / context.run.run_id
-    command = settings.launcher() + [
-        str(TRAIN_PIPES), "train", "--stage", stage, "--preset", settings.preset, "--model", str(model),
+    arguments = [
+        "train", "--stage", stage, "--preset", settings.preset, "--model", str(model),
         "--videos", ",".join(videos["path"]), "--output", str(run_dir)]
     if not images.empty:
-        command += ["--images", ",".join(images["path"])]
+        arguments += ["--images", ",".join(images["path"])]
     if stage in settings.max_steps:
-        command += ["--max-steps", str(settings.max_steps[stage])]
+        arguments += ["--max-steps", str(settings.max_steps[stage])]
     if settings.deepspeed_config:
-        command += ["--deepspeed-config", settings.deepspeed_config]
+        arguments += ["--deepspeed-config", settings.deepspeed_config]
     if settings.gradient_checkpointing:
-        command += ["--gradient-checkpointing"]
+        arguments += ["--gradient-checkpointing"]
     for item in settings.overrides:
-        command += ["--set", item]
+        arguments += ["--set", item]
     if settings.latents and (home / "latents").is_dir():
-        command += ["--latents", str(home / "latents")]
-    env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
+        arguments += ["--latents", str(home / "latents")]
     context.log.info(f"training {stage} on {len(videos)} video and {len(images)} image shards in {run_dir}")
-    reported = pipes.run(context=context, command=command, env=env).get_materialize_result()
+    if settings.launcher == "ray":
+        reported = run_on_ray(context, settings, arguments)
+    else:
+        env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
+        command = settings.deepspeed_command() + [str(TRAIN_PIPES)] + arguments
+        reported = pipes.run(context=context, command=command, env=env).get_materialize_result()
 
     metrics = read_metrics(run_dir)
     run = json.loads((run_dir / "run.json").read_text())

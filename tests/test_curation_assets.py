@@ -385,3 +385,27 @@ def test_two_batches_curate_at_once_under_the_multiprocess_executor(corpus, tmp_
         assert len(pd.read_parquet(folder / "clips.parquet")) > 0
         kept = int(pd.read_parquet(folder / "filtered.parquet")["keep"].sum())
         assert int(pd.read_parquet(folder / "shards.parquet")["samples"].sum()) == kept
+
+
+def test_the_local_pool_neither_imports_nor_starts_ray(corpus, tmp_path):
+    """The single-machine default pays nothing for the Ray backend: a batch curated with the local pool, in a fresh
+    process that loaded the whole code location, leaves `ray` unimported."""
+    script = f"""
+import sys
+import dagster as dg
+from lavie_model.curation import store
+from pipelines.definitions import defs
+from pipelines.curation import VIDEO_ASSETS, CurationSettings
+from pathlib import Path
+batch = store.ingest([Path({str(corpus.videos[0].parent)!r})], home=Path({str(tmp_path / "home")!r}))
+instance = dg.DagsterInstance.ephemeral()
+instance.add_dynamic_partitions("video_batches", [batch.key])
+result = dg.materialize(VIDEO_ASSETS, partition_key=batch.key, instance=instance,
+                        resources={{"settings": CurationSettings(lavie_home={str(tmp_path / "home")!r})}})
+assert result.success
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("ray", "dagster_ray")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"LAVIE_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

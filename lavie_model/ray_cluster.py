@@ -1,0 +1,225 @@
+"""Ray, the engine curation and training scale on beyond one machine (docs/cluster.md).
+
+Nothing here is imported on the single-machine path: Ray loads only where an address is given.
+
+- `connected(address)`: this process as a driver of the cluster at `address` for the length of a block.
+- `map_tasks`: a function over jobs as Ray tasks (declared CPUs and memory, retried when a worker dies), results
+  in the jobs' order, so the tables built from them are those of the local process pool.
+- `check_shared_storage`: every alive node sees a folder (LAVIE_HOME) at the same path, or a clear error.
+- `LocalCluster` (and `python -m lavie_model.ray_cluster`): a Ray cluster of one or more nodes on this machine,
+  every listener on 127.0.0.1, token authentication on; for tests, benchmarks and trying the Ray paths out.
+
+Ray's job API runs whatever code it is sent (CVE-2023-48022, the "ShadowRay" attacks on exposed dashboards):
+a cluster started here binds to loopback and requires its token; reach a remote one through a tunnel or a
+private network, with its token in RAY_AUTH_TOKEN and RAY_AUTH_MODE=token (docs/cluster.md).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# Ray binds its listeners to the machine's external address unless told the cluster is local-only; a client of a
+# loopback cluster must say the same, or it dials the external address (read once, when ray is first imported).
+LOCAL_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+TASK_MEMORY = 1 << 30  # bytes declared per curation task: a clip writer's spill (256 MB) and its x264 encoder
+TASK_RETRIES = 3  # times a task is run again when its worker process or node dies
+
+
+def host_of(address: str) -> str:
+    """The host of a Ray address: HOST:PORT, ray://HOST:PORT or http://HOST:PORT."""
+    rest = address.split("://", 1)[-1]
+    return rest.rsplit(":", 1)[0] if ":" in rest else rest
+
+
+def is_loopback(address: str) -> bool:
+    return host_of(address) in LOOPBACK_HOSTS
+
+
+@contextlib.contextmanager
+def connected(address: str):
+    """`ray`, this process connected as a driver to the cluster at `address` (HOST:PORT from a cluster node,
+    ray://HOST:10001 from outside it) for the block; disconnected after, unless it was connected before."""
+    if is_loopback(address):
+        os.environ.update(LOCAL_ONLY)
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def map_tasks(ray, function, jobs: list, cpus: float = 1, memory: int = TASK_MEMORY,
+              retries: int = TASK_RETRIES, progress=None) -> list:
+    """[function(job) for job in jobs], each call a Ray task on `cpus` CPUs and `memory` bytes, run again up to
+    `retries` times if its worker dies; in the jobs' order. `progress(done, total)` after each finishes."""
+    remote = ray.remote(function).options(num_cpus=cpus, memory=memory, max_retries=retries,
+                                          retry_exceptions=False)
+    refs = [remote.remote(job) for job in jobs]
+    waiting = list(refs)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        ray.get(ready)  # raises a task's error at once, not after the rest
+        if progress:
+            progress(len(refs) - len(waiting), len(refs))
+    return ray.get(refs)
+
+
+def _reads(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def check_shared_storage(ray, folder: Path) -> int:
+    """Raise naming the folder and the nodes unless every alive node reads a file written here into `folder`;
+    the number of nodes checked."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    marker = folder / f".ray-visible-{token}"
+    marker.write_text(token)
+    try:
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+        probe = ray.remote(_reads)
+        refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                .remote(str(marker), token) for node in nodes]
+        blind = [f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+                 for node, seen in zip(nodes, ray.get(refs)) if not seen]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise FileNotFoundError(
+            f"LAVIE_HOME {folder} is not visible from the Ray node(s) {', '.join(blind)}: put it on storage that every "
+            "node mounts at the same path (NFS, a shared volume), see docs/cluster.md")
+    return len(nodes)
+
+
+def tasks_retried(ray, names: list[str]) -> int:
+    """How many attempts of this job's tasks named `names` were retries (Ray's state API; 0 if unavailable)."""
+    try:
+        from ray.util.state import list_tasks
+
+        job = ray.get_runtime_context().get_job_id()
+        tasks = list_tasks(filters=[("job_id", "=", job)], limit=100_000, raise_on_missing_output=False)
+    except Exception:  # the state API needs the dashboard; a figure, not a reason to fail the step
+        return 0
+    return sum(1 for task in tasks if task.name in names and task.attempt_number > 0)
+
+
+class LocalCluster:
+    """A Ray cluster of `nodes` nodes of `cpus` CPUs each on this machine, in a process group of its own: every
+    listener on 127.0.0.1, token authentication on (a random token), its files under `temp_dir`.
+
+    `address` (GCS, for drivers), `dashboard` (http://..., for the job API), `env` (what a client needs in its
+    environment: the token and the local-only switch), `pid`, `started_in` (seconds). Stop it with `stop()` or by
+    leaving the `with` block; nothing of it is left running."""
+
+    def __init__(self, temp_dir: Path, nodes: int = 1, cpus: int = 2, object_store_mb: int = 128,
+                 timeout: float = 120):
+        self.temp_dir = Path(temp_dir)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**LOCAL_ONLY, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        command = [sys.executable, "-m", "lavie_model.ray_cluster", "--nodes", str(nodes), "--cpus", str(cpus),
+                   "--object-store-mb", str(object_store_mb), "--temp-dir", str(self.temp_dir)]
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, env=os.environ | self.env, stdout=subprocess.PIPE,
+                                        stderr=open(self.temp_dir / "cluster.log", "w"), text=True,
+                                        start_new_session=True)
+        self.pid = self.process.pid
+        ready = {}
+        timer = threading.Timer(timeout, self.process.kill)
+        timer.start()
+        try:
+            line = self.process.stdout.readline()
+            ready = json.loads(line) if line.startswith("{") else {}
+        finally:
+            timer.cancel()
+        if not ready:
+            self.stop()
+            log = (self.temp_dir / "cluster.log").read_text()[-3000:]
+            raise RuntimeError(f"the local Ray cluster did not start within {timeout:.0f} s:\n{log}")
+        self.started_in = time.perf_counter() - started
+        self.address, self.dashboard = ready["address"], "http://" + ready["dashboard"]
+
+    def stop(self, grace: float = 30) -> None:
+        """SIGTERM to the cluster's process (it shuts its nodes down); then SIGKILL to whatever of its process tree
+        is left after `grace` seconds, and wait until every process of it is gone."""
+        import psutil
+
+        try:
+            tree = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(alive, timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve(nodes: int, cpus: int, object_store_mb: int, temp_dir: str) -> None:
+    """Run a loopback cluster until SIGTERM; print one JSON line (its addresses) once every node is up."""
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        raise SystemExit("set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: without it Ray listens on every interface")
+    from ray.cluster_utils import Cluster
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    store = object_store_mb << 20
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": cpus, "object_store_memory": store, "temp_dir": temp_dir, "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": 0, "ray_client_server_port": free_port()})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus, object_store_memory=store)
+        cluster.wait_for_nodes()
+        print(json.dumps({"address": cluster.address, "dashboard": cluster.webui_url}), flush=True)
+        stop.wait()
+    finally:
+        cluster.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="A Ray cluster on this machine, on 127.0.0.1, until SIGTERM.")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs per node")
+    parser.add_argument("--object-store-mb", type=int, default=128)
+    parser.add_argument("--temp-dir", required=True)
+    args = parser.parse_args()
+    serve(args.nodes, args.cpus, args.object_store_mb, args.temp_dir)
