@@ -1,8 +1,9 @@
-"""Curation speed: source seconds per wall second for each CPU stage, beside decode-only and the encode floor.
+"""Curation speed: source seconds per wall second for each CPU stage, beside decode-only and the encode floor;
+with --ray, the Ray backend beside the local pool.
 
     python benchmarks/curation.py [--n 40] [--seconds 10] [--width 640] [--height 360] [--fps 25]
                                   [--preset paper] [--short-side PX] [--clip-fps FPS] [--min-seconds S]
-                                  [--max-seconds S] [--workers N] [--repeat R] [--stream-copy]
+                                  [--max-seconds S] [--workers N] [--repeat R] [--stream-copy] [--ray]
 
 Generates N synthetic H.264 videos (a textured background panning under a moving square; every third
 video has two hard cuts), then times, over all of them, one stage after the other in one process:
@@ -86,11 +87,11 @@ def make_video(path: Path, seconds: float, width: int, height: int, fps: int, cu
 
 
 class PeakMemory(threading.Thread):
-    """Samples the resident set of this process and of all its children until stopped (MB)."""
+    """Samples the resident set of a process (default: this one) and of all its children until stopped (MB)."""
 
-    def __init__(self):
+    def __init__(self, pid: int | None = None):
         super().__init__(daemon=True)
-        self.process, self.done = psutil.Process(), threading.Event()
+        self.process, self.done = psutil.Process(pid), threading.Event()
         self.start_rss = self.own = self.process.memory_info().rss / 2**20
         self.children = 0.0
 
@@ -149,6 +150,9 @@ def main() -> None:
                         help="runs of the pooled stage, each beside a run of the pooled floor (the ratio's median)")
     parser.add_argument("--stream-copy", action="store_true",
                         help="also cut sources made at the clip size and rate, re-encoded and by stream copy")
+    parser.add_argument("--ray", action="store_true",
+                        help="also run probe_and_cut as Ray tasks on a local cluster of --workers CPUs, in turn with "
+                             "the local pool (CurationSettings.ray_address against .workers)")
     args = parser.parse_args()
     overrides = {"short_side": args.short_side, "fps": args.clip_fps, "min_seconds": args.min_seconds,
                  "max_seconds": args.max_seconds}
@@ -228,6 +232,7 @@ def main() -> None:
         for name in (pooled_decode, pooled_floor):  # the table shows medians
             timings[name] = float(np.median([run[name][0] for run in runs]))
             cpu[name] = float(np.median([run[name][1] for run in runs]))
+        ray_report = ray_against_pool(args, paths, work, config, measure) if args.ray else None
 
         clip_frames = "CLIP frames from the writer's stills, its motion (clip_scores)"
         timed(clip_frames, lambda row: read_clip(row["path"], row["frame_count"], scoring.frames_per_clip,
@@ -295,6 +300,59 @@ def main() -> None:
     print(f"whole, as the assets run it / the encode floor ({pooled_floor[7:]}), each run beside its floor run "
           f"({args.repeat} runs): wall {np.median(walls):.2f} median ({walls[0]:.2f}-{walls[-1]:.2f}), CPU "
           f"{np.median(cpus):.2f} ({cpus[0]:.2f}-{cpus[-1]:.2f}): {verdict} the 1.3x target")
+    if ray_report:
+        print(ray_report)
+
+
+def ray_against_pool(args, paths: list[Path], work: Path, config: ClipConfig, measure) -> str:
+    """probe_and_cut as the asset runs it (pipelines.curation._probe_and_cut) over all files: Ray tasks on a local
+    cluster of `--workers` CPUs (already up) against `--workers` forked processes, in turn `--repeat` times; the
+    same rows either way. The cluster's start-up time, the peak memory of its processes, and tasks retried."""
+    from lavie_model.curation.probe import sha256_of
+    from lavie_model.ray_cluster import LocalCluster, connected, map_tasks, tasks_retried
+    from pipelines.curation import _probe_and_cut
+
+    jobs = [(path, sha256_of(path), work / "ray_bench", config, measure, None) for path in paths]
+
+    def pool():
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as executor:
+            return list(executor.map(_probe_and_cut, jobs))
+
+    walls = {"pool": [], "ray": []}
+    with LocalCluster(work / "ray", nodes=1, cpus=args.workers) as cluster:
+        os.environ.update(cluster.env)
+        memory = PeakMemory(cluster.pid)
+        memory.start()
+        with connected(cluster.address) as ray:
+            started = time.perf_counter()  # untimed: the workers start and import the code once
+            map_tasks(ray, _probe_and_cut, jobs[:args.workers])
+            warm_up = time.perf_counter() - started
+            for _ in range(args.repeat):
+                for name, run in (("pool", pool), ("ray", lambda: map_tasks(ray, _probe_and_cut, jobs))):
+                    started = time.perf_counter()
+                    rows = run()
+                    walls[name].append(time.perf_counter() - started)
+                    if name == "pool":
+                        expected = [row for row, _ in rows]
+                    elif [row for row, _ in rows] != expected:
+                        raise AssertionError("Ray's probe rows differ from the local pool's")
+            retried = tasks_retried(ray, ["_probe_and_cut"])
+        memory.done.set()
+        memory.join()
+    ratios = sorted(r / p for r, p in zip(walls["ray"], walls["pool"]))
+    verdict = "within" if np.median(ratios) <= 1.15 else "NOT within"
+    return (f"\nRay against the local pool, probe_and_cut over the {len(paths)} files, {args.workers} CPUs each, "
+            f"{args.repeat} runs in turn (cluster up before timing):\n"
+            f"| backend | wall s, median | runs |\n|---|---|---|\n"
+            f"| local pool, {args.workers} processes | {np.median(walls['pool']):.2f} | "
+            f"{', '.join(f'{w:.2f}' for w in walls['pool'])} |\n"
+            f"| Ray, 1 node of {args.workers} CPUs | {np.median(walls['ray']):.2f} | "
+            f"{', '.join(f'{w:.2f}' for w in walls['ray'])} |\n"
+            f"Ray / pool, each run beside the pool run before it: {np.median(ratios):.2f} median "
+            f"({ratios[0]:.2f}-{ratios[-1]:.2f}): {verdict} the 1.15x target. Apart: cluster start-up "
+            f"{cluster.started_in:.1f} s, then {warm_up:.1f} s for a first round of {args.workers} files (the workers "
+            f"start and import the code); peak memory of the cluster's processes (head, raylet, workers) {memory.children + memory.own:.0f} "
+            f"MB; tasks retried: {retried}")
 
 
 if __name__ == "__main__":

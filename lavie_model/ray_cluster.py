@@ -196,7 +196,8 @@ def serve(nodes: int, cpus: int, object_store_mb: int, temp_dir: str) -> None:
     store = object_store_mb << 20
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus, "object_store_memory": store, "temp_dir": temp_dir, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": 0, "ray_client_server_port": free_port()})
+        "dashboard_host": "127.0.0.1", "dashboard_port": 0, "ray_client_server_port": free_port(),
+        "dashboard_agent_listen_port": free_port()})  # not Ray's fixed 52365: clusters side by side
     try:
         for _ in range(nodes - 1):
             cluster.add_node(num_cpus=cpus, object_store_memory=store)

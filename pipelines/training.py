@@ -38,7 +38,6 @@ from lavie_model.training.trainer import free_port
 from .curation import image_shards, markdown_table, picture, video_shards
 
 TRAIN_PIPES = Path(__file__).with_name("train_pipes.py")
-MASTER_PORT = 29500  # where the ranks of several nodes meet on node 0 (the deepspeed launcher)
 LAUNCHERS = ("deepspeed", "ray")
 
 
@@ -77,6 +76,7 @@ class TrainingSettings(dg.ConfigurableResource):
     hostfile: str | None = None
     node_rank: int = 0
     master_addr: str | None = None  # the address of node 0, where the ranks meet
+    master_port: int = 29500
     deepspeed_config: str | None = None
     max_steps: dict[str, int] = {}  # per stage (and t2i, upscaler, autoencoders); the preset's when absent
     overrides: list[str] = []  # `--set NAME=VALUE` entries for every cascade stage
@@ -98,7 +98,7 @@ class TrainingSettings(dg.ConfigurableResource):
                                  ".master_addr (node 0's address); or use launcher='ray'")
             return command + ["--hostfile", self.hostfile, "--num_nodes", str(self.nodes), "--no_ssh",
                               "--node_rank", str(self.node_rank), "--master_addr", self.master_addr,
-                              "--master_port", str(MASTER_PORT)]
+                              "--master_port", str(self.master_port)]
         return command + ["--master_port", str(free_port())]
 
     def pretrained(self) -> dict[str, Path]:

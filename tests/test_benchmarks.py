@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALLEST = {
     "unet_step": (["--presets", "tiny", "--repeats", "1", "--models", "ours"], "fwd+bwd s"),
     "generate": (["--presets", "tiny", "--stages", "base"], "s/step"),
-    "curation": (["--n", "1", "--seconds", "3", "--preset", "tiny"], "/ the encode floor"),
+    "curation": (["--n", "2", "--seconds", "3", "--preset", "tiny", "--workers", "1", "--repeat", "1", "--ray"],
+                 "Ray / pool"),
     "train_step": (["--steps", "1", "--loader-samples", "4", "--latent-steps", "1"],
                    "speed-up fed by the loaders, pixels / latents"),
 }

@@ -154,8 +154,22 @@ def unet(folder: Path) -> dict:
     return load_file(next((folder / "unet_base").glob("*.safetensors")))
 
 
-def test_the_ray_launcher_trains_as_the_deepspeed_launcher_and_reports_through_pipes(ray_cluster, tiny_folder,
-                                                                                     tmp_path, monkeypatch):
+def kill_a_rank_after_the_first_checkpoint(runs: Path, killed: list, stop: threading.Event) -> None:
+    """SIGKILL a Ray Train worker once a run under `runs` has written its first checkpoint."""
+    while not stop.is_set() and not killed:
+        if list(runs.glob("*/checkpoints/latest")):
+            for process in psutil.process_iter(["pid", "cmdline"]):
+                if process.info["cmdline"] and process.info["cmdline"][0].startswith("ray::RayTrainWorker"):
+                    os.kill(process.info["pid"], signal.SIGKILL)
+                    killed.append(process.info["pid"])
+                    return
+        time.sleep(0.05)
+
+
+def test_the_ray_launcher_trains_as_the_deepspeed_launcher_through_pipes_and_a_killed_rank(ray_cluster, tiny_folder,
+                                                                                          tmp_path, monkeypatch):
+    """Two ranks on the two Ray nodes, one killed after the first checkpoint (the group restarts and continues from
+    it), against two ranks under the deepspeed launcher, uninterrupted: the same weights and losses."""
     for name, value in clean_env().items():
         monkeypatch.setenv(name, value)
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -164,29 +178,45 @@ def test_the_ray_launcher_trains_as_the_deepspeed_launcher_and_reports_through_p
     image = home / "clips" / "red.png"  # a second image, so that each of two ranks has one
     write_image_shards(pd.DataFrame([{"key": "red2", "path": str(image), "caption": "red again"}]),
                        home / "shards" / "images" / "images-b2", "images-b2")
-    common = {"lavie_home": str(home), "initial_model": str(tiny_folder), "max_steps": {"base": 2},
-              "overrides": ["image_frames=1", "batch_size=1", "evaluate_every=0", "log_every=1"]}
-    runs = {}
+    common = {"lavie_home": str(home), "initial_model": str(tiny_folder), "max_steps": {"base": 4},
+              "overrides": ["image_frames=1", "batch_size=1", "evaluate_every=0", "log_every=1",
+                            "checkpoint_every=2"]}
+    runs, steps, killed, stop = {}, {}, [], threading.Event()
     with dg.instance_for_test() as instance:
         for launcher, extra in (("deepspeed", {"ranks": 2}),
                                 ("ray", {"nodes": 2, "ranks": 1, "ray_address": ray_cluster.dashboard})):
-            result = dg.materialize([base_model], instance=instance, resources={
-                "training": TrainingSettings(launcher=launcher, **common, **extra),
-                "pipes": dg.PipesSubprocessClient()})
+            killer = threading.Thread(target=kill_a_rank_after_the_first_checkpoint,
+                                      args=(home / "training" / "base", killed, stop))
+            if launcher == "ray":
+                killer.start()
+            try:
+                result = dg.materialize([base_model], instance=instance, resources={
+                    "training": TrainingSettings(launcher=launcher, **common, **extra),
+                    "pipes": dg.PipesSubprocessClient()})
+            finally:
+                stop.set() if launcher == "ray" else None
             assert result.success, launcher
             runs[launcher] = result.get_asset_materialization_events()[0].materialization.metadata
-            # rank 0's steps reached the run's log through Pipes, once each, whatever the workers printed
-            steps = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("step {")]
-            assert [json.loads(m[5:])["step"] for m in steps] == [1, 2], launcher
+            # rank 0's steps reached the run's log through Pipes, whatever the workers printed
+            steps[launcher] = [json.loads(e.user_message[5:])["step"] for e in instance.all_logs(result.run_id)
+                               if e.user_message.startswith("step {")]
+            if launcher == "deepspeed":  # the killer waits for the Ray run's checkpoint, not this one's
+                for old in (home / "training" / "base").iterdir():
+                    (old / "checkpoints" / "latest").rename(old / "checkpoints" / "latest.done")
+    assert killed, "no Ray Train worker was killed"
+    assert steps["deepspeed"] == [1, 2, 3, 4]
+    # the restarted ranks continued from the checkpoint at step 2 (a step after it may come twice), not from step 0
+    assert set(steps["ray"]) == {1, 2, 3, 4} and steps["ray"][-1] == 4
+    assert steps["ray"].count(1) == steps["ray"].count(2) == 1
     ray_run, ds_run = runs["ray"], runs["deepspeed"]
-    assert ray_run["steps"].value == ds_run["steps"].value == 2
+    assert ray_run["steps"].value == ds_run["steps"].value == 4
     assert ray_run["final_loss"].value == pytest.approx(ds_run["final_loss"].value, rel=1e-5)
     assert ray_run["loss_curve"].value.startswith("![loss](data:image/png;base64,")
     assert "Ray Job ID" in ray_run  # the Pipes client's, beside the trainer's own report
     a, b = unet(Path(ray_run["model_folder"].value)), unet(Path(ds_run["model_folder"].value))
     assert set(a) == set(b) and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
-    summary = (Path(ray_run["run_dir"].value) / "summary.json").read_text()
-    assert '"world_size": 2' in summary and '"weights_in_sync": true' in summary
+    summary = json.loads((Path(ray_run["run_dir"].value) / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["weights_in_sync"]
 
 
 def test_stopping_the_cluster_leaves_no_process_and_no_shared_memory_file(ray_cluster):

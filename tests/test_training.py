@@ -403,3 +403,30 @@ def test_vae_loss_weighs_a_colour_error_above_the_same_error_on_gray():
     off_gray[0, :, 1, 1] += 0.5
     assert reconstruction_loss(off_colour, target) > 4 * reconstruction_loss(off_gray, target) > 0
     assert reconstruction_loss(target, target) == 0
+
+
+def test_one_deepspeed_launcher_per_node_without_ssh_forms_one_world(tiny_folder, shards, tmp_path):
+    """Several nodes without pdsh or ssh: each node runs the launcher the training asset builds for it
+    (`--no_ssh --node_rank N --master_addr HOST`); two of them on 127.0.0.1 form world size 2."""
+    from pipelines.training import TRAIN_PIPES, TrainingSettings
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    run = tmp_path / "run"
+    first_shard = str(sorted(Path(shards["videos"]).glob("*.tar"))[0])
+    port = 30500 + os.getpid() % 1000
+    launchers = []
+    for node in (0, 1):
+        settings = TrainingSettings(nodes=2, ranks=1, hostfile=str(hostfile), node_rank=node, master_addr="127.0.0.1",
+                                    master_port=port)
+        command = settings.deepspeed_command() + [str(TRAIN_PIPES)] + train_args("base", tiny_folder, first_shard,
+                                                                                  run, 2)
+        assert "--no_ssh" in command and command[command.index("--node_rank") + 1] == str(node)
+        launchers.append(subprocess.Popen(command, env=clean_env() | {"DS_ACCELERATOR": "cpu"},
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [launcher.communicate(timeout=400)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["weights_in_sync"]
+    seen = [(run / f"samples-rank{r}.jsonl").read_text() for r in (0, 1)]
+    assert seen[0] and seen[1] and seen[0] != seen[1]  # one rank on each node, each on its own samples

@@ -20,10 +20,11 @@ def _worker(config: dict) -> None:
     """One rank: `trainer.train` with rank 0's reports sent to the driver's queue."""
     import ray.train
 
+    from .checkpoint import latest_tag
     from .trainer import train
 
     settings = TrainSettings(**config["settings"])
-    if any((Path(settings.output) / "checkpoints").glob("step_*")):  # a restart: continue from the last checkpoint
+    if latest_tag(Path(settings.output) / "checkpoints"):  # a restart: continue from the last checkpoint
         settings = replace(settings, resume=True)
     messages = config["messages"]
     if ray.train.get_context().get_world_rank() == 0:
