@@ -6,8 +6,9 @@ Nothing here is imported on the single-machine path: Ray loads only where an add
 - `map_tasks`: a function over jobs as Ray tasks (declared CPUs and memory, retried when a worker dies), results
   in the jobs' order, so the tables built from them are those of the local process pool.
 - `check_shared_storage`: every alive node sees a folder (LAVIE_HOME) at the same path, or a clear error.
-- `LocalCluster` (and `python -m lavie_model.ray_cluster`): a Ray cluster of one or more nodes on this machine,
-  every listener on 127.0.0.1, token authentication on; for tests, benchmarks and trying the Ray paths out.
+- `LocalCluster` (and `python -m lavie_model.ray_cluster [--nodes N] [--cpus C]`): a Ray cluster of one or more
+  nodes on this machine, every listener on 127.0.0.1, token authentication on with a random token; for tests,
+  benchmarks and trying the Ray paths out.
 
 Ray's job API runs whatever code it is sent (CVE-2023-48022, the "ShadowRay" attacks on exposed dashboards):
 a cluster started here binds to loopback and requires its token; reach a remote one through a tunnel or a
@@ -136,7 +137,7 @@ class LocalCluster:
         self.temp_dir = Path(temp_dir)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**LOCAL_ONLY, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-        command = [sys.executable, "-m", "lavie_model.ray_cluster", "--nodes", str(nodes), "--cpus", str(cpus),
+        command = [sys.executable, "-m", "lavie_model.ray_cluster", "--serve", "--nodes", str(nodes), "--cpus", str(cpus),
                    "--object-store-mb", str(object_store_mb), "--temp-dir", str(self.temp_dir)]
         started = time.perf_counter()
         self.process = subprocess.Popen(command, env=os.environ | self.env, stdout=subprocess.PIPE,
@@ -187,8 +188,10 @@ class LocalCluster:
 
 def serve(nodes: int, cpus: int, object_store_mb: int, temp_dir: str) -> None:
     """Run a loopback cluster until SIGTERM; print one JSON line (its addresses) once every node is up."""
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-        raise SystemExit("set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: without it Ray listens on every interface")
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0" or os.environ.get("RAY_AUTH_MODE") != "token" \
+            or not os.environ.get("RAY_AUTH_TOKEN"):
+        raise SystemExit("--serve needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (else Ray listens on every interface), "
+                         "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN: run without --serve to have them set")
     from ray.cluster_utils import Cluster
 
     stop = threading.Event()
@@ -216,11 +219,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="A Ray cluster on this machine, on 127.0.0.1, until SIGTERM.")
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description="A Ray cluster on this machine, on 127.0.0.1 with token auth, until Ctrl-C; prints the settings "
+                    "and the environment its clients need.")
     parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--cpus", type=int, default=2, help="CPUs per node")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs per node")
     parser.add_argument("--object-store-mb", type=int, default=128)
-    parser.add_argument("--temp-dir", required=True)
-    args = parser.parse_args()
-    serve(args.nodes, args.cpus, args.object_store_mb, args.temp_dir)
+    parser.add_argument("--temp-dir", default=None, help="Ray's session files (default: a new folder under /tmp)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # LocalCluster's child process
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.nodes, args.cpus, args.object_store_mb, args.temp_dir)
+        return
+    import tempfile
+
+    temp_dir = Path(args.temp_dir or tempfile.mkdtemp(prefix="lavie-ray-"))
+    with LocalCluster(temp_dir, args.nodes, args.cpus, args.object_store_mb) as cluster:
+        print(f"Ray: {args.nodes} node(s) of {args.cpus} CPUs up in {cluster.started_in:.1f} s, files in {temp_dir}\n"
+              f"  CurationSettings(ray_address=\"{cluster.address}\")\n"
+              f"  TrainingSettings(launcher=\"ray\", ray_address=\"{cluster.dashboard}\")\n"
+              "in the environment of the Dagster process (the token is this cluster's, new each start):\n"
+              + "".join(f"  export {name}={value}\n" for name, value in cluster.env.items())
+              + "Ctrl-C stops it.", flush=True)
+        stop = threading.Event()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: stop.set())
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ from .training import (
 # Every run, of a job or of assets picked in the UI, executes each asset in its own process, at most
 # `max_concurrent` at a time. Step processes fork from a server that imported this module once, instead of
 # each importing torch anew. How many runs (batches) go at once is `concurrency: runs` in dagster.yaml;
-# on a cluster this executor is the one setting to swap (docs/cluster_curation.md).
+# on a cluster this executor is the one setting to swap (docs/cluster.md).
 executor = dg.multiprocess_executor.configured({
     "max_concurrent": 2,
     "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}},

@@ -143,7 +143,7 @@ def run_on_ray(context, settings: TrainingSettings, arguments: list[str]) -> dg.
 
     entrypoint = [sys.executable, str(TRAIN_PIPES), "--ray-workers", str(settings.nodes * settings.ranks), *arguments]
     client = PipesRayJobClient(address=settings.ray_address, poll_interval=1)
-    context.log.info(f"submitting to Ray at {settings.ray_address}: {settings.nodes * settings.ranks} workers")
+    context.log.info(f"submitting to Ray at {settings.ray_address}: {shlex.join(entrypoint)}")
     # Ray's job API takes the entrypoint as one command line: every argument quoted
     return client.run(context=context, submit_job_params={"entrypoint": shlex.join(entrypoint),
                                                            "entrypoint_num_cpus": 0}).get_materialize_result()
@@ -196,6 +196,7 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
     else:
         env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
         command = settings.deepspeed_command() + [str(TRAIN_PIPES)] + arguments
+        context.log.info(f"launcher (node {settings.node_rank} of {settings.nodes}): {shlex.join(command)}")
         reported = pipes.run(context=context, command=command, env=env).get_materialize_result()
 
     metrics = read_metrics(run_dir)
