@@ -57,7 +57,8 @@ def connected(address: str):
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    context = ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    _dashboard[ray.get_runtime_context().get_job_id()] = context.dashboard_url
     try:
         yield ray
     finally:
@@ -112,15 +113,23 @@ def check_shared_storage(ray, folder: Path) -> int:
     return len(nodes)
 
 
-def tasks_retried(ray, names: list[str]) -> int:
-    """How many attempts of this job's tasks named `names` were retries (Ray's state API; 0 if unavailable)."""
+_dashboard = {}  # job id: the dashboard of the cluster `connected` joined, for the state API
+
+
+def tasks_retried(ray, names: list[str]) -> int | None:
+    """How many attempts of this job's tasks named `names` were retries, among its last 10,000 attempts (Ray's
+    state API, which hears of attempts about a second late); None where the dashboard cannot be asked."""
+    job = ray.get_runtime_context().get_job_id()
+    if not _dashboard.get(job):
+        return None
+    time.sleep(1.5)
     try:
         from ray.util.state import list_tasks
 
-        job = ray.get_runtime_context().get_job_id()
-        tasks = list_tasks(filters=[("job_id", "=", job)], limit=100_000, raise_on_missing_output=False)
-    except Exception:  # the state API needs the dashboard; a figure, not a reason to fail the step
-        return 0
+        tasks = list_tasks(address="http://" + _dashboard[job].removeprefix("http://"), filters=[("job_id", "=", job)],
+                           limit=10_000, raise_on_missing_output=False)  # the API server's most
+    except Exception:  # a figure for the logs, not a reason to fail the step
+        return None
     return sum(1 for task in tasks if task.name in names and task.attempt_number > 0)
 
 

@@ -268,7 +268,7 @@ def in_workers(context, settings: CurationSettings, function, jobs: list) -> lis
                             context.log.info(f"{function.__name__}: {done} of {total} done on Ray"))
         retried = tasks_retried(ray, [function.__name__])
     context.log.info(f"{function.__name__}: {len(jobs)} Ray tasks on {nodes} nodes at {settings.ray_address}, "
-                     f"{retried} retried")
+                     + ("retries unknown (no dashboard)" if retried is None else f"{retried} retried"))
     return results
 
 

@@ -120,7 +120,10 @@ def test_curation_on_ray_gives_the_local_pools_tables_and_shards_though_a_worker
         finally:
             stop.set()
             killer.join()
-    assert result.success and killed, "no Ray worker was caught cutting"
+        assert result.success and killed, "no Ray worker was caught cutting"
+        logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("_probe_and_cut: ") and m.endswith("on 2 nodes at " + ray_cluster.address + ", 1 retried")
+               for m in logs), [m for m in logs if "Ray tasks" in m]
     for name in TABLES:
         pd.testing.assert_frame_equal(comparable(pd.read_parquet(folder / f"{name}.parquet")), local[name],
                                       obj=name)
