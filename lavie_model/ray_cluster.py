@@ -135,7 +135,8 @@ def tasks_retried(ray, names: list[str]) -> int | None:
 
 class LocalCluster:
     """A Ray cluster of `nodes` nodes of `cpus` CPUs each on this machine, in a process group of its own: every
-    listener on 127.0.0.1, token authentication on (a random token), its files under `temp_dir`.
+    listener on 127.0.0.1, token authentication on (a random token), its log under `temp_dir` and Ray's session
+    files in a short folder under /tmp, removed when it stops.
 
     `address` (GCS, for drivers), `dashboard` (http://..., for the job API), `env` (what a client needs in its
     environment: the token and the local-only switch), `pid`, `started_in` (seconds). Stop it with `stop()` or by
@@ -143,11 +144,15 @@ class LocalCluster:
 
     def __init__(self, temp_dir: Path, nodes: int = 1, cpus: int = 2, object_store_mb: int = 128,
                  timeout: float = 120):
+        import tempfile
+
         self.temp_dir = Path(temp_dir)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        # Ray's sockets live under its session folder, and a Unix socket's path has at most 107 bytes
+        self.session_dir = Path(tempfile.mkdtemp(prefix="lavie-ray-", dir="/tmp"))
         self.env = {**LOCAL_ONLY, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         command = [sys.executable, "-m", "lavie_model.ray_cluster", "--serve", "--nodes", str(nodes), "--cpus", str(cpus),
-                   "--object-store-mb", str(object_store_mb), "--temp-dir", str(self.temp_dir)]
+                   "--object-store-mb", str(object_store_mb), "--temp-dir", str(self.session_dir)]
         started = time.perf_counter()
         self.process = subprocess.Popen(command, env=os.environ | self.env, stdout=subprocess.PIPE,
                                         stderr=open(self.temp_dir / "cluster.log", "w"), text=True,
@@ -187,6 +192,9 @@ class LocalCluster:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         self.process.wait()
+        import shutil
+
+        shutil.rmtree(self.session_dir, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -235,7 +243,7 @@ def main(argv=None) -> None:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs per node")
     parser.add_argument("--object-store-mb", type=int, default=128)
-    parser.add_argument("--temp-dir", default=None, help="Ray's session files (default: a new folder under /tmp)")
+    parser.add_argument("--temp-dir", default=None, help="the cluster log's folder (default: a new folder under /tmp)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # LocalCluster's child process
     args = parser.parse_args(argv)
     if args.serve:
