@@ -20,13 +20,17 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+
+from .training.trainer import free_port
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Ray binds its listeners to the machine's external address unless told the cluster is local-only; a client of a
@@ -46,12 +50,18 @@ def is_loopback(address: str) -> bool:
     return host_of(address) in LOOPBACK_HOSTS
 
 
+def become_client_of(address: str) -> None:
+    """Prepare this process to talk to the cluster at `address`: for a loopback cluster, the local-only switch,
+    which Ray reads when it is first imported (so call this before `import ray`)."""
+    if is_loopback(address):
+        os.environ.update(LOCAL_ONLY)
+
+
 @contextlib.contextmanager
 def connected(address: str):
     """`ray`, this process connected as a driver to the cluster at `address` (HOST:PORT from a cluster node,
     ray://HOST:10001 from outside it) for the block; disconnected after, unless it was connected before."""
-    if is_loopback(address):
-        os.environ.update(LOCAL_ONLY)
+    become_client_of(address)
     import ray
 
     if ray.is_initialized():
@@ -144,8 +154,6 @@ class LocalCluster:
 
     def __init__(self, temp_dir: Path, nodes: int = 1, cpus: int = 2, object_store_mb: int = 128,
                  timeout: float = 120):
-        import tempfile
-
         self.temp_dir = Path(temp_dir)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         # Ray's sockets live under its session folder, and a Unix socket's path has at most 107 bytes
@@ -192,8 +200,6 @@ class LocalCluster:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         self.process.wait()
-        import shutil
-
         shutil.rmtree(self.session_dir, ignore_errors=True)
 
     def __enter__(self):
@@ -228,14 +234,6 @@ def serve(nodes: int, cpus: int, object_store_mb: int, temp_dir: str) -> None:
         cluster.shutdown()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="A Ray cluster on this machine, on 127.0.0.1 with token auth, until Ctrl-C; prints the settings "
@@ -249,8 +247,6 @@ def main(argv=None) -> None:
     if args.serve:
         serve(args.nodes, args.cpus, args.object_store_mb, args.temp_dir)
         return
-    import tempfile
-
     temp_dir = Path(args.temp_dir or tempfile.mkdtemp(prefix="lavie-ray-"))
     with LocalCluster(temp_dir, args.nodes, args.cpus, args.object_store_mb) as cluster:
         print(f"Ray: {args.nodes} node(s) of {args.cpus} CPUs up in {cluster.started_in:.1f} s, files in {temp_dir}\n"

@@ -15,7 +15,6 @@ trainer and the presets, so a change to either marks them stale. `retrain_schedu
 
 import hashlib
 import json
-import os
 import shlex
 import sys
 from importlib import resources
@@ -135,10 +134,9 @@ def run_on_ray(context, settings: TrainingSettings, arguments: list[str]) -> dg.
     `nodes x ranks` Ray Train workers and reports back; the job is stopped if the Dagster run is."""
     if not settings.ray_address:
         raise dg.Failure("launcher='ray' needs TrainingSettings.ray_address: the cluster's dashboard, http://HOST:8265")
-    from lavie_model.ray_cluster import LOCAL_ONLY, is_loopback
+    from lavie_model.ray_cluster import become_client_of
 
-    if is_loopback(settings.ray_address):
-        os.environ.update(LOCAL_ONLY)
+    become_client_of(settings.ray_address)
     from dagster_ray import PipesRayJobClient
 
     entrypoint = [sys.executable, str(TRAIN_PIPES), "--ray-workers", str(settings.nodes * settings.ranks), *arguments]
