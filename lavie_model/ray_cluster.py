@@ -215,6 +215,10 @@ def serve(nodes: int, cpus: int, object_store_mb: int, temp_dir: str) -> None:
             or not os.environ.get("RAY_AUTH_TOKEN"):
         raise SystemExit("--serve needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (else Ray listens on every interface), "
                          "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN: run without --serve to have them set")
+    # Ray writes the head's address to $RAY_TMPDIR/ray/ray_current_cluster (default /tmp/ray, which a fresh
+    # machine lacks); keep it in this cluster's own folder, where it neither fails nor redirects other drivers
+    os.environ["RAY_TMPDIR"] = temp_dir
+    Path(temp_dir, "ray").mkdir(parents=True, exist_ok=True)
     from ray.cluster_utils import Cluster
 
     stop = threading.Event()
