@@ -38,7 +38,13 @@ def generate(args):
                                     "materialize promoted_model (make demo does)")
     generate(model=model, prompt=args.prompt, negative_prompt=args.negative_prompt, stages=args.stages,
              scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device,
-             dtype=args.dtype, output=args.output, video=args.video)
+             dtype=args.dtype, output=args.output, video=args.video, lora=args.lora)
+
+
+def merge_lora(args):
+    from .lora import merge_into_folder
+
+    print(f"wrote a model folder with the adapters fused to {merge_into_folder(args.model, args.lora, args.output)}")
 
 
 def train_settings(args):
@@ -48,8 +54,10 @@ def train_settings(args):
     return TrainSettings(
         stage=args.stage, model=args.model, videos=args.videos, output=args.output, preset=args.preset,
         images=args.images, max_steps=args.max_steps, resume=args.resume, deepspeed_config=args.deepspeed_config,
-        overrides=parse_set(args.set), seed=args.seed, train_2d=args.train_2d, gradient_checkpointing=args.gradient_checkpointing,
-        latents=args.latents)
+        overrides=parse_set(args.set), seed=args.seed, train_2d=args.train_2d,
+        gradient_checkpointing=args.gradient_checkpointing, latents=args.latents, lora_rank=args.lora,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=args.lora_targets,
+        zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer, offload_params=args.offload_params)
 
 
 def train(args):
@@ -148,7 +156,19 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--output", required=True, help="output video, .mp4 or .gif")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a LoRA adapter folder (lavie train --lora writes RUN_DIR/lora) added to the stage it was "
+                   "trained for, at SCALE (default 1); repeatable")
     p.set_defaults(func=generate)
+
+    p = commands.add_parser("merge-lora", help="write a model folder with LoRA adapters fused into their UNets",
+                            description="Fuse LoRA adapters, each at its scale, into the UNets of the stages they "
+                            "were trained for, and write the result as a new model folder.")
+    p.add_argument("--model", required=True, help="the model folder the adapters were trained from")
+    p.add_argument("--lora", action="append", required=True, metavar="PATH[:SCALE]",
+                   help="a LoRA adapter folder and its scale (default 1); repeatable")
+    p.add_argument("--output", required=True, help="model folder to write (replaced whole if it exists)")
+    p.set_defaults(func=merge_lora)
 
     p = commands.add_parser(
         "train", help="fine-tune one cascade stage on video (and image) shards with DeepSpeed",
@@ -175,6 +195,18 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--latents", metavar="FOLDER", help="read the latent shards under FOLDER (the latent assets' "
                    "LAVIE_HOME/latents) instead of decoding and encoding pixels, when every shard has one made by "
                    "this model's VAE and text encoder; otherwise pixels, and the log says why")
+    p.add_argument("--lora", type=int, default=0, metavar="RANK", help="train a rank-RANK LoRA adapter instead of "
+                   "the UNet's weights, which stay frozen; the run writes RUN_DIR/lora (the adapter) and RUN_DIR/model "
+                   "(the adapter fused in)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank, i.e. scaling 1)")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-targets", default="attention", help="layers to adapt: attention (spatial and temporal "
+                   "attention projections, the default), temporal (temporal attention only: a motion adapter), "
+                   "linear (every linear layer), or a regex of module names")
+    p.add_argument("--zero-stage", type=int, default=2, choices=[2, 3], help="DeepSpeed ZeRO stage (3 also "
+                   "partitions the weights across ranks)")
+    p.add_argument("--offload-optimizer", action="store_true", help="keep the optimizer states in CPU memory")
+    p.add_argument("--offload-params", action="store_true", help="ZeRO-3: keep the weights in CPU memory")
     p.set_defaults(func=train)
 
     p = commands.add_parser(

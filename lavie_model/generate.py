@@ -11,8 +11,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def generate(model, prompt, output, stages="base,interpolation,vsr", negative_prompt=None, scheduler=None,
-             steps=None, guidance=None, seed=0, device="cpu", dtype="fp32", video=None) -> Path:
-    """Generate a video and write it; every argument is checked before any model is loaded."""
+             steps=None, guidance=None, seed=0, device="cpu", dtype="fp32", video=None, lora=()) -> Path:
+    """Generate a video and write it; every argument is checked before any model is loaded. `lora`: LoRA adapter
+    folders, each `PATH[:SCALE]` (scale 1 by default), added to the stage each was trained for."""
     from .pipelines.cascade import LaVieCascadePipeline, parse_stages
 
     output = Path(output)
@@ -29,11 +30,20 @@ def generate(model, prompt, output, stages="base,interpolation,vsr", negative_pr
         raise ValueError("fp16 is not supported on the CPU; use fp32 or bf16")
     if stages[0] != "base" and video is None:
         raise ValueError(f"a cascade starting at {stages[0]} needs an input video (--video)")
+    from .lora import CONFIG, parse_spec
+
+    adapters = [parse_spec(spec) for spec in lora]
+    for path, _ in adapters:
+        if not Path(path, CONFIG).is_file():
+            raise FileNotFoundError(f"--lora {path}: not a LoRA adapter folder (no {CONFIG})")
     frames_in = fps_in = None
     if video is not None:
         frames_in, fps_in = read_video(video)
 
-    pipe = LaVieCascadePipeline.from_pretrained(model, stages=stages, torch_dtype=DTYPES[dtype]).to(device)
+    pipe = LaVieCascadePipeline.from_pretrained(model, stages=stages, torch_dtype=DTYPES[dtype])
+    for path, scale in adapters:
+        print(f"LoRA adapter {pipe.load_lora(path, scale)} ({path}) at scale {scale:g}")
+    pipe.to(device)
     generator = torch.Generator(device).manual_seed(seed)
     options = {}
     for stage in stages:

@@ -35,6 +35,17 @@ class LaVieCascadePipeline:
             pipeline.to(device)
         return self
 
+    def load_lora(self, path, scale: float = 1.0, adapter_name: str | None = None) -> str:
+        """Add a LoRA adapter to the stage it was trained for (its file names the stage); see
+        LaVieStagePipeline.load_lora. Returns the adapter's name."""
+        from ..lora import read_adapter
+
+        stage = read_adapter(path)[2]["lavie_stage"]
+        if stage not in self.stages:
+            raise ValueError(f"LoRA adapter {path} adapts the {stage} stage, which this cascade has not loaded "
+                             f"(stages: {', '.join(self.stages)})")
+        return self.stages[stage].load_lora(path, scale, adapter_name)
+
     @property
     def fps(self) -> float:
         """Frame rate of the cascade's output: interpolation puts four frames in each base interval."""

@@ -1,6 +1,7 @@
 """What the stage pipelines share: scheduler choice, the guided denoising loop, chunked VAE coding."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, EulerDiscreteScheduler
@@ -31,6 +32,34 @@ class LaVieStagePipeline(DiffusionPipeline):
         """Load the components this pipeline needs from a LaVie model folder; missing ones are named."""
         components, settings = load_components(path, cls.components_needed, cls.stage, torch_dtype)
         return cls(**components, **settings)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return getattr(self, self.components_needed[-1])  # unet_base, unet_interpolation or unet_vsr
+
+    def load_lora(self, path, scale: float = 1.0, adapter_name: str | None = None) -> str:
+        """Add the LoRA adapter in folder `path` (lavie train --lora) to this stage's UNet at `scale`, beside any
+        loaded before; returns its name (default: the folder's name). An adapter of another stage or another
+        base model is refused, naming both."""
+        from ..lora import adapter_names, base_identity, load_adapter
+
+        names = adapter_names(self.unet)
+        name = adapter_name or Path(path).resolve().name
+        if name in names:
+            raise ValueError(f"an adapter named {name!r} is loaded already: pass another adapter_name")
+        device, dtype = self.unet.device, self.unet.dtype
+        load_adapter(self.unet, path, self.stage, base_identity(self.unet), name)
+        self.unet.to(device, dtype)
+        scales = getattr(self, "_lora_scales", {}) | {name: scale}
+        self.set_adapters(list(scales), list(scales.values()))
+        return name
+
+    def set_adapters(self, names, scales) -> None:
+        """Activate the loaded adapters `names` at `scales` (one each; 0 turns one off exactly)."""
+        from ..lora import set_adapters
+
+        set_adapters(self.unet, names, scales)
+        self._lora_scales = dict(zip(names, scales))
 
     def register_settings(self, num_frames, height, width, fps, sampling):
         """Generation defaults; those a model folder does not give are the paper preset's (sizes through

@@ -71,13 +71,15 @@ def set_rng_state(saved: dict) -> None:
     random.setstate((version, tuple(state), gauss))
 
 
-def save(engine, ema, folder: Path, step: int, rank: int, keep: int) -> str:
-    """Save a checkpoint on every rank; rank 0 then points `latest` at it and prunes old ones."""
+def save(engine, ema, folder: Path, step: int, rank: int, keep: int, frozen_saved: bool = True) -> str:
+    """Save a checkpoint on every rank; rank 0 then points `latest` at it and prunes old ones. Without
+    `frozen_saved` (LoRA runs) the frozen weights are left out: they are the model folder's."""
     import deepspeed.comm as dist
 
     folder = Path(folder)
     tag = tag_for(step)
-    engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step}, save_latest=False)
+    engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step}, save_latest=False,
+                           exclude_frozen_parameters=not frozen_saved)
     torch.save({"step": step, "rng": rng_state()}, folder / tag / f"trainer_rank{rank}.pt")
     if rank == 0:
         torch.save(ema.state_dict(), folder / tag / "ema.pt")
@@ -89,13 +91,14 @@ def save(engine, ema, folder: Path, step: int, rank: int, keep: int) -> str:
     return tag
 
 
-def load(engine, ema, folder: Path, rank: int) -> int | None:
-    """Restore the latest checkpoint into the engine, the EMA and the RNGs; its step, or None when there is none."""
+def load(engine, ema, folder: Path, rank: int, frozen_saved: bool = True) -> int | None:
+    """Restore the latest checkpoint into the engine, the EMA and the RNGs; its step, or None when there is none.
+    `frozen_saved`: as given to `save` (without it the frozen weights stay as loaded from the model folder)."""
     folder = Path(folder)
     tag = latest_tag(folder)
     if tag is None:
         return None
-    path, client = engine.load_checkpoint(str(folder), tag=tag)
+    path, client = engine.load_checkpoint(str(folder), tag=tag, load_module_strict=frozen_saved)
     if path is None:
         raise FileNotFoundError(f"checkpoint {folder / tag} could not be loaded")
     ema.load_state_dict(torch.load(folder / tag / "ema.pt", weights_only=True))

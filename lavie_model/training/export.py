@@ -16,10 +16,17 @@ def link_or_copy(source, target) -> None:
 
 
 def ema_model(module, ema):
-    """A fresh fp32 copy of `module` holding the EMA weights of its trainable parameters."""
+    """A fresh fp32 copy of `module` holding the EMA weights of its trainable parameters; where those are a LoRA
+    adapter's (lavie_model/lora.py), a plain model with the EMA adapter fused into the weights it adapts."""
     trainable = [name for name, p in module.named_parameters() if p.requires_grad]
     weights = {name: p.detach().float().cpu() for name, p in module.state_dict(keep_vars=True).items()}
     weights |= {name: shadow.detach().float().cpu() for name, shadow in zip(trainable, ema.shadow_params)}
+    for name in [name for name in weights if ".lora_A." in name]:  # W += B @ A * alpha / r
+        prefix, _, adapter = name.partition(".lora_A.")
+        adapter = adapter.removesuffix(".weight")
+        delta = weights[f"{prefix}.lora_B.{adapter}.weight"] @ weights[name]
+        weights[f"{prefix}.base_layer.weight"] += delta * module.get_submodule(prefix).scaling[adapter]
+    weights = {name.replace(".base_layer.", "."): value for name, value in weights.items() if ".lora_" not in name}
     model = type(module).from_config(module.config)
     model.load_state_dict(weights)
     return model

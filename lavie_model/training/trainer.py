@@ -41,6 +41,13 @@ class TrainSettings:
     train_2d: bool = False         # VSR: train the upscaler's 2D weights too
     gradient_checkpointing: bool = False
     latents: str | None = None     # folder of latent shards (latents.py) to read instead of pixels when they match
+    lora_rank: int = 0             # > 0: train a LoRA adapter of this rank (lavie_model/lora.py), the UNet frozen
+    lora_alpha: float | None = None  # default: the rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "attention"  # lora.TARGETS, or a regex of module names
+    zero_stage: int = 2            # DeepSpeed ZeRO stage, 2 or 3
+    offload_optimizer: bool = False  # optimizer states in CPU memory
+    offload_params: bool = False   # ZeRO-3: weights in CPU memory
 
 
 def override(name: str, value, default):
@@ -103,18 +110,18 @@ def preset_with_overrides(name: str, overrides: dict, stage: str | None = None) 
     return preset
 
 
-def optimizer_and_schedule(unet, training: dict, stage: str):
+def optimizer_and_schedule(unet, training: dict, stage: str, lora: bool = False):
     """AdamW and its linear warm-up schedule, from the preset's `training` section, over the UNet's trainable
     weights. In the base stage the weights inherited from the text-to-image UNet learn at `lr_2d_scale` times
     the learning rate of the new temporal layers (0: frozen, as AnimateDiff trains its motion modules alone);
-    the other stages train their trainable weights alike (the interpolation UNet puts all of its weights to
-    new uses: conditioning channels, sparse-causal attention)."""
+    the other stages, and every LoRA adapter's weights, train alike (the interpolation UNet puts all of its
+    weights to new uses: conditioning channels, sparse-causal attention)."""
     import torch
 
     from ..models.unet_3d import TEMPORAL_KEYS
 
     rate = training["learning_rate"]
-    scale = training["lr_2d_scale"] if stage == "base" else 1.0
+    scale = training["lr_2d_scale"] if stage == "base" and not lora else 1.0
     full, inherited = [], []  # learning at the full rate, and at the inherited weights' scaled rate
     for name, param in unet.named_parameters():
         if param.requires_grad:
@@ -148,6 +155,7 @@ def check(settings: TrainSettings) -> dict:
     if preset["training"]["evaluate_every"] and settings.stage not in PROBED:
         raise ValueError(f"evaluate_every is set, but the {settings.stage} stage has no held-out probe (only "
                          f"{', '.join(PROBED)} have): set it to 0")
+    check_memory_modes(settings)
     if settings.deepspeed_config and not Path(settings.deepspeed_config).is_file():
         raise FileNotFoundError(f"DeepSpeed config not found: {settings.deepspeed_config}")
     checkpoints = Path(settings.output) / "checkpoints"
@@ -155,6 +163,29 @@ def check(settings: TrainSettings) -> dict:
         raise FileExistsError(f"{settings.output} already holds checkpoints: pass --resume to continue that run, "
                               "or choose another output")
     return preset
+
+
+def check_memory_modes(settings: TrainSettings) -> None:
+    """The LoRA and ZeRO settings, each checked against the others and the stage."""
+    from .stages import interpolation_starts_from_base
+
+    if settings.zero_stage not in (2, 3):
+        raise ValueError(f"zero_stage must be 2 or 3, got {settings.zero_stage}")
+    if settings.offload_params and settings.zero_stage != 3:
+        raise ValueError("offload_params needs zero_stage 3 (only ZeRO-3 partitions the weights)")
+    if settings.lora_rank < 0:
+        raise ValueError(f"lora_rank must be 0 (full fine-tuning) or a rank of at least 1, got {settings.lora_rank}")
+    if not settings.lora_rank:
+        return
+    if settings.train_2d:
+        raise ValueError("train_2d trains the VSR UNet's 2D weights fully; with a LoRA rank only the adapter "
+                         "trains: choose one")
+    if not 0 <= settings.lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {settings.lora_dropout}")
+    if settings.stage == "interpolation" and interpolation_starts_from_base(settings.model):
+        raise ValueError(f"{settings.model} has no trained interpolation UNet: this stage would start from the "
+                         "base UNet with new conditioning channels, which an adapter cannot learn; train it fully "
+                         "first (without a LoRA rank)")
 
 
 def single_rank_environment() -> None:
@@ -184,15 +215,27 @@ def deepspeed_config(settings: TrainSettings, training: dict, cuda: bool) -> dic
         "train_micro_batch_size_per_gpu": training["batch_size"],
         "gradient_accumulation_steps": training["gradient_accumulation"],
         "gradient_clipping": training["max_grad_norm"],
-        "zero_optimization": {"stage": 2},
+        "zero_optimization": zero_section(settings, cuda),
         "bf16": {"enabled": cuda},
         "steps_per_print": 1 << 30,
     }
+    if settings.offload_optimizer:  # the client AdamW steps on the CPU (DeepSpeedCPUAdam would need a C++ build)
+        config["zero_force_ds_cpu_optimizer"] = False
     if settings.deepspeed_config:
         config |= json.loads(Path(settings.deepspeed_config).read_text())
     training["batch_size"] = config["train_micro_batch_size_per_gpu"]
     training["gradient_accumulation"] = config["gradient_accumulation_steps"]
     return config
+
+
+def zero_section(settings: TrainSettings, cuda: bool) -> dict:
+    """DeepSpeed's zero_optimization entry for the memory modes of `settings`."""
+    zero = {"stage": settings.zero_stage}
+    if settings.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
+    if settings.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cuda}
+    return zero
 
 
 def shard_list(spec) -> list[dict]:
@@ -308,18 +351,31 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
         (output / "run.json").write_text(json.dumps(run, indent=2) + "\n")
 
     unet = load_unet(settings.model, settings.stage, settings.train_2d).train()
+    adapter = None
+    if settings.lora_rank:
+        from .. import lora
+
+        base_id = lora.base_identity(unet)
+        adapter = lora.add_lora(unet, settings.lora_rank, settings.lora_alpha, settings.lora_dropout,
+                                settings.lora_targets, seed=settings.seed)
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    optimizer, schedule = optimizer_and_schedule(unet, training, settings.stage)
+    optimizer, schedule = optimizer_and_schedule(unet, training, settings.stage, lora=adapter is not None)
     trainable = [p for p in unet.parameters() if p.requires_grad]
+    if rank == 0:
+        log(f"trainable weights: {sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in unet.parameters()):,}"
+            + (f" (LoRA rank {settings.lora_rank} on {settings.lora_targets})" if adapter else ""))
     # fp32 copies on the training device (on a GPU: 4 bytes per trainable parameter beside DeepSpeed's states)
     ema = EMAModel([p.detach().float().clone() for p in trainable], decay=training["ema_decay"])
     ema.to(device)
     engine, _, _, _ = deepspeed.initialize(model=unet, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
 
+    zero3 = settings.zero_stage == 3
+
     def master_weights():
-        """The trained weights in fp32: under bf16, the optimizer's master copies (gathered on every rank)."""
-        if dtype == torch.float32:
+        """The trained weights in fp32: under bf16 or ZeRO-3, the optimizer's master copies (gathered on every
+        rank)."""
+        if dtype == torch.float32 and not zero3:
             return trainable
         from deepspeed.utils import safe_get_full_fp32_param
 
@@ -328,7 +384,7 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
 
     step = 0
     if settings.resume:
-        step = checkpoint.load(engine, ema, folder, rank) or 0
+        step = checkpoint.load(engine, ema, folder, rank, frozen_saved=adapter is None) or 0
         ema.to(device)  # the loaded shadow weights are on the CPU
         if rank == 0:
             checkpoint.prune(folder, training["keep_checkpoints"])
@@ -374,8 +430,10 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"the loss is {record['loss']} at step {step}")
             every = training["evaluate_every"]
-            if rank == 0 and every and (step % every == 0 or step == max_steps):
-                record["probe"] = probe(ema_model(engine.module, ema).to(device), parts, preset)
+            if every and (step % every == 0 or step == max_steps):
+                with gathered(engine.module, zero3):  # every rank takes part in gathering the weights
+                    if rank == 0:
+                        record["probe"] = probe(ema_model(engine.module, ema).to(device), parts, preset)
             samples_log.write(json.dumps({"step": step, "keys": keys}) + "\n")
             samples_log.flush()
             if rank == 0:
@@ -386,14 +444,17 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
                     report(record)
             bar.update()
             if step % training["checkpoint_every"] == 0 or step == max_steps:
-                checkpoint.save(engine, ema, folder, step, rank, training["keep_checkpoints"])
+                checkpoint.save(engine, ema, folder, step, rank, training["keep_checkpoints"],
+                                frozen_saved=adapter is None)
     finally:
         bar.close()
         samples_log.close()
         if metrics_log:
             metrics_log.close()
 
-    fingerprints = weight_fingerprints(engine.module, world)
+    with gathered(engine.module, zero3):
+        fingerprints = weight_fingerprints(engine.module, world)
+        final = ema_model(engine.module, ema) if rank == 0 else None
     exported = output / "model"
     if rank == 0:
         summary = {"stage": settings.stage, "steps": step, "final_loss": record["loss"], "world_size": world,
@@ -401,10 +462,37 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if not summary["weights_in_sync"]:
             raise RuntimeError(f"the ranks' weights differ after training: {fingerprints}")
-        replace_component(settings.model, exported, UNET[settings.stage], ema_model(engine.module, ema),
-                          {"stage": settings.stage, "steps": step, "run": str(output.resolve())})
+        info = {"stage": settings.stage, "steps": step, "run": str(output.resolve())}
+        if adapter is not None:  # the adapter alone, and the model folder with it fused in
+            from .. import lora
+
+            lora.save_adapter(output / "lora", ema_adapter_state(engine.module, ema), adapter, settings.stage,
+                              base_id)
+            info["lora"] = {"rank": settings.lora_rank, "targets": settings.lora_targets,
+                            "adapter": str((output / "lora").resolve())}
+        replace_component(settings.model, exported, UNET[settings.stage], final, info)
     torch.distributed.barrier()
     return exported
+
+
+def gathered(module, zero3: bool):
+    """Under ZeRO-3, a context in which every rank holds `module`'s whole weights; else nothing."""
+    import contextlib
+
+    if not zero3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(module.parameters()))
+
+
+def ema_adapter_state(module, ema) -> dict:
+    """The EMA weights of a LoRA run's adapter under peft's names (`...to_q.lora_A.weight`)."""
+    from ..lora import DEFAULT_NAME
+
+    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
+    return {name.replace(f".{DEFAULT_NAME}.", "."): shadow.detach().float().cpu().contiguous()
+            for name, shadow in zip(trainable, ema.shadow_params)}
 
 
 def weight_fingerprints(module, world: int) -> list[list[float]]:
