@@ -80,6 +80,13 @@ class TrainingSettings(dg.ConfigurableResource):
     max_steps: dict[str, int] = {}  # per stage (and t2i, upscaler, autoencoders); the preset's when absent
     overrides: list[str] = []  # `--set NAME=VALUE` entries for every cascade stage
     gradient_checkpointing: bool = False
+    # LoRA: a rank per stage trains an adapter of that stage instead of its weights (`lavie train --lora`); and
+    # the layers it adapts (lavie_model.lora.TARGETS, or a regex)
+    lora_rank: dict[str, int] = {}
+    lora_targets: str = "attention"
+    zero_stage: int = 2  # DeepSpeed ZeRO stage, 2 or 3
+    offload_optimizer: bool = False  # the optimizer states in CPU memory
+    offload_params: bool = False  # ZeRO-3: the weights in CPU memory
     # read the latent shards (group `latents`, LAVIE_HOME/latents) where they match the model; pixels otherwise
     latents: bool = True
     # least fraction of held-out shape clips whose colour the text-to-image model's `vae` must reproduce
@@ -184,6 +191,10 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         arguments += ["--deepspeed-config", settings.deepspeed_config]
     if settings.gradient_checkpointing:
         arguments += ["--gradient-checkpointing"]
+    if settings.lora_rank.get(stage):
+        arguments += ["--lora", str(settings.lora_rank[stage]), "--lora-targets", settings.lora_targets]
+    arguments += ["--zero-stage", str(settings.zero_stage)]
+    arguments += ["--offload-optimizer"] * settings.offload_optimizer + ["--offload-params"] * settings.offload_params
     for item in settings.overrides:
         arguments += ["--set", item]
     if settings.latents and (home / "latents").is_dir():

@@ -30,6 +30,7 @@ RUN_BY = {
     "lavie ingest": "tests/test_curation_assets.py::test_lavie_ingest_registers_a_partition",
     "lavie lineage": "tests/test_curation_assets.py::test_lavie_lineage_traces_a_sample_to_its_source",
     "lavie train": "tests/test_training.py::test_each_stage_trains_on_the_demo_shards_and_its_loss_falls",
+    "lavie merge-lora": "tests/test_lora.py::test_an_adapter_at_scale_zero_is_the_base_and_at_one_the_merged_folder",
     "lavie train-vae": "tests/test_training.py::test_lavie_train_vae_trains_both_autoencoders",
     "lavie convert-checkpoint": "tests/test_project.py::test_the_lavie_console_script_converts_a_checkpoint",
     "deepspeed": "tests/test_training.py::test_two_ranks_see_different_samples_and_keep_identical_weights",
