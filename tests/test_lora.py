@@ -1,11 +1,7 @@
 """LoRA adapters and memory modes: real DeepSpeed runs of the tiny preset (CPU), real peft layers, real pipelines."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
@@ -13,7 +9,7 @@ import torch
 from lavie_model import lora
 from lavie_model.pipelines.base import LaVieBasePipeline
 from lavie_model.training.stages import UNET, load_unet
-from test_training import (LAVIE, clean_env, fixed_batch_loss, metrics, run_lavie,  # noqa: F401 (shards: a fixture)
+from test_training import (fixed_batch_loss, kill_after, metrics, run_lavie,  # noqa: F401 (shards: a fixture)
                            shards, train_args, unet_weights)
 
 LORA = ["--lora", "4", "--set", "learning_rate=0.01", "--set", "warmup_steps=1", "--set", "text_drop=0",
@@ -114,19 +110,10 @@ def test_an_adapter_of_another_stage_or_another_base_is_refused_by_name(trained_
 
 
 def test_lora_resume_after_sigkill_equals_an_uninterrupted_run(trained_folder, shards, base_run, tmp_path):
-    common = LORA
     broken = tmp_path / "broken"
-    process = subprocess.Popen(LAVIE + train_args("base", trained_folder, shards["videos"], broken, 50, *common),
-                               env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if (broken / "metrics.jsonl").is_file() and len(metrics(broken)) >= 3:
-            break
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    run_lavie(train_args("base", trained_folder, shards["videos"], broken, 6, *common, "--resume"))
+    kill_after(3, train_args("base", trained_folder, shards["videos"], broken, 50, *LORA), broken)
+    assert (broken / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    run_lavie(train_args("base", trained_folder, shards["videos"], broken, 6, *LORA, "--resume"))
     # base_run trained the same 6 steps, with the same checkpoints, without a break
     assert [r["loss"] for r in metrics(broken)] == [r["loss"] for r in metrics(base_run)]
     a, b = lora.read_adapter(base_run / "lora")[1], lora.read_adapter(broken / "lora")[1]

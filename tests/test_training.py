@@ -189,22 +189,26 @@ def test_clips_too_short_for_a_stage_are_skipped_and_counted(shards):
     assert sum(e["skipped"] for e in examples) >= 1  # the 4-frame clip, seen at least once in 12 examples
 
 
+def kill_after(steps: int, args: list[str], run: Path) -> None:
+    """Start `lavie ARGS` and SIGKILL it once `run` has logged `steps` steps."""
+    process = subprocess.Popen(LAVIE + args, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if (run / "metrics.jsonl").is_file() and len(metrics(run)) >= steps:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_folder, shards, tmp_path):
     common = ["--set", "checkpoint_every=2", "--images", shards["images"], "--set", "image_frames=1"]
     whole = tmp_path / "whole"
     run_lavie(train_args("base", tiny_folder, shards["videos"], whole, 4, *common))
 
     broken = tmp_path / "broken"
-    process = subprocess.Popen(LAVIE + train_args("base", tiny_folder, shards["videos"], broken, 50, *common),
-                               env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if (broken / "metrics.jsonl").is_file() and len(metrics(broken)) >= 3:
-            break
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    kill_after(3, train_args("base", tiny_folder, shards["videos"], broken, 50, *common), broken)
     assert (broken / "checkpoints" / "latest").read_text().strip() == "step_00000002"
 
     run_lavie(train_args("base", tiny_folder, shards["videos"], broken, 4, *common, "--resume"))
