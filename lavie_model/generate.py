@@ -30,12 +30,11 @@ def generate(model, prompt, output, stages="base,interpolation,vsr", negative_pr
         raise ValueError("fp16 is not supported on the CPU; use fp32 or bf16")
     if stages[0] != "base" and video is None:
         raise ValueError(f"a cascade starting at {stages[0]} needs an input video (--video)")
-    from .lora import CONFIG, parse_spec
+    from .lora import parse_spec, read_adapter
 
     adapters = [parse_spec(spec) for spec in lora]
     for path, _ in adapters:
-        if not Path(path, CONFIG).is_file():
-            raise FileNotFoundError(f"--lora {path}: not a LoRA adapter folder (no {CONFIG})")
+        read_adapter(path)  # fails now, naming what the folder lacks, not after the models are loaded
     frames_in = fps_in = None
     if video is not None:
         frames_in, fps_in = read_video(video)

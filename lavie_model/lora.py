@@ -87,24 +87,13 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None, dropo
     return config
 
 
-def adapter_state(unet: torch.nn.Module, name: str = DEFAULT_NAME) -> dict:
-    """The adapter's weights under peft's names (without the adapter name), on the CPU in fp32."""
-    from peft import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(unet, adapter_name=name)
-    return {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in state.items()}
-
-
 def save_adapter(folder, state: dict, config, stage: str, base_id: str) -> Path:
     """Write an adapter folder: peft's config and weights, the header naming the stage and the base UNet."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    settings = config.to_dict()
-    settings["target_modules"] = sorted(settings["target_modules"]) \
-        if isinstance(settings["target_modules"], (set, list)) else settings["target_modules"]
-    (folder / CONFIG).write_text(json.dumps(settings, indent=2, default=str) + "\n")
+    (folder / CONFIG).write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
     save_file(state, folder / WEIGHTS, metadata={"format": "pt", "lavie_stage": stage, "lavie_base_unet": base_id})
     return folder
 

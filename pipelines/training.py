@@ -194,7 +194,10 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
     if settings.lora_rank.get(stage):
         arguments += ["--lora", str(settings.lora_rank[stage]), "--lora-targets", settings.lora_targets]
     arguments += ["--zero-stage", str(settings.zero_stage)]
-    arguments += ["--offload-optimizer"] * settings.offload_optimizer + ["--offload-params"] * settings.offload_params
+    if settings.offload_optimizer:
+        arguments += ["--offload-optimizer"]
+    if settings.offload_params:
+        arguments += ["--offload-params"]
     for item in settings.overrides:
         arguments += ["--set", item]
     if settings.latents and (home / "latents").is_dir():
