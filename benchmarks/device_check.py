@@ -284,7 +284,7 @@ def against_cpu(unet, inputs: tuple, reference, device, dtype: str) -> dict:
 
 def correctness(args, deadline: float) -> dict:
     import torch
-    from train_step import stage_inputs
+    from lavie_model.plan import stage_inputs
 
     from lavie_model.config import load_preset
 
@@ -347,7 +347,7 @@ def random_cascade(preset: dict, device, dtype):
     upscaler's shapes (paper); CLIP's tokenizer from the shipped stand-ins (no download)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
-    from train_step import SD_TEXT, SD_VAE, paper_unet
+    from lavie_model.plan import SD_TEXT, SD_VAE, build_unet
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from lavie_model.config import load_preset
@@ -373,7 +373,7 @@ def random_cascade(preset: dict, device, dtype):
             "tokenizer": tokenizer, "text_encoder": text_encoder(text_config),
             "vae": to_dtype(AutoencoderKL(**vae_config), dtype).eval(),
             "scheduler": DDPMScheduler(**preset["scheduler"]),
-            **{f"unet_{stage}": to_dtype(paper_unet(stage, preset), dtype).eval() for stage in STAGES},
+            **{f"unet_{stage}": to_dtype(build_unet(stage, preset), dtype).eval() for stage in STAGES},
             "vsr_tokenizer": tokenizer, "vsr_text_encoder": text_encoder(vsr_text),
             "vsr_vae": to_dtype(AutoencoderKL(**model["vsr"]["vae"] if "vsr" in model else X4_VAE), dtype).eval(),
             "vsr_scheduler": DDIMScheduler(**x4["scheduler"]),

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py [--stage base|interpolation|vsr] [--preset tiny] [--steps 5] [--warmup 1]
         [--threads 2] [--device cpu|cuda] [--videos SHARDS --images SHARDS] [--model FOLDER]
         [--workers N] [--loader-samples 40] [--fed-steps 0] [--latent-steps 0] [--batch-size N]
+        [--lora-steps 0 [--lora-rank 8]]
         [--gpu-paper [--paper-steps 3]] [--json out.json]
 
 1. Step rate. One fixed micro-batch (collated from `TrainingStream` over the shards) and the same per-sample
@@ -48,6 +49,11 @@
    the fixed pixel batch against the same samples' latent batch, and N steps fed by a pixel loader against N
    fed by a latent loader (the preset's workers), each pair alternating. The ratios pixels / latents are the
    speed-up of reading latents.
+6. --lora-steps N [--lora-rank 8]: a second DeepSpeed engine trains a LoRA adapter (lavie_model/lora.py, the
+   attention projections) of another copy of the UNet, N steps alternating with the full engine on the same batch:
+   per engine the trainable weights, the optimizer-state bytes (AdamW's moments and ZeRO's fp32 master partitions,
+   summed from the engine), s/step and the resident-set rise within a step, beside `lavie plan`'s optimizer row and
+   peak for each.
 
 Without --videos a small shard set is built in a temporary folder (moving coloured squares, as
 tests/test_training.py's `shards` fixture; image shards too for the base stage); without --model a
@@ -64,6 +70,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from lavie_model.plan import SD_TEXT, SD_VAE, build_unet, stage_inputs
 
 COLOURS = {"red": (1.0, 0.1, 0.1), "blue": (0.1, 0.2, 1.0), "yellow": (1.0, 0.9, 0.1), "green": (0.1, 0.8, 0.2)}
 STAGES = ("base", "interpolation", "vsr")
@@ -431,6 +439,13 @@ def run_tiny(args) -> dict:
                 fed["ratio"] = ratios(fed["deepspeed, fed by loader"], fed["deepspeed, fixed batch"])
                 progress(began, "2. loader-fed steps timed")
 
+            # 6. a LoRA adapter's engine against the full one, same batch, alternating
+            lora = None
+            if args.lora_steps:
+                lora = lora_against_full(args, model, parts, batch, training, ds_config, engine, loops["deepspeed"],
+                                         sync, sampler, cuda, samples_per_step, args.warmup + args.steps)
+                progress(began, "6. LoRA against full fine-tuning timed")
+
             # 5. the same engine on precomputed latents against pixels: fixed batches, then fed by their loaders
             latent = None
             if args.latent_steps:
@@ -446,10 +461,48 @@ def run_tiny(args) -> dict:
             "deepspeed_config": ds_config, "deepspeed_version": deepspeed.__version__,
             "torch_version": torch.__version__, "steps": steps, "overhead": ratios(steps["deepspeed"], steps["plain"]),
             "rss_before_steps_mb": rss_before / 2**20, "peak_rss_process_mb": peak_rss_bytes() / 2**20,
-            "loaders": loaders, "fed": fed, "default_workers": workers, "latents": latent,
+            "loaders": loaders, "fed": fed, "default_workers": workers, "latents": latent, "lora": lora,
             "trainable_parameters": sum(p.numel() for p in ds_unet.parameters() if p.requires_grad),
             "cuda": cuda, "wall_s": time.perf_counter() - began,
         }
+
+
+def optimizer_state_bytes(engine) -> int:
+    """Bytes of a DeepSpeed ZeRO engine's optimizer states: AdamW's moments and ZeRO's fp32 master partitions."""
+    import torch
+
+    zero = engine.optimizer
+    tensors = [t for state in zero.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    tensors += list(getattr(zero, "single_partition_of_fp32_groups", []))
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def lora_against_full(args, model, parts, batch, training, ds_config, full_engine, full_step, sync, sampler, cuda,
+                      samples_per_step, first_index) -> dict:
+    """Section 6: a second DeepSpeed engine training a rank-`args.lora_rank` adapter (lavie_model/lora.py, the
+    trainer's default targets) of another copy of the stage's UNet, alternating with the full engine on the same
+    batch; per engine the trainable weights, the optimizer-state bytes, s/step, the resident-set rise within a step,
+    and `lavie plan`'s figures for both."""
+    from lavie_model.lora import add_lora
+    from lavie_model.plan import PlanSettings, plan
+    from lavie_model.training.stages import load_unet
+
+    unet = load_unet(model, args.stage).train()
+    add_lora(unet, args.lora_rank, seed=args.seed)
+    engine, step = deepspeed_stepper(unet, parts, training, ds_config, args.seed)
+    loops = {"deepspeed, full": full_step, "deepspeed, LoRA": lambda i: step(i, lambda: batch)}
+    for i in range(args.warmup):  # the LoRA engine's first steps allocate its states
+        loops["deepspeed, LoRA"](first_index + i)
+    times = abba(loops, args.lora_steps, first_index + args.warmup, sync, sampler, cuda)
+    rows = {name: summary(times[name], samples_per_step, sampler, name) for name in loops}
+    for name, eng in (("deepspeed, full", full_engine), ("deepspeed, LoRA", engine)):
+        rank = args.lora_rank if "LoRA" in name else 0
+        planned = plan(PlanSettings(preset=args.preset, stage=args.stage, device="cuda" if cuda else "cpu",
+                                    lora_rank=rank, batch_size=training["batch_size"]))
+        rows[name] |= {"trainable_parameters": sum(p.numel() for p in eng.module.parameters() if p.requires_grad),
+                       "optimizer_state_bytes": optimizer_state_bytes(eng),
+                       "planned_optimizer_bytes": planned.device["optimizer"], "planned_peak_bytes": planned.total}
+    return {"rank": args.lora_rank, "steps": rows, "ratio": ratios(rows["deepspeed, LoRA"], rows["deepspeed, full"])}
 
 
 def latents_against_pixels(args, model, preset, data, videos, images, pixel_batch, ds_step, workers, root, sync,
@@ -512,12 +565,6 @@ def progress(began: float, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- paper run
 
-# Stable Diffusion 1.4's autoencoder and CLIP ViT-L/14 text encoder, as configs: random weights, nothing loaded
-SD_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-          "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4,
-          "norm_num_groups": 32, "sample_size": 512}
-SD_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-           "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu"}
 # Dense bf16 tensor-core peak (FLOP/s) by a part of the card's name, the first that matches; other cards: unknown
 DENSE_BF16_PEAK = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 SXM", 989e12), ("H100 80GB HBM3", 989e12),
                    ("A100", 312e12))
@@ -537,52 +584,6 @@ def paper_case(queue, preset_name, steps, images):
         queue.put({"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
 
 
-def paper_unet(stage: str, preset: dict):
-    """A randomly initialised UNet of `stage` at the preset's size. The VSR UNet inflates the preset's
-    x4-upscaler-shaped config, else the real x4 upscaler's, with its 2D weights frozen as the trainer trains it."""
-    from lavie_model.config import base_unet_config
-    from lavie_model.convert import sd_x4_upscaler_unet_config
-    from lavie_model.models import UNet3DConditionModel, UNet3DVSRModel, vsr_config_from_2d
-
-    config = base_unet_config(preset)
-    if stage == "base":
-        return UNet3DConditionModel(**config)
-    if stage == "interpolation":  # noisy and conditioning latents side by side
-        return UNet3DConditionModel(**config | {"block_design": "interpolation",
-                                                "in_channels": 2 * config["in_channels"]})
-    model = preset["model"]
-    unet_2d = model["vsr"]["unet_2d"] if "vsr" in model else sd_x4_upscaler_unet_config()
-    unet = UNet3DVSRModel(**vsr_config_from_2d(unet_2d, model["group_norm_across_frames"]))
-    unet.freeze_2d_weights()
-    return unet
-
-
-def stage_inputs(unet, stage: str, preset: dict, images: int) -> tuple:
-    """Random inputs of a stage's training micro-batch, made on the current default device: (sample, timesteps, text,
-    kwargs, target). The sample holds the conditioning channels too: base (b, 4, F + M, h, w) with M images, one
-    text per frame; interpolation (b, 8, 4K - 3, h, w), noisy and keyframe latents; vsr (b, 7, f, s/4, s/4), the
-    latents of s x s crops (the x4 upscaler's VAE: the low-resolution size) and the low-resolution frames."""
-    import torch
-
-    training, data = preset["training"], preset["data"]
-    b, (h, w) = training["batch_size"], data["latent_size"]
-    kwargs = {}
-    if stage == "base":
-        f = data["num_frames"] + images
-        kwargs = {"num_image_frames": images} if images else {}
-    elif stage == "interpolation":
-        f = 4 * training["interpolation"]["keyframes"] - 3
-    else:
-        f, (h, w) = training["vsr"]["num_frames"], (n // 4 for n in training["vsr"]["size"])
-        kwargs = {"class_labels": torch.randint(training["vsr"]["max_noise_level"] + 1, (b,))}
-    text_shape = (b, f, 77) if stage == "base" else (b, 77)
-    sample = torch.randn(b, unet.config.in_channels, f, h, w)
-    timesteps = torch.randint(preset["scheduler"]["num_train_timesteps"], (b,))
-    text = torch.randn(*text_shape, unet.config.cross_attention_dim)
-    target = torch.randn(b, unet.config.out_channels, f, h, w)
-    return sample, timesteps, text, kwargs, target
-
-
 def step_flops(stage: str, preset: dict, images: int) -> dict:
     """FLOPs of one forward and of one training step's forward and backward (no recomputation: model FLOPs),
     counted with torch.utils.flop_counter on the meta device (shapes only: no memory, no compute)."""
@@ -591,7 +592,7 @@ def step_flops(stage: str, preset: dict, images: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        unet = paper_unet(stage, preset).train()
+        unet = build_unet(stage, preset).train()
         sample, timesteps, text, kwargs, target = stage_inputs(unet, stage, preset, images)
     if "class_labels" in kwargs:  # the noise-level embedding: a lookup, no FLOPs; its check reads values meta lacks
         del kwargs["class_labels"]
@@ -632,7 +633,7 @@ def paper_steps(preset_name, steps, images, device_name="cuda", stage="base", de
 
     torch.manual_seed(0)
     with device:
-        unet = paper_unet(stage, preset).train()
+        unet = build_unet(stage, preset).train()
     unet.enable_gradient_checkpointing()
     parameters = sum(p.numel() for p in unet.parameters())
     trainable, optimizer, schedule = make_optimizer(unet, training)
@@ -807,6 +808,19 @@ def report(results: dict, paper: dict | None) -> None:
     if cuda:
         print(f"   CUDA max allocated: DeepSpeed steps {steps['deepspeed']['cuda_max_allocated_mb']:.0f} MB, plain "
               f"steps {steps['plain']['cuda_max_allocated_mb']:.0f} MB")
+    lora = results["lora"]
+    if lora:
+        print()
+        print(f"6. a rank-{lora['rank']} LoRA adapter (attention projections) against full fine-tuning, the same batch "
+              f"and DeepSpeed config, alternating:")
+        step_table(lora["steps"], cuda)
+        print(f"{'engine':18} {'trainable':>10} {'optimizer states MB':>20} {'plan: optimizer MB':>19} "
+              f"{'plan: peak MB':>14} {'step RSS rise MB':>17}")
+        for name, row in lora["steps"].items():
+            print(f"{name:18} {row['trainable_parameters']:10,} {row['optimizer_state_bytes'] / 2**20:20.1f} "
+                  f"{row['planned_optimizer_bytes'] / 2**20:19.1f} {row['planned_peak_bytes'] / 2**20:14.0f} "
+                  f"{row['step_rss_rise_mb']:17.0f}")
+        ratio_lines("LoRA / full step time", lora["ratio"])
     latent = results["latents"]
     if latent:
         print()
@@ -888,6 +902,9 @@ def main():
     parser.add_argument("--latent-steps", type=int, default=0,
                         help="steps per loop of section 5, precomputed latents against pixels (0: skip it)")
     parser.add_argument("--batch-size", type=int, help="micro-batch (default: the preset's training.batch_size)")
+    parser.add_argument("--lora-steps", type=int, default=0,
+                        help="steps per engine of section 6, a LoRA adapter against full fine-tuning (0: skip it)")
+    parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu-paper", action="store_true", help="also time the paper-size base step (CUDA)")
     parser.add_argument("--paper-steps", type=int, default=3)

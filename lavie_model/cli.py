@@ -1,6 +1,7 @@
 """The `lavie` command."""
 
 import argparse
+import json
 import os
 import sys
 
@@ -58,6 +59,25 @@ def train_settings(args):
         gradient_checkpointing=args.gradient_checkpointing, latents=args.latents, lora_rank=args.lora,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=args.lora_targets,
         zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer, offload_params=args.offload_params)
+
+
+def plan(args):
+    from .plan import PlanSettings, card_bytes, plan, render
+    from .training.trainer import parse_set
+
+    settings = PlanSettings(
+        preset=args.preset, stage=args.stage, device=args.device, gpus=args.gpus, lora_rank=args.lora,
+        lora_targets=args.lora_targets, zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer,
+        offload_params=args.offload_params, gradient_checkpointing=args.gradient_checkpointing, latents=args.latents,
+        train_2d=args.train_2d, batch_size=args.batch_size, frames=args.frames,
+        size=tuple(args.size) if args.size else None, overrides=parse_set(args.set))
+    result = plan(settings)
+    limit = card_bytes(args.memory)
+    if args.json:
+        print(json.dumps(result.as_dict() | {"limit": limit, "fits": result.fits(limit)}, indent=2))
+    else:
+        print(render(result, limit, f"{args.memory} per rank"))
+    return 0 if result.fits(limit) else 1
 
 
 def train(args):
@@ -210,6 +230,33 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
     p.set_defaults(func=train)
 
     p = commands.add_parser(
+        "plan", help="the memory a training run needs per rank, and whether it fits, before launching it",
+        description="Predict the memory each rank of `lavie train` needs (weights, gradients, optimizer states, EMA, "
+        "frozen VAE and text encoder, activations, VAE encoding), from parameter counts and a forward pass on the "
+        "meta device, in about a second on the CPU. Exits 1 when it does not fit --memory.")
+    p.add_argument("--stage", default="base", choices=["base", "interpolation", "vsr"])
+    p.add_argument("--preset", default="tiny", help="tiny, paper or a preset YAML file (default: tiny)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cuda: bf16 on GPUs (default); "
+                   "cpu: fp32 in one process")
+    p.add_argument("--gpus", type=int, default=1, help="ranks sharing ZeRO's partitions (default 1)")
+    p.add_argument("--memory", default="80", help="memory per rank to fit, GiB (default 80; e.g. 24GB)")
+    p.add_argument("--lora", type=int, default=0, metavar="RANK", help="a LoRA adapter of this rank (0: full)")
+    p.add_argument("--lora-targets", default="attention")
+    p.add_argument("--zero-stage", type=int, default=2, choices=[2, 3])
+    p.add_argument("--offload-optimizer", action="store_true")
+    p.add_argument("--offload-params", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--latents", action="store_true", help="the run reads precomputed latents (no VAE encoding)")
+    p.add_argument("--train-2d", action="store_true", help="VSR: train the 2D weights too")
+    p.add_argument("--batch-size", type=int, help="micro-batch per rank (default: the preset's)")
+    p.add_argument("--frames", type=int, help="video frames per sample (default: the stage's)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="latent height and width (default: the "
+                   "stage's)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="as for train")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=plan)
+
+    p = commands.add_parser(
         "train-vae", help="train a model folder's small autoencoder(s) (the tiny preset has no pretrained VAE)",
         description="Train `vae` and/or `vsr_vae` of a model folder on frames of video shards and on images "
         "(reconstruction + small KL), set the latent scaling factor to unit variance and write a new folder.")
@@ -237,11 +284,10 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
 def main(argv=None, extra_commands=None) -> int:
     args = build_parser(extra_commands).parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0  # a command returns 1 for a negative answer (plan: does not fit)
     except (OSError, ValueError, TypeError) as error:
         print(f"lavie {args.command}: error: {error}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

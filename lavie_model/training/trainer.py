@@ -182,7 +182,7 @@ def check_memory_modes(settings: TrainSettings) -> None:
                          "trains: choose one")
     if not 0 <= settings.lora_dropout < 1:
         raise ValueError(f"lora_dropout must be in [0, 1), got {settings.lora_dropout}")
-    if settings.stage == "interpolation" and interpolation_starts_from_base(settings.model):
+    if settings.stage == "interpolation" and settings.model and interpolation_starts_from_base(settings.model):
         raise ValueError(f"{settings.model} has no trained interpolation UNet: this stage would start from the "
                          "base UNet with new conditioning channels, which an adapter cannot learn; train it fully "
                          "first (without a LoRA rank)")
