@@ -37,6 +37,7 @@ FROZEN = {
     "interpolation": ("tokenizer", "text_encoder", "vae", "scheduler"),
     "vsr": ("vsr_tokenizer", "vsr_text_encoder", "vsr_vae", "vsr_scheduler", "vsr_low_res_scheduler"),
 }
+ENCODE_CHUNK = 16  # frames per VAE call when a step reads pixels
 STILLS = ("t2i", "upscaler")  # stages whose 2D UNet sees every frame as a still
 SUPER_RESOLUTION = ("upscaler", "vsr")
 
@@ -190,9 +191,13 @@ def posterior(parts: StageParts, batch: dict) -> tuple[torch.Tensor, torch.Tenso
         return mean.to(device, dtype), std.to(device, dtype)
     frames = pixels(batch)
     b, n = frames.shape[:2]
-    with torch.no_grad():
-        dist = parts.vae.encode(frames.flatten(0, 1).to(device, dtype)).latent_dist
-    return dist.mean.unflatten(0, (b, n)), dist.std.unflatten(0, (b, n))
+    means, stds = [], []
+    with torch.no_grad():  # a few frames at a time: at paper size the encoder's activations outgrow the UNet's
+        for chunk in frames.flatten(0, 1).split(ENCODE_CHUNK):
+            dist = parts.vae.encode(chunk.to(device, dtype)).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means).unflatten(0, (b, n)), torch.cat(stds).unflatten(0, (b, n))
 
 
 def embed(parts: StageParts, captions: list[str], stored: torch.Tensor | None = None) -> torch.Tensor:
