@@ -89,6 +89,9 @@ class TrainingSettings(dg.ConfigurableResource):
     offload_params: bool = False  # ZeRO-3: the weights in CPU memory
     # read the latent shards (group `latents`, LAVIE_HOME/latents) where they match the model; pixels otherwise
     latents: bool = True
+    # memory per rank the run must fit, GiB, checked with `lavie plan` before launching (0: the GPU's memory with
+    # CUDA, else the memory available on this machine)
+    memory_limit_gb: float = 0.0
     # least fraction of held-out shape clips whose colour the text-to-image model's `vae` must reproduce
     vae_min_colour: float = 0.8
 
@@ -179,6 +182,7 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         raise dg.Failure(f"TrainingSettings.launcher is {settings.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     home = settings.home()
     videos, images = trained_shards(home, stage)
+    planned = check_plan(context, settings, stage, home)
     run_dir = home / "training" / stage / context.run.run_id
     arguments = [
         "train", "--stage", stage, "--preset", settings.preset, "--model", str(model),
@@ -231,10 +235,56 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         "loss_curve": dg.MetadataValue.md(picture(loss_curve_png(metrics, f"{stage} loss"), "png", "loss")),
         "metrics": markdown_table(metrics.tail(10).round(6)),
         "peak_memory_mb": float(metrics["memory_mb"].max()),
+        **({"planned_memory_mb": planned / 2**20} if planned else {}),
         "skipped_clips": int(metrics["skipped_clips"].sum()),
         "inputs": f"{run['inputs']}: {run['why']}",
         **probes,
     })
+
+
+def memory_limit(settings: TrainingSettings) -> tuple[float, str]:
+    """Bytes per rank a run may use, and what they are: TrainingSettings.memory_limit_gb, else the GPU's memory,
+    else the memory available on this machine."""
+    import torch
+
+    if settings.memory_limit_gb:
+        return settings.memory_limit_gb * 2**30, f"TrainingSettings.memory_limit_gb ({settings.memory_limit_gb:g})"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
+    available = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    return available / settings.ranks, "the memory available on this machine, per rank"
+
+
+def check_plan(context, settings: TrainingSettings, stage: str, home: Path) -> int | None:
+    """`lavie plan` for the run about to launch; fails naming the setting to change when it cannot fit. Returns
+    the planned peak per rank, in bytes (None for the tiny world's stand-ins, t2i and upscaler: no plan)."""
+    import torch
+
+    if stage not in ("base", "interpolation", "vsr"):
+        return None
+    from lavie_model.plan import PlanSettings, plan, render
+    from lavie_model.training.trainer import parse_set
+
+    # a Ray job's ranks run on the cluster's GPUs, whatever this machine has
+    cuda = torch.cuda.is_available() or settings.launcher == "ray"
+    result = plan(PlanSettings(
+        preset=settings.preset, stage=stage, device="cuda" if cuda else "cpu",
+        gpus=settings.ranks * settings.nodes, lora_rank=settings.lora_rank.get(stage, 0),
+        lora_targets=settings.lora_targets, zero_stage=settings.zero_stage,
+        offload_optimizer=settings.offload_optimizer, offload_params=settings.offload_params,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        latents=settings.latents and (home / "latents").is_dir(), overrides=parse_set(settings.overrides)))
+    if settings.launcher == "ray" and not settings.memory_limit_gb:
+        context.log.info(f"memory plan (set memory_limit_gb to check it against the cluster's GPUs):\n"
+                         f"{render(result)}")
+        return result.total
+    limit, name = memory_limit(settings)
+    text = render(result, limit, name)
+    if not result.fits(limit):
+        raise dg.Failure(f"the {stage} run would not fit, so nothing was launched:\n{text}")
+    context.log.info(f"memory plan:\n{text}")
+    return result.total
 
 
 TRAINING = {"group_name": "training", "pool": "gpu", "code_version": code_version(), "kinds": {"pytorch"}}

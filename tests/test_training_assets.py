@@ -47,7 +47,7 @@ def test_pretraining_and_training_assets_train_the_cascade_and_record_metrics_an
     settings = TrainingSettings(lavie_home=str(home), pretrain=True,
                                 max_steps={"autoencoders": 2, "t2i": 2, "upscaler": 1, "base": 2, "interpolation": 1,
                                            "vsr": 1},
-                                overrides=["image_frames=1", "batch_size=1", "evaluate_every=0"])
+                                overrides=["image_frames=1", "batch_size=1", "evaluate_every=0"], lora_rank={"vsr": 2})
     with dg.instance_for_test() as instance:
         result = dg.materialize([*PRETRAINING_ASSETS, *TRAINING_ASSETS], instance=instance,
                                 resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
@@ -72,6 +72,7 @@ def test_pretraining_and_training_assets_train_the_cascade_and_record_metrics_an
         assert base["shard_fingerprint"].value == fingerprint(videos, images)
         assert videos["sha256"].iloc[0] in base["shards"].value
         assert base["loss_curve"].value.startswith("![loss](data:image/png;base64,")
+        assert base["planned_memory_mb"].value > 0 and base["peak_memory_mb"].value > 0
         # the base stage started from the t2i stand-in inflated: its 2D weights are the stand-in's
         start = Path(base["started_from"].value)
         inflated = json.loads((start / "model_index.json").read_text())
@@ -89,6 +90,11 @@ def test_pretraining_and_training_assets_train_the_cascade_and_record_metrics_an
         assert set(index["_training"]) == {"base", "interpolation", "vsr"}
         run = json.loads((Path(base["run_dir"].value) / "run.json").read_text())
         assert [s["sha256"] for s in run["videos"]] == videos["sha256"].tolist()
+        # the lora_rank field trained an adapter of the vsr stage alone, and the others fully
+        vsr_run = Path(vsr["run_dir"].value)
+        assert json.loads((vsr_run / "run.json").read_text())["lora_rank"] == 2 and run["lora_rank"] == 0
+        assert (vsr_run / "lora" / "adapter_model.safetensors").is_file()
+        assert not (Path(base["run_dir"].value) / "lora").exists()
         runs = {stage: Path(events[f"{stage}_model"].materialization.metadata["run_dir"].value)
                 for stage in ("base", "interpolation", "vsr")}
         page = write_report(tmp_path / "report", runs=runs).read_text()
@@ -173,6 +179,21 @@ def test_training_fails_clearly_without_shards(tmp_path):
     failure = result.get_step_failure_events()[0].event_specific_data.error
     assert "no video shards under" in str(failure.message)
     assert os.path.isdir(tmp_path)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_launches(tmp_path):
+    """lavie plan runs first: at half a GiB per rank (less than the process itself) the base stage is refused,
+    naming the settings to change, and no run directory is made."""
+    home = curated_home(tmp_path / "home")
+    settings = TrainingSettings(lavie_home=str(home), initial_model=str(shipped("tiny")["sd"]), memory_limit_gb=0.5)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([base_model], instance=instance, raise_on_error=False,
+                                resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].event_specific_data.error.message)
+    assert "would not fit, so nothing was launched" in message and "does NOT fit" in message
+    assert "set gradient_checkpointing" in message and "lora_rank" in message
+    assert not (home / "training").exists()
 
 
 def test_an_autoencoder_that_loses_the_shape_colours_blocks_the_unets(tmp_path):
