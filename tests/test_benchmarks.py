@@ -19,8 +19,9 @@ SMALLEST = {
     "generate": (["--presets", "tiny", "--stages", "base"], "s/step"),
     "curation": (["--n", "2", "--seconds", "3", "--preset", "tiny", "--workers", "1", "--repeat", "1", "--ray"],
                  "Ray / pool"),
-    "train_step": (["--steps", "1", "--loader-samples", "4", "--latent-steps", "1"],
-                   "speed-up fed by the loaders, pixels / latents"),
+    "train_step": (["--steps", "1", "--loader-samples", "4", "--latent-steps", "1", "--lora-steps", "1"],
+                   "LoRA / full step time"),
+    "plan_calibration": (["--cases", "tiny-lora", "--steps", "1"], "against the H100 peaks measured before"),
 }
 
 

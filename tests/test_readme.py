@@ -40,7 +40,10 @@ RUN_BY = {
     "dagster definitions validate": "tests/test_project.py::test_the_code_location_validates",
     "export": None,  # environment only
     **{f"python benchmarks/{name}.py": "tests/test_benchmarks.py::test_each_benchmark_runs_at_its_smallest_size"
-       for name in ("unet_step", "generate", "curation", "train_step")},
+       for name in ("unet_step", "generate", "curation", "train_step", "plan_calibration")},
+    "lavie plan": "tests/test_plan.py::test_lavie_plan_says_whether_a_run_fits_and_what_to_change",
+    # needs the LAVIE_HOME of a `make demo` run: measured by hand for the README's figures
+    "python benchmarks/lora_concept.py": "by hand, after make demo",
     "python benchmarks/shapes_learning.py": "tests/test_benchmarks.py::test_shapes_learning_curve_runs_at_its_smallest_size",
     "python benchmarks/motion_sweep.py":
         "tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best",
