@@ -226,7 +226,8 @@ class _FusedAttention(torch.autograd.Function):
 def saved_bytes(unet, inputs) -> dict:
     """Bytes autograd saves in a forward pass of `unet` (on the meta device) over `inputs` (sample, timesteps,
     text, kwargs): {"all": without checkpointing, "checkpointed": with each layer the blocks checkpoint (their
-    `run`) recomputed: its input kept, its inner activations only while the backward pass recomputes it}. Weights
+    `run`) recomputed: its input kept, its inner activations only while the backward pass recomputes it; and the
+    parts of that: "outside" the layers, "layer_inputs", "largest_layer" (inner), "layers" (how many)}. Weights
     are not activations and are left out; a tensor saved by several operations counts once."""
     import torch.nn.functional as F
 
@@ -314,6 +315,8 @@ def plan(settings: PlanSettings) -> Plan:
     preset = preset_with_overrides(s.preset, s.overrides)
     training = preset["training"]
     batch = s.batch_size or training["batch_size"]
+    if batch < 1 or (s.frames is not None and s.frames < 1):
+        raise ValueError(f"batch_size and frames must be at least 1, got {batch} and {s.frames}")
     images = training["image_frames"] if s.stage == "base" else 0
     dtype = torch.bfloat16 if s.device == "cuda" else torch.float32
     width = torch.finfo(dtype).bits // 8
