@@ -49,9 +49,13 @@ def target_pattern(unet: torch.nn.Module, targets: str) -> str:
     return pattern
 
 
+_FILE_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> SHA-256: a process reads each weight file once
+
+
 def base_identity(unet: torch.nn.Module) -> str:
     """The SHA-256 of the weight files `unet` was loaded from (its folder's *.safetensors): what an adapter
-    trained on it records, whatever dtype either is loaded in."""
+    trained on it records, whatever dtype either is loaded in. Each file is hashed once per process while its
+    size and modification time stay (a paper-size UNet is 3.4 GB: loading several adapters reads it once)."""
     import hashlib
 
     from .curation.probe import sha256_of
@@ -63,7 +67,11 @@ def base_identity(unet: torch.nn.Module) -> str:
                          f"({str(folder) or 'no folder'}): a LoRA adapter names the weights it fits")
     digest = hashlib.sha256()
     for file in files:
-        digest.update(f"{file.name} {sha256_of(file)}\n".encode())
+        stat = file.stat()
+        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            _FILE_HASHES[key] = sha256_of(file)
+        digest.update(f"{file.name} {_FILE_HASHES[key]}\n".encode())
     return digest.hexdigest()
 
 
