@@ -56,12 +56,6 @@ REPORT_S = 10  # kept at the end of the budget for stopping the last section and
 SMOKE_LEARNING = ("skipped in smoke mode: runs motion_sweep --smoke in its own test "
                   "(tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best; "
                   "3.7 minutes on the project's 2-core CPU)")
-# Stable Diffusion x4 upscaler's autoencoder and OpenCLIP ViT-H/14 text encoder, as configs: random weights
-X4_VAE = {"block_out_channels": [128, 256, 512], "down_block_types": ["DownEncoderBlock2D"] * 3,
-          "up_block_types": ["UpDecoderBlock2D"] * 3, "layers_per_block": 2, "latent_channels": 4,
-          "norm_num_groups": 32, "scaling_factor": 0.08333}
-X4_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
-           "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -284,9 +278,9 @@ def against_cpu(unet, inputs: tuple, reference, device, dtype: str) -> dict:
 
 def correctness(args, deadline: float) -> dict:
     import torch
-    from lavie_model.plan import stage_inputs
 
     from lavie_model.config import load_preset
+    from lavie_model.plan import stage_inputs
 
     need_cuda(args.smoke)
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -347,20 +341,18 @@ def random_cascade(preset: dict, device, dtype):
     upscaler's shapes (paper); CLIP's tokenizer from the shipped stand-ins (no download)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
-    from lavie_model.plan import SD_TEXT, SD_VAE, build_unet
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from lavie_model.config import load_preset
     from lavie_model.model_folder import generation_settings
     from lavie_model.pipelines.cascade import STAGE_PIPELINES, LaVieCascadePipeline
+    from lavie_model.plan import build_unet, frozen_configs
     from lavie_model.stand_ins import shipped
 
-    model = preset["model"]
     tokenizer = CLIPTokenizer.from_pretrained(shipped("tiny")["sd"] / "tokenizer")
     x4 = load_preset("tiny")["model"]["vsr"]  # the x4 upscaler's schedulers, as the tiny preset records them
-    text_config, vae_config = model.get("text_encoder", SD_TEXT), model.get("vae", SD_VAE)
-    vsr_text = dict(text_config, hidden_size=model["vsr"]["unet_2d"]["cross_attention_dim"]) if "vsr" in model \
-        else X4_TEXT
+    vae_config, text_config = frozen_configs("base", preset)
+    vsr_vae, vsr_text = frozen_configs("vsr", preset)
 
     def text_encoder(config):
         ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
@@ -375,7 +367,7 @@ def random_cascade(preset: dict, device, dtype):
             "scheduler": DDPMScheduler(**preset["scheduler"]),
             **{f"unet_{stage}": to_dtype(build_unet(stage, preset), dtype).eval() for stage in STAGES},
             "vsr_tokenizer": tokenizer, "vsr_text_encoder": text_encoder(vsr_text),
-            "vsr_vae": to_dtype(AutoencoderKL(**model["vsr"]["vae"] if "vsr" in model else X4_VAE), dtype).eval(),
+            "vsr_vae": to_dtype(AutoencoderKL(**vsr_vae), dtype).eval(),
             "vsr_scheduler": DDIMScheduler(**x4["scheduler"]),
             "vsr_low_res_scheduler": DDPMScheduler(**x4["low_res_scheduler"]),
         }

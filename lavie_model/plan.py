@@ -59,7 +59,7 @@ SD_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 1
            "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu"}
 X4_VAE = {"block_out_channels": [128, 256, 512], "down_block_types": ["DownEncoderBlock2D"] * 3,
           "up_block_types": ["UpDecoderBlock2D"] * 3, "layers_per_block": 2, "latent_channels": 4,
-          "norm_num_groups": 32}
+          "norm_num_groups": 32, "scaling_factor": 0.08333}
 X4_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
            "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu"}
 
@@ -273,12 +273,11 @@ def saved_bytes(unet, inputs) -> dict:
             "layer_inputs": sum(units), "largest_layer": largest, "layers": len(units)}
 
 
-def encoding_bytes(vae_config: dict, frames: int, pixel_size: tuple[int, int], dtype) -> int:
-    """The VAE encoder's largest layer over `frames` frames (no grad): its input and output, live at once."""
-    from diffusers import AutoencoderKL
-
+def encoding_bytes(vae, frames: int, pixel_size: tuple[int, int], dtype) -> int:
+    """The largest layer of `vae`'s encoder (an AutoencoderKL on the meta device) over `frames` frames in `dtype`,
+    no grad: its input and output, live at once."""
     with torch.device("meta"):
-        vae = torch.nn.Module.to(AutoencoderKL(**vae_config), dtype)
+        vae = torch.nn.Module.to(vae, dtype)
         largest = [0]
 
         def hook(module, args, output):
@@ -300,11 +299,9 @@ def plan(settings: PlanSettings) -> Plan:
 
     from .models.unet_3d import TEMPORAL_KEYS
     from .training.stages import ENCODE_CHUNK
-    from .training.trainer import STAGES, TrainSettings, check_memory_modes, preset_with_overrides
+    from .training.trainer import TrainSettings, check_memory_modes, preset_with_overrides
 
     s = settings
-    if s.stage not in STAGES[2:]:
-        raise ValueError(f"no plan for the {s.stage!r} stage: choose base, interpolation or vsr")
     if s.device not in ("cuda", "cpu"):
         raise ValueError(f"device must be cuda or cpu, got {s.device!r}")
     if s.gpus < 1:
@@ -350,7 +347,7 @@ def plan(settings: PlanSettings) -> Plan:
         scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
         frames = sample.shape[2]
         pixels = tuple(x * scale for x in sample.shape[-2:])
-        encoding = ENCODING_FACTOR * encoding_bytes(vae_config, min(batch * frames, ENCODE_CHUNK), pixels, dtype)
+        encoding = ENCODING_FACTOR * encoding_bytes(vae, min(batch * frames, ENCODE_CHUNK), pixels, dtype)
 
     weights = parameters * width / (n if s.zero_stage == 3 else 1)
     optimizer, step = 12 * trainable / n, 4 * trainable / n
