@@ -140,7 +140,7 @@ def optimizer_and_schedule(unet, training: dict, stage: str, lora: bool = False)
 def check(settings: TrainSettings) -> dict:
     """Everything that can be checked before training starts; returns the preset with overrides applied."""
     from .data import expand_shards
-    from .stages import check_folder
+    from .stages import check_folder, interpolation_starts_from_base
 
     if settings.stage not in STAGES:
         raise ValueError(f"unknown stage {settings.stage!r}; choose one of {', '.join(STAGES)}")
@@ -156,6 +156,10 @@ def check(settings: TrainSettings) -> dict:
         raise ValueError(f"evaluate_every is set, but the {settings.stage} stage has no held-out probe (only "
                          f"{', '.join(PROBED)} have): set it to 0")
     check_memory_modes(settings)
+    if settings.lora_rank and settings.stage == "interpolation" and interpolation_starts_from_base(settings.model):
+        raise ValueError(f"{settings.model} has no trained interpolation UNet: this stage would start from the "
+                         "base UNet with new conditioning channels, which an adapter cannot learn; train it fully "
+                         "first (without a LoRA rank)")
     if settings.deepspeed_config and not Path(settings.deepspeed_config).is_file():
         raise FileNotFoundError(f"DeepSpeed config not found: {settings.deepspeed_config}")
     checkpoints = Path(settings.output) / "checkpoints"
@@ -166,9 +170,7 @@ def check(settings: TrainSettings) -> dict:
 
 
 def check_memory_modes(settings: TrainSettings) -> None:
-    """The LoRA and ZeRO settings, each checked against the others and the stage."""
-    from .stages import interpolation_starts_from_base
-
+    """The LoRA and ZeRO settings, each checked against the others (the model folder is check()'s)."""
     if settings.zero_stage not in (2, 3):
         raise ValueError(f"zero_stage must be 2 or 3, got {settings.zero_stage}")
     if settings.offload_params and settings.zero_stage != 3:
@@ -182,10 +184,6 @@ def check_memory_modes(settings: TrainSettings) -> None:
                          "trains: choose one")
     if not 0 <= settings.lora_dropout < 1:
         raise ValueError(f"lora_dropout must be in [0, 1), got {settings.lora_dropout}")
-    if settings.stage == "interpolation" and settings.model and interpolation_starts_from_base(settings.model):
-        raise ValueError(f"{settings.model} has no trained interpolation UNet: this stage would start from the "
-                         "base UNet with new conditioning channels, which an adapter cannot learn; train it fully "
-                         "first (without a LoRA rank)")
 
 
 def single_rank_environment() -> None:
