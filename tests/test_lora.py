@@ -111,20 +111,15 @@ def test_an_adapter_of_another_stage_or_another_base_is_refused_by_name(trained_
 
 def test_the_base_identity_follows_the_weight_files(trained_folder, tmp_path):
     """Hashed once per process, but a weight file rewritten since (other bytes) gives another identity."""
-    import shutil
-
-    from lavie_model.lora import base_identity
-    from lavie_model.training.stages import load_unet
-
     folder = tmp_path / "unet_base"
     shutil.copytree(trained_folder / "unet_base", folder)
     unet = load_unet(trained_folder, "base")
     unet.register_to_config(_name_or_path=str(folder))
-    first = base_identity(unet)
-    assert base_identity(unet) == first
+    first = lora.base_identity(unet)
+    assert lora.base_identity(unet) == first
     weights = next(folder.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes() + b" ")
-    assert base_identity(unet) != first
+    assert lora.base_identity(unet) != first
 
 
 def test_lora_resume_after_sigkill_equals_an_uninterrupted_run(trained_folder, shards, base_run, tmp_path):
