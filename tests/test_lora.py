@@ -109,6 +109,18 @@ def test_an_adapter_of_another_stage_or_another_base_is_refused_by_name(trained_
     assert "weights" in capsys.readouterr().err and not video.exists()
 
 
+def test_an_interpolation_adapter_needs_a_trained_interpolation_unet(tiny_folder, trained_folder, shards, tmp_path):
+    from lavie_model.training.trainer import TrainSettings, check
+
+    def settings(model):
+        return TrainSettings(stage="interpolation", model=str(model), videos=shards["videos"],
+                             output=str(tmp_path / "run"), lora_rank=4)
+
+    with pytest.raises(ValueError, match="has no trained interpolation UNet"):
+        check(settings(tiny_folder))  # init-tiny's interpolation UNet is untrained: the base UNet would start it
+    check(settings(trained_folder))
+
+
 def test_the_base_identity_follows_the_weight_files(trained_folder, tmp_path):
     """Hashed once per process, but a weight file rewritten since (other bytes) gives another identity."""
     folder = tmp_path / "unet_base"
