@@ -4,7 +4,7 @@
                            shards) and the reason for each quarantined file
     summary_rows(folder)   each stage's headline metric beside the baseline it must beat; rates counted on samples
                            as "31% (10/32, 18%-49%)" (hits of n, 95% Wilson interval), beating chance only where
-                           the whole interval lies above it
+                           the whole interval lies above it; interpolation beside each blend clip by clip
     write_report(...)      OUT_DIR/report.md: the funnels, the loss curves, the metrics table, the prompt
                            adherence per sample, the gallery and the sample, with the files it shows beside it
 """
@@ -79,16 +79,22 @@ def summary_rows(evaluation) -> list[dict]:
 
     A rate beats chance only where its 95% Wilson interval lies wholly above it (10 of 32 directions, 18%-49%, does
     not beat 25%); the base stage's colour is held to the text-to-image model's within COLOUR_MARGIN, as the gate
-    holds it (to chance when no t2i model was scored); a PSNR beats its baseline when above the strongest one.
+    holds it (to chance when no t2i model was scored); the super-resolution PSNR beats bicubic when above it.
+    Interpolation is set beside each blend clip by clip (a row each: the clips it is ahead on and the mean
+    difference, with their 95% intervals): "yes" where both intervals clear, "NO" where the blend is better beyond
+    the interval of the mean difference, else "not shown"; its PSNR row reads "yes" where it beats both blends,
+    "NO" where it falls short of one (the gate refuses it), else "not shown".
     The new concept (big shapes, base/new_concept) is held to the start model: learned where the candidate's
     interval lies wholly above the start model's rate. `vs start`: "better" or "worse" where the start model's figure lies outside the candidate's 95% interval, else
     "same" (within it).
     """
-    from .evaluation.evaluate import CHANCE, COLOUR_MARGIN, baseline_of, rates_of
+    from .evaluation.evaluate import CHANCE, COLOUR_MARGIN, paired_verdict, rates_of
+    from .evaluation.stats import paired_text
     from .evaluation.shapes import MIN_SHIFT
 
     result = json.loads((Path(evaluation) / "metrics.json").read_text())
     metrics, rates, intervals = result["metrics"], rates_of(result), result.get("intervals", {})
+    paired = result.get("paired", {})
     start_file = Path(evaluation) / "start" / "metrics.json"
     start = json.loads(start_file.read_text()) if start_file.is_file() else None
     start_rates = rates_of(start) if start else {}
@@ -115,13 +121,21 @@ def summary_rows(evaluation) -> list[dict]:
         return row("base", metric, name, rate_cell(rate), rate_cell(start_rates.get(name)),
                    f"chance {CHANCE[kind]:.0%}", verdict(None if rate is None else rate.beats(CHANCE[kind])))
 
-    def psnr_row(stage: str, metric: str, name: str, baseline: str) -> dict:
-        """Strictly above the strongest baseline: a tie with a blend or bicubic does not beat it."""
-        value, strongest = m(name), baseline_of(metrics, name)
-        shown = decibels(value) + (f" ({intervals[name][0]:.2f}-{intervals[name][1]:.2f})" if name in intervals
-                                   and math.isfinite(intervals[name][0]) else "")
+    def psnr_row(stage: str, metric: str, name: str, baseline: str, beats: str) -> dict:
+        shown = decibels(m(name)) + (f" ({intervals[name][0]:.2f}-{intervals[name][1]:.2f})" if name in intervals
+                                     and math.isfinite(intervals[name][0]) else "")
         return row(stage, metric, name, shown, decibels(start["metrics"].get(name)) if start else "n/a", baseline,
-                   verdict(None if value is None or strongest is None else value > strongest[1]))
+                   beats)
+
+    def paired_row(label: str, reference: str) -> dict:
+        """Interpolation beside one blend clip by clip: "yes" where both intervals clear, "NO" where the blend is
+        better beyond the interval of the mean difference, else "not shown"."""
+        comparison, before = paired.get(reference), start.get("paired", {}).get(reference) if start else None
+        return row("interpolation", f"clip by clip against the {label}: clips ahead; mean difference", "paired",
+                   "n/a" if comparison is None else paired_text(comparison, f"the {label}"),
+                   "n/a" if before is None else paired_text(before, f"the {label}"), "more than half; above 0 dB",
+                   "n/a" if comparison is None else "yes" if comparison["beats"]
+                   else "NO" if comparison["loses"] else "not shown")
 
     def concept_row() -> dict:
         """The new concept beside the start model: learned where the whole interval lies above the start's rate."""
@@ -139,6 +153,9 @@ def summary_rows(evaluation) -> list[dict]:
     shift, start_shift = m("base/shapes_displacement"), start["metrics"].get("base/shapes_displacement") if start else None
     references = [("hold", "psnr_hold"), ("pixel blend", "psnr_blend"), ("latent blend", "psnr_latent_blend"),
                   ("VAE round trip (ceiling)", "psnr_vae")]
+    interpolation = {"beats": "yes", "falls short": "NO", "not shown": "not shown", None: "n/a"}[
+        paired_verdict(paired, "interpolation/psnr")]
+    vsr, bicubic = m("vsr/psnr"), m("vsr/psnr_bicubic")  # strictly above: a tie with bicubic does not beat it
     return [
         colour,
         rate_row("base/shapes_direction", "direction adherence", "direction"),
@@ -150,8 +167,12 @@ def summary_rows(evaluation) -> list[dict]:
         rate_row("base/shapes_colour_unseen", "colour, prompts not in the shards", "colour"),
         rate_row("base/shapes_direction_unseen", "direction, prompts not in the shards", "direction"),
         psnr_row("interpolation", "PSNR of the filled-in frames", "interpolation/psnr",
-                 "; ".join(f"{label} {decibels(m('interpolation/' + name))}" for label, name in references)),
-        psnr_row("vsr", "PSNR", "vsr/psnr", f"bicubic {decibels(m('vsr/psnr_bicubic'))}"),
+                 "; ".join(f"{label} {decibels(m('interpolation/' + name))}" for label, name in references),
+                 interpolation),
+        paired_row("pixel blend", "interpolation/psnr_blend"),
+        paired_row("latent blend", "interpolation/psnr_latent_blend"),
+        psnr_row("vsr", "PSNR", "vsr/psnr", f"bicubic {decibels(bicubic)}",
+                 verdict(None if vsr is None or bicubic is None else vsr > bicubic)),
     ]
 
 

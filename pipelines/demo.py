@@ -114,6 +114,9 @@ def main() -> None:
     console.print(table(summary_rows(evaluation)))
     console.print("rates: hits/samples (95% Wilson interval); a rate beats chance only where its whole interval lies "
                   "above it")
+    console.print("interpolation: beside each blend clip by clip; it beats one only where it is ahead on more than "
+                  "half the clips and on average, both beyond their 95% intervals (\"not shown\" on a few clips "
+                  "passes the gate; \"NO\", a blend better beyond the interval, is refused)")
     console.print("")
     if not promoted:
         console.print("not promoted: a stage fell short of its baseline or regressed (see the report)")
@@ -130,7 +133,7 @@ def main() -> None:
 
 
 def evaluate(instance) -> tuple[Path, bool]:
-    """Score the trained cascade and promote it when every stage beats its baseline and nothing regressed;
+    """Score the trained cascade and promote it when no stage falls short of its baseline and nothing regressed;
     returns the evaluation folder and whether it was promoted."""
     result = dg.materialize(EVALUATION_ASSETS, instance=instance, raise_on_error=False,
                             resources={"evaluation_settings": EvaluationSettings(**DEMO_EVALUATION)})

@@ -32,7 +32,7 @@ from lavie_model.evaluation import (
 )
 from lavie_model.evaluation.metrics import FallbackExtractor, frame_embeddings
 from lavie_model.evaluation.shapes import BIG_FROM, CONCEPT_PROMPTS, PROMPTS, apparent_radius
-from lavie_model.evaluation.stats import mean_interval
+from lavie_model.evaluation.stats import mean_interval, paired_comparison, paired_text
 
 
 def scene_video(scene: demo_corpus.Scene, frames: int = 6, size: int = demo_corpus.SIZE) -> torch.Tensor:
@@ -351,6 +351,37 @@ def test_mean_interval_on_known_cases():
     assert mean_interval([30.0]) == (30.0, -math.inf, math.inf)  # one clip: its spread is unknown
     mean, low, high = mean_interval(range(100))  # large n: close to the normal interval, 1.96 standard errors
     assert high - mean == pytest.approx(1.984 * np.std(range(100), ddof=1) / 10, rel=1e-3)
+
+
+def test_a_paired_comparison_beats_its_reference_only_where_both_intervals_clear():
+    """The model against a reference on the same clips: the clips it is ahead on (Wilson) and the mean per-clip
+    difference (Student t), with their 95% intervals against published quantiles."""
+    reference = torch.tensor([30.0, 31.0, 29.0, 32.0])
+    # 4 clips, +0.8 dB on average with a huge spread: ahead on 2 of 4, the mean's interval about +-6.4 dB
+    few = paired_comparison(reference + torch.tensor([4.5, -2.9, 4.1, -2.5]), reference)
+    half = 3.1824 * np.std([4.5, -2.9, 4.1, -2.5], ddof=1) / 2  # t(0.975, 3) = 3.1824
+    assert few["difference"]["mean"] == pytest.approx(0.8)
+    assert (few["difference"]["low"], few["difference"]["high"]) == pytest.approx((0.8 - half, 0.8 + half), abs=1e-3)
+    assert few["wins"] == Rate(2, 4).as_dict() and few["n"] == 4
+    assert not few["beats"] and not few["loses"]
+    assert paired_text(few, "the latent blend") == (f"ahead of the latent blend on {Rate(2, 4)} of the clips, "
+                                                    f"+0.80 dB (95% {0.8 - half:+.2f} to {0.8 + half:+.2f})")
+    # 96 clips each 0.1-0.3 dB ahead: 96/96, whose Wilson low is n / (n + z^2), and a tight interval above zero
+    lead = 0.2 + 0.05 * (torch.arange(96) % 5 - 2)  # (96,)
+    many = paired_comparison(30 + lead, torch.full((96,), 30.0))
+    assert many["beats"] and many["wins"]["hits"] == 96 and many["wins"]["low"] == pytest.approx(96 / (96 + 1.96**2),
+                                                                                                  abs=1e-4)
+    half = 1.9853 * float(lead.std()) / 96**0.5  # t(0.975, 95) = 1.9853
+    assert many["difference"]["low"] == pytest.approx(float(lead.mean()) - half, abs=1e-4)
+    # ahead on average beyond the interval, but on 39 of 96 clips only (31%-51%, as the shipped tiny LaVie): no win
+    minority = paired_comparison(torch.tensor([1.0] * 39 + [-0.3] * 57), torch.zeros(96))
+    assert minority["difference"]["low"] > 0 and minority["wins"]["high"] > 0.5 and not minority["beats"]
+    # behind on average beyond the interval: it loses; a tie on a clip is no win
+    behind = paired_comparison([29.0, 29.5, 28.8, 30.0, 30.0], [30.0, 30.2, 29.9, 30.4, 30.0])
+    assert behind["loses"] and not behind["beats"] and behind["wins"]["hits"] == 0
+    assert paired_comparison([30.0], [29.0])["difference"] == {"mean": 1.0, "low": -math.inf, "high": math.inf}
+    with pytest.raises(ValueError, match="one per sample"):
+        paired_comparison([30.0, 31.0], [30.0])
 
 
 def test_binomial_p_value_on_exact_cases():

@@ -4,7 +4,8 @@
                 feature extractor (the StyleGAN-V I3D TorchScript file, or a labelled fallback without weights)
     shapes.py   prompt adherence on the demo's moving-shapes corpus: a colour-and-motion tracker, a background
                 recogniser
-    stats.py    rates counted on n samples, with their 95% Wilson interval and a binomial p-value
+    stats.py    rates counted on n samples, with their 95% Wilson interval and a binomial p-value; a model and a
+                reference compared clip by clip (paired_comparison)
     stand_ins.py  held-out scores of the pretrained stand-ins (t2i adherence, upscaler PSNR, the autoencoders'
                 colour fidelity) and the trainer's probes
 """

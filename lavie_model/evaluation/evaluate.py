@@ -12,7 +12,8 @@ trivial baseline it must beat.
                    four references on the same frames: holding the nearest keyframe (interpolation/psnr_hold),
                    the linear blend of the two neighbouring keyframes (psnr_blend), the blend of their VAE
                    latents decoded (psnr_latent_blend), and the VAE round trip of the true frames (psnr_vae, the
-                   ceiling of a latent model)
+                   ceiling of a latent model); each also per clip (`per_clip`), and the model beside each blend
+                   clip by clip (`paired`: stats.paired_comparison)
     vsr            PSNR and SSIM of validation clips upscaled from x4 smaller copies, beside bicubic upscaling
                    (vsr/psnr_bicubic)
 
@@ -38,18 +39,25 @@ from .interpolation import interpolation_references
 from .metrics import clipsim, fvd, load_video_extractor, psnr, psnr_per_video, ssim, temporal_consistency
 from .shapes import CONCEPT_PROMPTS, PROMPTS, parse_prompt, shapes_adherence
 from .stand_ins import t2i_images, t2i_pipeline
-from .stats import Rate, mean_interval
+from .stats import Rate, mean_interval, paired_comparison, paired_text
 
 # Metrics where higher is better; FVD is better lower, and the shapes' motion describes without ranking.
 LOWER_IS_BETTER = ("base/fvd",)
 UNRANKED = ("base/shapes_moving", "base/shapes_displacement")
-# Each stage's metric, the baselines it must beat (the strongest of those measured), and by how much it may fall
-# short: PSNR not at all; colour adherence is counted on a few samples, so a loss of up to COLOUR_MARGIN (3 of 16
-# samples) is sampling noise.
+# Each stage's metric and the baselines it must beat.
+BASELINES = {"base/shapes_colour": ("base/t2i_colour",),
+             "interpolation/psnr": ("interpolation/psnr_blend", "interpolation/psnr_latent_blend"),
+             "vsr/psnr": ("vsr/psnr_bicubic",)}
+# Most are compared by their means, with the strongest baseline measured, and may fall short of it by a margin:
+# PSNR not at all; colour adherence is counted on a few samples, so a loss of up to COLOUR_MARGIN (3 of 16 samples)
+# is sampling noise.
 COLOUR_MARGIN = 0.2
-BASELINES = {"base/shapes_colour": (("base/t2i_colour",), COLOUR_MARGIN),
-             "interpolation/psnr": (("interpolation/psnr_blend", "interpolation/psnr_latent_blend"), 0.0),
-             "vsr/psnr": (("vsr/psnr_bicubic",), 0.0)}
+MARGINS = {"base/shapes_colour": COLOUR_MARGIN, "vsr/psnr": 0.0}
+# Interpolation is compared with each blend clip by clip (the result's `paired`): it beats a blend only where both
+# 95% intervals clear (ahead on more than half the clips, ahead on average), and falls short of it only where the
+# blend is better on average beyond the interval, as `regressions` holds a PSNR to its interval. In between (a few
+# validation clips rarely tell) it is "not shown" better, and passes as colour passes within its margin.
+PAIRED = ("interpolation/psnr",)
 # The rate that following a prompt by chance gives: 1 in 6 colours, 1 in 4 directions.
 CHANCE = {"colour": 1 / len(COLOURS), "direction": 1 / len(DIRECTIONS)}
 
@@ -108,10 +116,12 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
              log=print, t2i=None) -> dict:
     """Score the stages a model folder holds, each beside its baseline (`t2i`: the folder of the text-to-image
     model the base stage started from, for base/t2i_colour); returns {"model", "metrics", "rates", "intervals",
-    "extractor", "clip", "validation_keys", "adherence", "gallery"}, also written to OUT_DIR/metrics.json beside
-    the gallery GIFs. `rates` holds each counted metric with samples (Rate.as_dict: value, hits, n, Wilson low
-    and high); `intervals` the 95% interval [low, high] of every rate and of the PSNRs averaged over clips
-    (Student t over the clips' PSNRs)."""
+    "per_clip", "paired", "extractor", "clip", "validation_keys", "adherence", "gallery"}, also written to
+    OUT_DIR/metrics.json beside the gallery GIFs. `rates` holds each counted metric with samples (Rate.as_dict:
+    value, hits, n, Wilson low and high); `intervals` the 95% interval [low, high] of every rate and of the PSNRs
+    averaged over clips (Student t over the clips' PSNRs); `per_clip` the interpolation PSNR of each validation
+    clip, the model's and its references'; `paired` the model beside each blend clip by clip ({baseline:
+    stats.paired_comparison})."""
     from ..model_folder import present_components
     from ..pipelines import LaVieBasePipeline, LaVieInterpolationPipeline, LaVieVSRPipeline
 
@@ -120,7 +130,7 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
     config = load_preset(preset)
     percent = config["training"]["validation_percent"]
     present = present_components(model)
-    metrics, rates, intervals, gallery = {}, {}, {}, []
+    metrics, rates, intervals, per_clip, paired, gallery = {}, {}, {}, {}, {}, []
     clip_model, preprocess, tokenizer, clip_label = load_clip(
         ScoreConfig(clip_model=settings.clip_model, clip_weights=settings.clip_weights))
     extractor = load_video_extractor(settings.i3d_path)
@@ -176,10 +186,15 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
                                         num_inference_steps=settings.interpolation_steps, generator=generator()).frames
                             for i in range(0, len(truth), 2)])
         between = torch.arange(truth.shape[1]) % 4 != 0  # the frames filled in; the keyframes were given
-        mean, low, high = mean_interval(psnr_per_video(filled[:, between], truth[:, between]))  # over the clips
+        psnrs = psnr_per_video(filled[:, between], truth[:, between])  # (n,): one PSNR per clip
+        references = interpolation_references(interpolate.vae, truth)  # {name: (n,)} on the same frames
+        mean, low, high = mean_interval(psnrs)  # over the clips
         metrics["interpolation/psnr"], intervals["interpolation/psnr"] = mean, (low, high)
         metrics["interpolation/ssim"] = ssim(filled[:, between], truth[:, between])
-        metrics.update(interpolation_references(interpolate.vae, truth))
+        metrics.update({name: float(values.mean()) for name, values in references.items()})
+        per_clip = {"interpolation/psnr": psnrs} | references
+        paired = {baseline: paired_comparison(psnrs, references[baseline])
+                  for baseline in BASELINES["interpolation/psnr"]}
 
     if upscale is not None and validation:
         log("vsr: validation clips from x4 smaller copies")
@@ -214,6 +229,7 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
     result = {"model": str(model), "metrics": metrics,
               "rates": {name: rate.as_dict() for name, rate in rates.items() if rate.n},
               "intervals": {name: [float(low), float(high)] for name, (low, high) in intervals.items()},
+              "per_clip": {name: values.tolist() for name, values in per_clip.items()}, "paired": paired,
               "extractor": extractor.name, "clip": clip_label,
               "validation_keys": [clip["key"] for clip in validation], "adherence": adherence["per_sample"],
               "gallery": gallery}
@@ -227,17 +243,34 @@ def rates_of(result: dict) -> dict[str, Rate]:
 
 
 def baseline_of(metrics: dict, name: str) -> tuple[str, float] | None:
-    """The baseline the metric `name` must beat: the strongest of its BASELINES measured, as (its name, its
-    value); None when none was measured."""
-    measured = [(baseline, metrics[baseline]) for baseline in BASELINES[name][0] if metrics.get(baseline) is not None]
+    """The strongest of the BASELINES measured of the metric `name`, as (its name, its value); None when none was
+    measured."""
+    measured = [(baseline, metrics[baseline]) for baseline in BASELINES[name] if metrics.get(baseline) is not None]
     return max(measured, key=lambda pair: pair[1]) if measured else None
 
 
-def below_baselines(metrics: dict) -> list[str]:
-    """The stages whose metric falls short of its baseline by more than the margin allowed (see BASELINES)."""
-    short = []
-    for name, (_, margin) in BASELINES.items():
-        value, baseline = metrics.get(name), baseline_of(metrics, name)
+def paired_verdict(paired: dict, name: str) -> str | None:
+    """A PAIRED metric beside its BASELINES clip by clip (`paired`: evaluate's): "beats" where it beats every one
+    compared, "falls short" where one is better beyond the interval, else "not shown"; None when none was
+    compared."""
+    comparisons = [paired[baseline] for baseline in BASELINES[name] if baseline in paired]
+    if not comparisons:
+        return None
+    if any(comparison["loses"] for comparison in comparisons):
+        return "falls short"
+    return "beats" if all(comparison["beats"] for comparison in comparisons) else "not shown"
+
+
+def below_baselines(metrics: dict, paired: dict | None = None) -> list[str]:
+    """The stages that fall short of a baseline: by their means beyond the MARGINS allowed, and the PAIRED ones
+    where a baseline is better clip by clip beyond the interval of the mean difference (`paired`: evaluate's)."""
+    short, paired = [], paired or {}
+    for name, baselines in BASELINES.items():
+        if name in PAIRED:
+            short += [f"{name}: below {baseline} clip by clip, {paired_text(paired[baseline], 'it')}"
+                      for baseline in baselines if baseline in paired and paired[baseline]["loses"]]
+            continue
+        value, baseline, margin = metrics.get(name), baseline_of(metrics, name), MARGINS[name]
         if value is not None and baseline is not None and value < baseline[1] - margin:
             short.append(f"{name}: {value:.4g} below its baseline {baseline[0]} {baseline[1]:.4g}"
                          + (f" (margin {margin:g})" if margin else ""))
