@@ -58,7 +58,8 @@ def train_settings(args):
         overrides=parse_set(args.set), seed=args.seed, train_2d=args.train_2d,
         gradient_checkpointing=args.gradient_checkpointing, latents=args.latents, lora_rank=args.lora,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=args.lora_targets,
-        zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer, offload_params=args.offload_params)
+        zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer, offload_params=args.offload_params,
+        tracking=args.tracking)
 
 
 def plan(args):
@@ -227,6 +228,9 @@ def build_parser(extra_commands=None) -> argparse.ArgumentParser:
                    "partitions the weights across ranks)")
     p.add_argument("--offload-optimizer", action="store_true", help="keep the optimizer states in CPU memory")
     p.add_argument("--offload-params", action="store_true", help="ZeRO-3: keep the weights in CPU memory")
+    p.add_argument("--tracking", default="tensorboard", help="where rank 0 logs every step besides metrics.jsonl: "
+                   "tensorboard (RUN_DIR/tensorboard, the default), mlflow (MLFLOW_TRACKING_URI, else a SQLite store in "
+                   "RUN_DIR/mlflow), both comma-separated, or none")
     p.set_defaults(func=train)
 
     p = commands.add_parser(

@@ -32,6 +32,7 @@ from lavie_model.training.report import (
     probe_curve,
     read_metrics,
 )
+from lavie_model.training.tracking import parse as parse_tracking
 from lavie_model.training.trainer import free_port
 
 from .curation import image_shards, markdown_table, picture, video_shards
@@ -94,6 +95,9 @@ class TrainingSettings(dg.ConfigurableResource):
     memory_limit_gb: float = 0.0
     # least fraction of held-out shape clips whose colour the text-to-image model's `vae` must reproduce
     vae_min_colour: float = 0.8
+    # where each run logs its steps besides metrics.jsonl, to watch it train: tensorboard (RUN_DIR/tensorboard),
+    # mlflow (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow), both comma-separated, or none (lavie_model.training.tracking)
+    tracking: str = "tensorboard"
 
     def home(self) -> Path:
         return store.lavie_home(self.lavie_home)
@@ -181,6 +185,7 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
     if settings.launcher not in LAUNCHERS:
         raise dg.Failure(f"TrainingSettings.launcher is {settings.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     home = settings.home()
+    tracked = parse_tracking(settings.tracking)
     videos, images = trained_shards(home, stage)
     planned = check_plan(context, settings, stage, home)
     run_dir = home / "training" / stage / context.run.run_id
@@ -197,7 +202,7 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         arguments += ["--gradient-checkpointing"]
     if settings.lora_rank.get(stage):
         arguments += ["--lora", str(settings.lora_rank[stage]), "--lora-targets", settings.lora_targets]
-    arguments += ["--zero-stage", str(settings.zero_stage)]
+    arguments += ["--zero-stage", str(settings.zero_stage), "--tracking", settings.tracking]
     if settings.offload_optimizer:
         arguments += ["--offload-optimizer"]
     if settings.offload_params:
@@ -227,6 +232,8 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         **(reported.metadata or {}),
         "model_folder": dg.MetadataValue.path(str(run_dir / "model")),
         "run_dir": dg.MetadataValue.path(str(run_dir)),
+        # what the run logged to watch it train: RUN_DIR/tensorboard (tensorboard --logdir), RUN_DIR/mlflow
+        **{name: dg.MetadataValue.path(str(run_dir / name)) for name in tracked},
         "started_from": dg.MetadataValue.path(str(model)),
         "shards": markdown_table(shards[["kind", "name", "samples", "sha256"]]),
         "shard_fingerprint": fingerprint(videos, images),

@@ -102,3 +102,29 @@ def data_homes(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     monkeypatch.setenv("LAVIE_HOME", str(tmp_path / "data"))
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server for the module (tests/postgres.py): its DAGSTER_PG_* environment."""
+    from postgres import postgres_server
+
+    with postgres_server() as env:
+        yield env
+
+
+@pytest.fixture
+def postgres_home(postgres, tmp_path, monkeypatch):
+    """DAGSTER_HOME holding the project's PostgreSQL dagster.yaml (dagster_home/postgres), the server's DAGSTER_PG_*
+    and LAVIE_HOME under tmp_path; returns DAGSTER_HOME."""
+    import shutil
+    from pathlib import Path
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "postgres" / "dagster.yaml", home)
+    for name, value in postgres.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("LAVIE_HOME", str(tmp_path / "data"))
+    return home

@@ -81,6 +81,49 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of the run's TensorBoard event files, read back as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def logged(log: list[dict], name: str) -> list[tuple[int, float]]:
+    """[(step, value)] of a metrics.jsonl field, as float32 (TensorBoard's scalar type)."""
+    return [(r["step"], float(np.float32(r[name]))) for r in log]
+
+
+def tensorboard_tags_over_http(logdir: Path) -> dict:
+    """`tensorboard --logdir` started headless on 127.0.0.1: the scalar tags its HTTP API lists (stopped after)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir), "--host",
+                               "127.0.0.1", "--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert server.poll() is None, "tensorboard exited"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=10) as answer:
+                    tags = json.loads(answer.read())
+                if tags:
+                    return tags
+            except OSError:
+                pass
+            time.sleep(1)
+        raise AssertionError("tensorboard listed no scalars within 2 minutes")
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def unet_weights(folder: Path, name: str) -> dict:
     from safetensors.torch import load_file
 
@@ -125,15 +168,18 @@ def test_each_stage_trains_on_the_demo_shards_and_its_loss_falls(stage, tiny_fol
         assert any(not torch.equal(start[k], end[k]) for k in start if is_temporal(k))
 
 
-@pytest.mark.parametrize("stage", ["t2i", "upscaler"])
-def test_each_stand_in_pretrains_on_stills_and_is_probed_on_held_out_ones(stage, stand_ins, demo_shards, tmp_path):
+@pytest.mark.parametrize("stage, tracking", [("t2i", "tensorboard"), ("upscaler", "tensorboard,mlflow")])
+def test_each_stand_in_pretrains_on_stills_and_is_probed_on_held_out_ones(stage, tracking, stand_ins, demo_shards,
+                                                                          tmp_path):
     """`lavie train --stage t2i|upscaler`: the 2D stand-in of a Stable Diffusion-layout folder trains on frames of
     the clips, images and rendered stills, each with its own caption and timestep; every `evaluate_every` steps
-    its EMA weights are scored on the held-out prompts (t2i) or stills (upscaler)."""
+    its EMA weights are scored on the held-out prompts (t2i) or stills (upscaler). Every step is in TensorBoard's
+    event files as in metrics.jsonl (and in MLflow's store with `--tracking mlflow`)."""
     folder = stand_ins["sd" if stage == "t2i" else "upscaler"]
     run = tmp_path / "run"
     run_lavie(train_args(stage, folder, demo_shards["videos"], run, 4, "--images", demo_shards["images"],
-                         "--set", "batch_size=2", "--set", "evaluate_every=2", "--set", "warmup_steps=1"))
+                         "--set", "batch_size=2", "--set", "evaluate_every=2", "--set", "warmup_steps=1",
+                         "--tracking", tracking))
     log = metrics(run)
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
     probes = [r["probe"] for r in log if "probe" in r]
@@ -142,6 +188,23 @@ def test_each_stand_in_pretrains_on_stills_and_is_probed_on_held_out_ones(stage,
         assert all(0 <= p["colour"] <= 1 and 0 <= p["background"] <= 1 and p["n"] == 48 for p in probes)
     else:
         assert all(p["psnr"] > 0 and p["psnr_bicubic"] > 20 and p["n"] == 24 for p in probes)
+
+    scalars = tensorboard_scalars(run)
+    for name in ("loss", "lr", "grad_norm", "samples_per_s", "memory_mb", "skipped_clips"):
+        assert scalars[f"train/{name}"] == logged(log, name), name
+    probed = [r for r in log if "probe" in r]
+    for name in ("colour", "background") if stage == "t2i" else ("psnr", "psnr_bicubic"):
+        assert scalars[f"probe/{name}"] == [(r["step"], float(np.float32(r["probe"][name]))) for r in probed]
+    if stage == "t2i":  # TensorBoard itself, headless, lists them
+        assert {"train/loss", "train/lr", "probe/colour"} <= set(tensorboard_tags_over_http(run / "tensorboard")["."])
+    if "mlflow" in tracking:
+        import mlflow
+
+        client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow' / 'mlflow.db'}")
+        recorded = client.get_run((run / "mlflow" / "run_id").read_text().strip())
+        assert recorded.info.status == "FINISHED" and recorded.data.params["stage"] == stage
+        history = client.get_metric_history(recorded.info.run_id, "train.loss")
+        assert [(m.step, m.value) for m in history] == [(r["step"], r["loss"]) for r in log]
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["training"]["rendered_frames"] == 2  # the preset's pretraining section, under --set
     keys = [key for line in (run / "samples-rank0.jsonl").read_text().splitlines() for key in json.loads(line)["keys"]]
@@ -210,9 +273,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_folder, shards, t
     broken = tmp_path / "broken"
     kill_after(3, train_args("base", tiny_folder, shards["videos"], broken, 50, *common), broken)
     assert (broken / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    # TensorBoard kept what the killed run flushed: every step it logged (the last perhaps not yet)
+    killed, flushed = metrics(broken), tensorboard_scalars(broken)["train/loss"]
+    assert len(flushed) >= len(killed) - 1 and flushed == logged(killed, "loss")[:len(flushed)]
 
     run_lavie(train_args("base", tiny_folder, shards["videos"], broken, 4, *common, "--resume"))
     assert [r["loss"] for r in metrics(broken)] == [r["loss"] for r in metrics(whole)]
+    # the resumed run purged the steps past its checkpoint from TensorBoard's view, as from metrics.jsonl
+    assert tensorboard_scalars(broken)["train/loss"] == logged(metrics(whole), "loss")
     assert (broken / "samples-rank0.jsonl").read_text() == (whole / "samples-rank0.jsonl").read_text()
     a, b = unet_weights(whole / "model", "unet_base"), unet_weights(broken / "model", "unet_base")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -321,6 +389,7 @@ def test_joint_batches_give_images_their_own_captions_and_no_temporal_attention(
     ({"--set": "batch_sise=2"}, "unknown training settings: batch_sise"),
     ({"--set": "learning_rate=fast"}, "training setting learning_rate: expected a number, got 'fast'"),
     ({"--set": "batch_size=2.5"}, "training setting batch_size: expected a whole number, got 2.5"),
+    ({"--tracking": "tensorboard,wandb"}, "unknown tracking wandb: choose from tensorboard, mlflow, or none"),
 ])
 def test_bad_configuration_fails_before_training_and_names_the_problem(change, message, tiny_folder, shards,
                                                                        tmp_path, capsys):

@@ -16,7 +16,7 @@ from lavie_model.stand_ins import shipped
 from lavie_model.video import write_video
 from pipelines.pretraining import PRETRAINING_ASSETS, autoencoders, t2i_model
 from pipelines.training import TRAINING_ASSETS, TrainingSettings, base_model, code_version, retrain_request
-from tests.test_training import COLOURS, clean_env, moving_square
+from tests.test_training import COLOURS, clean_env, moving_square, tensorboard_scalars
 
 
 def curated_home(home: Path) -> Path:
@@ -154,6 +154,9 @@ def test_the_tiny_cascade_starts_from_the_shipped_tiny_lavie_unless_told_to_infl
                                 resources={"training": settings, "pipes": dg.PipesSubprocessClient()})
         assert result.success
     base = result.asset_materializations_for_node("base_model")[0].metadata
+    # the materialization links the run's TensorBoard folder, which holds its one step
+    assert Path(base["tensorboard"].value) == Path(base["run_dir"].value) / "tensorboard"
+    assert [step for step, _ in tensorboard_scalars(Path(base["run_dir"].value))["train/loss"]] == [1]
     start = Path(base["started_from"].value)
     assert untrained_unets(start) == ["unet_vsr"]
     for stage, folder in shipped_lavie("tiny").items():

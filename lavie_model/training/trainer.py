@@ -10,12 +10,15 @@ nodes as it is given. Without CUDA it runs on the CPU (DS_ACCELERATOR=cpu, gloo)
     RUN_DIR/model/                 the input model folder with this stage's UNet replaced by its EMA weights
     RUN_DIR/run.json               the settings, the exact shard list (names, SHA-256), and whether the run read
                                    precomputed latents (`--latents`, see latents.py) or pixels, and why
+    RUN_DIR/tensorboard/           the same metrics as TensorBoard scalars, per step (`--tracking`, tracking.py;
+                                   RUN_DIR/mlflow/ with `--tracking mlflow`)
 """
 
 import json
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +51,7 @@ class TrainSettings:
     zero_stage: int = 2            # DeepSpeed ZeRO stage, 2 or 3
     offload_optimizer: bool = False  # optimizer states in CPU memory
     offload_params: bool = False   # ZeRO-3: weights in CPU memory
+    tracking: str = "tensorboard"  # tensorboard, mlflow, both comma-separated, or none (tracking.py)
 
 
 def override(name: str, value, default):
@@ -141,6 +145,7 @@ def check(settings: TrainSettings) -> dict:
     """Everything that can be checked before training starts; returns the preset with overrides applied."""
     from .data import expand_shards
     from .stages import check_folder, interpolation_starts_from_base
+    from .tracking import parse
 
     if settings.stage not in STAGES:
         raise ValueError(f"unknown stage {settings.stage!r}; choose one of {', '.join(STAGES)}")
@@ -156,6 +161,7 @@ def check(settings: TrainSettings) -> dict:
         raise ValueError(f"evaluate_every is set, but the {settings.stage} stage has no held-out probe (only "
                          f"{', '.join(PROBED)} have): set it to 0")
     check_memory_modes(settings)
+    parse(settings.tracking)
     if settings.lora_rank and settings.stage == "interpolation" and interpolation_starts_from_base(settings.model):
         raise ValueError(f"{settings.model} has no trained interpolation UNet: this stage would start from the "
                          "base UNet with new conditioning channels, which an adapter cannot learn; train it fully "
@@ -322,6 +328,7 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
     from .data import TrainingStream, collate
     from .export import ema_model, replace_component
     from .stages import UNET, load_parts, load_unet, sample_generators, stage_data, training_loss
+    from .tracking import Tracking, parse
 
     cuda = torch.cuda.is_available()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
@@ -402,6 +409,7 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
     bar = tqdm(total=max_steps, initial=step, desc=f"train {settings.stage}", disable=None if rank == 0 else True)
     samples_log = open(output / f"samples-rank{rank}.jsonl", "a")
     metrics_log = open(output / "metrics.jsonl", "a") if rank == 0 else None
+    tracking = Tracking(parse(settings.tracking), output, settings.stage, step, run) if rank == 0 else None
     try:
         while step < max_steps:
             started, losses, keys, skipped = time.perf_counter(), [], [], 0
@@ -437,6 +445,7 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
             if rank == 0:
                 metrics_log.write(json.dumps(record) + "\n")
                 metrics_log.flush()
+                tracking.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if report and (step % training["log_every"] == 0 or step == max_steps or "probe" in record):
                     report(record)
@@ -449,6 +458,8 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
         samples_log.close()
         if metrics_log:
             metrics_log.close()
+        if tracking:
+            tracking.close(failed=sys.exc_info()[0] is not None)
 
     with gathered(engine.module, zero3):
         fingerprints = weight_fingerprints(engine.module, world)
