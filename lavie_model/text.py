@@ -30,11 +30,12 @@ def write_clip_tokenizer(output_dir) -> None:
     CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77).save_pretrained(output_dir)
 
 
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
-    """(len(prompts), tokens, dim) last hidden states of the text encoder, padded to its max length."""
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device, grad: bool = False) -> torch.Tensor:
+    """(len(prompts), tokens, dim) last hidden states of the text encoder, padded to its max length; with `grad`
+    the graph is kept (a text encoder that trains)."""
     length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
     tokens = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         return text_encoder(tokens.input_ids.to(device)).last_hidden_state
 
 

@@ -1,6 +1,8 @@
-"""The tiny LaVie's motion pretraining: rendered clips, the diffusion classifier of direction, exact resume, and
-the blend-residual interpolation target."""
+"""The tiny LaVie's motion pretraining: rendered clips, the diffusion classifier of direction, exact resume (with
+cached captions, compiled, with a text encoder that learns), and the blend-residual interpolation target."""
 
+import copy
+import dataclasses
 import json
 import time
 
@@ -15,7 +17,8 @@ from lavie_model.pipelines.interpolation import blend_keyframes, conditioning_la
 from lavie_model.text import encode_prompts
 from lavie_model.tiny_lavie import held_out_clips, held_out_scenes
 from lavie_model.training.scenes import HELD_OUT, ClipMotion, random_scenes, render_clips
-from lavie_model.training.stages import interpolation_from_base, load_components, load_parts
+from lavie_model.training.stages import (embed, interpolation_from_base, load_components, load_parts,
+                                         sample_generators, training_loss)
 
 
 def test_rendered_clips_are_the_corpus_renders_and_never_held_out():
@@ -112,6 +115,10 @@ def test_direction_classifier_gives_no_answer_to_a_model_that_cannot_tell(base_p
         direction_captions("a red circle standing still on a gray background")
 
 
+def losses_of(run) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_motion_pretraining_resumes_exactly(tiny_folder, tmp_path):
     from lavie_model.config import load_preset
     from lavie_model.training.motion import MotionRecipe, train_motion
@@ -120,27 +127,111 @@ def test_motion_pretraining_resumes_exactly(tiny_folder, tmp_path):
     recipe = MotionRecipe(steps=4, batch_size=2, log_every=1, checkpoint_every=2, eval_every=2, warmup_steps=2)
     scored = []
 
-    def probe(step, unet):
+    def probe(step, unet):  # no text_encoder keyword: the text encoder is frozen
         scored.append(step)
         return {"weights": float(sum(p.detach().double().sum() for p in unet.parameters()))}
 
-    whole, steps = train_motion(tiny_folder, tmp_path / "whole", recipe, preset, probe=probe)
-    assert steps == 4 and scored == [0, 2, 4]
+    # the whole run embeds every caption every step; the split one looks them up (the default): the same run
+    whole, steps, text_encoder = train_motion(tiny_folder, tmp_path / "whole", recipe, preset, probe=probe,
+                                              cache_captions=False)
+    assert steps == 4 and scored == [0, 2, 4] and text_encoder is None
     # a run stopped after its first step (checkpointed there), then run again: it resumes at step 1
-    _, stopped_at = train_motion(tiny_folder, tmp_path / "split", recipe, preset, deadline=time.time() - 1)
+    _, stopped_at, _ = train_motion(tiny_folder, tmp_path / "split", recipe, preset, deadline=time.time() - 1)
     assert stopped_at == 1
-    resumed, steps = train_motion(tiny_folder, tmp_path / "split", recipe, preset)
+    resumed, steps, _ = train_motion(tiny_folder, tmp_path / "split", recipe, preset)
     assert steps == 4
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+    assert losses_of(tmp_path / "whole") == losses_of(tmp_path / "split") and len(losses_of(tmp_path / "whole")) == 4
+    assert "text_encoder" not in torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
 
-    def losses(run):
-        return [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-
-    assert losses("whole") == losses("split") and len(losses("whole")) == 4
     other = MotionRecipe(**{**recipe.__dict__, "learning_rate": 1e-4})
     with pytest.raises(ValueError, match="another recipe"):  # a checkpoint is resumed by its own recipe only
         train_motion(tiny_folder, tmp_path / "whole", other, preset)
+    # a checkpoint written before text_lr existed holds its default (0): it still resumes
+    state = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    del state["recipe"]["text_lr"]
+    torch.save(state, tmp_path / "whole" / "checkpoint.pt")
+    assert train_motion(tiny_folder, tmp_path / "whole", recipe, preset)[1] == 4
+
+
+def test_caption_cache_gives_the_uncached_loss_bit_for_bit(base_parts, tiny_folder):
+    from lavie_model.training.motion import MotionRecipe, rendered_batch
+
+    unet = load_components(tiny_folder, ["unet_base"], "base")[0]["unet_base"]
+    recipe = MotionRecipe(batch_size=4, text_drop=0.3)
+    cached = dataclasses.replace(base_parts, caption_cache={})
+    with torch.no_grad():
+        for step in range(3):  # later steps look up captions the earlier ones encoded
+            batch = rendered_batch(recipe, step, 8, 32, "cpu")
+            plain, looked_up = (training_loss(unet, parts, batch, sample_generators(0, 0, 4 * step, 4))
+                                for parts in (base_parts, cached))
+            assert torch.equal(plain, looked_up), step
+    assert "" in cached.caption_cache and base_parts.caption_cache is None  # the dropped captions' embedding too
+
+
+def test_compiled_motion_steps_match_eager_and_resume_exactly(tiny_folder, tmp_path, monkeypatch):
+    """train_motion(compile=...) on the CPU. Inductor's C++ compilation of the UNet's forward and backward takes
+    minutes on this 2-core CPU (benchmarks/motion_speed.py measures it), so the test compiles with dynamo and
+    AOTAutograd only (the "aot_eager" backend): the compiled module's plumbing (its parameters the optimizer's and
+    the EMA's, the checkpoint's keys, resume), not inductor's kernels."""
+    import functools
+
+    from lavie_model.config import load_preset
+    from lavie_model.training.motion import MotionRecipe, train_motion
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    preset = load_preset("tiny")
+    recipe = MotionRecipe(steps=2, batch_size=2, log_every=1, checkpoint_every=1, eval_every=0, warmup_steps=2)
+    eager, _, _ = train_motion(tiny_folder, tmp_path / "eager", recipe, preset)
+    # compiled, stopped after its first step and resumed compiled: eager's losses and weights to rounding
+    assert train_motion(tiny_folder, tmp_path / "compiled", recipe, preset, compile="default",
+                        deadline=time.time() - 1)[1] == 1
+    compiled, steps, _ = train_motion(tiny_folder, tmp_path / "compiled", recipe, preset, compile="default")
+    assert steps == 2
+    assert losses_of(tmp_path / "compiled") == pytest.approx(losses_of(tmp_path / "eager"), rel=1e-5)
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    checkpoints = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("eager", "compiled")]
+    assert checkpoints[0]["unet"].keys() == checkpoints[1]["unet"].keys()  # the UNet's own keys, not the wrapper's
+
+
+def test_text_encoder_learns_at_text_lr_and_resumes_exactly(tiny_folder, base_parts, tmp_path):
+    from lavie_model.config import load_preset
+    from lavie_model.training.motion import MotionRecipe, rendered_batch, train_motion
+
+    # the loss reaches a text encoder that trains; a frozen one gets no graph
+    unet = load_components(tiny_folder, ["unet_base"], "base")[0]["unet_base"]
+    batch = rendered_batch(MotionRecipe(batch_size=2, text_drop=0.0), 0, 8, 32, "cpu")
+    learning = dataclasses.replace(base_parts, text_encoder=copy.deepcopy(base_parts.text_encoder).requires_grad_(True))
+    training_loss(unet, learning, batch, sample_generators(0, 0, 0, 2)).backward()
+    assert learning.text_encoder.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert not embed(base_parts, batch["caption"]).requires_grad
+
+    preset = load_preset("tiny")
+    recipe = MotionRecipe(steps=2, batch_size=2, log_every=1, checkpoint_every=1, eval_every=2, warmup_steps=1,
+                          text_lr=1e-2)
+    given = []
+
+    def probe(step, unet, text_encoder=None):
+        given.append(text_encoder)
+        return {}
+
+    _, steps, whole = train_motion(tiny_folder, tmp_path / "whole", recipe, preset, probe=probe)
+    assert steps == 2 and len(given) == 2 and all(isinstance(t, type(base_parts.text_encoder)) for t in given)
+    start = base_parts.text_encoder.state_dict()
+    assert any(not torch.equal(start[name], w) for name, w in whole.state_dict().items())  # it learned
+    assert all(not p.requires_grad for p in whole.parameters())
+    train_motion(tiny_folder, tmp_path / "split", recipe, preset, deadline=time.time() - 1)
+    _, _, resumed = train_motion(tiny_folder, tmp_path / "split", recipe, preset)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert losses_of(tmp_path / "whole") == losses_of(tmp_path / "split")
+    state = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    assert state["text_encoder"].keys() == start.keys() and "text_ema" in state
+    with pytest.raises(ValueError, match="base stage only"):
+        train_motion(tiny_folder, tmp_path / "interpolation", MotionRecipe(stage="interpolation", text_lr=1e-3),
+                     preset)
 
 
 def test_blend_residual_interpolation_conditions_on_the_latent_blend(tiny_folder, tmp_path):

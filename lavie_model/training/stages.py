@@ -52,6 +52,7 @@ class StageParts:
     vae: torch.nn.Module
     noise_scheduler: DDPMScheduler
     low_res_scheduler: DDPMScheduler | None = None
+    caption_cache: dict | None = None  # caption -> (tokens, dim) embedding, filled by `embed` when set (a dict)
 
     def to(self, device, dtype):
         self.text_encoder.to(device, dtype).requires_grad_(False)
@@ -202,10 +203,19 @@ def posterior(parts: StageParts, batch: dict) -> tuple[torch.Tensor, torch.Tenso
 
 def embed(parts: StageParts, captions: list[str], stored: torch.Tensor | None = None) -> torch.Tensor:
     """(len(captions), tokens, dim): the captions' embeddings; with `stored` (a latent batch's), those, the
-    dropped captions ("") embedded here."""
+    dropped captions ("") embedded here. A text encoder that trains (requires_grad) keeps the graph. With
+    `parts.caption_cache` each caption is encoded once and looked up after (exact only while the text encoder is
+    frozen: the trainer that sets the cache sees to it)."""
     device = parts.text_encoder.device
+    if stored is None and parts.caption_cache is not None:
+        missing = sorted(set(captions) - parts.caption_cache.keys())
+        if missing:
+            encoded = encode_prompts(parts.tokenizer, parts.text_encoder, missing, device)  # (k, tokens, dim)
+            parts.caption_cache.update(zip(missing, encoded))
+        return torch.stack([parts.caption_cache[caption] for caption in captions])
     if stored is None:
-        return encode_prompts(parts.tokenizer, parts.text_encoder, captions, device)
+        trains = any(p.requires_grad for p in parts.text_encoder.parameters())
+        return encode_prompts(parts.tokenizer, parts.text_encoder, captions, device, grad=trains)
     stored = stored.to(device, parts.text_encoder.dtype)
     dropped = [i for i, caption in enumerate(captions) if not caption]
     if dropped:
