@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: test demo pretrain ablations ui bench gpu-check clean-venv
+.PHONY: test demo pretrain ablations ui bench gpu-check motion clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,20 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/unet_step.py
 
-# One CUDA GPU, under 9 minutes: OUT/device_check.md and .json (benchmarks/device_check.py; README: The GPU check).
+# One CUDA GPU, under 9 minutes: OUT/device_check.md and .json, OUT/lavie (the motion run's stretch) (benchmarks/device_check.py;
+# README: The GPU check). GPU_CHECK_ARGS=--quick gives sections 1-3 their smallest form, the motion run the rest.
+GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
-	$(PY) benchmarks/device_check.py --out $${OUT:-device_check}
+	$(PY) benchmarks/device_check.py --out $${OUT:-device_check} $(GPU_CHECK_ARGS)
+
+# One stretch of the tiny LaVie's motion run, niced (README: The tiny LaVie): continues the shipped UNet for
+# MOTION_SECONDS, records it in its card and ships it when it moved up. Run it in the background: make motion &
+MOTION_STAGE ?= base
+MOTION_SECONDS ?= 3600
+MOTION_SET ?=
+motion: $(STAMP)
+	nice -n 19 $(PY) -m lavie_model.tiny_lavie continue --stage $(MOTION_STAGE) --max-seconds $(MOTION_SECONDS) \
+		$(if $(MOTION_SET),--set $(MOTION_SET))
 
 clean-venv:
 	rm -rf $(VENV)

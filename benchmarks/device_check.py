@@ -20,11 +20,16 @@ or a crash there ends only that item. Each section imports what it needs when it
    pixels would add; then the whole cascade (16 x 320 x 512 -> 61 frames -> 61 x 1280 x 2048) through its stage
    pipelines for a few denoising steps per stage, the UNet calls timed, extrapolated to the preset's default
    steps, with the peak memory of the cascade with every stage loaded.
-4. Learning in minutes: benchmarks/motion_sweep.py (the shipped tiny LaVie's recipes from the stand-ins, scored on
-   held-out clips) for the time left, its tables included.
+4. The motion run: a stretch of the tiny LaVie's never-ending motion run (`tiny_lavie continue`, as `make motion`
+   runs it on the CPU) for the time left: it resumes from the shipped base UNet, scores it on the held-out clips,
+   trains with the card's leading recipe (CUDA graphs through torch.compile), scores again, and ships into
+   OUT/lavie when the classifier's interval moved up. The card in OUT/lavie records the stretch either way: copy
+   OUT/lavie/* over lavie_model/pretrained/tiny/lavie/ to keep it (at most 6 files, each under 16 MB).
 
-`--smoke` runs sections 1-3 on the CPU with the tiny preset and one step, in about a minute (a test runs it), and
-skips section 4: motion_sweep's own smoke run takes minutes on a CPU and has its own test.
+`--quick` runs sections 1-3 in their smallest form (one timed step per stage, one sampling step) so that the
+motion run gets most of the budget. `--smoke` runs sections 1-3 on the CPU with the tiny preset and one step, in
+about a minute (a test runs it), and skips section 4: the motion run's stretch has its own test
+(tests/test_motion_run.py).
 """
 
 import argparse
@@ -50,12 +55,13 @@ OFFICIAL_THRESHOLD = 1e-4  # max abs error against the official outputs, as test
 PAPER_STEPS = 5  # timed training steps per stage, after one warm-up step
 SAMPLING_STEPS = {"base": 3, "interpolation": 3, "vsr": 2}  # denoising steps run per stage (VSR: per 8-frame chunk)
 MFU_GOAL = 0.40  # issue 26's goal for the paper-size base step
-LEARNING_RECIPES = "base-2d-0.3,interp-residual"  # the recipes of the shipped tiny LaVie (its MODEL_CARD.md)
-LEARNING_OVERHEAD_S = 120  # motion_sweep's start-up, scoring and export beside its training time: a guess so far
+MOTION_OPTIONS = ("--compile", "reduce-overhead", "--set", "batch_size=128", "learning_rate=0.001")  # on a GPU: CUDA
+# graphs, and the batch and rate of the shipped base's GPU runs (the card's leading recipe is the CPU's batch 16)
+LEARNING_OVERHEAD_S = 90  # the motion run's start-up, its last probe and shipping beside its training: a guess so far
+QUICK_PAPER_SHARE = 0.3  # --quick: section 3's cap (it ends sooner, one step per stage), the rest to the motion run
 REPORT_S = 10  # kept at the end of the budget for stopping the last section and writing the report
-SMOKE_LEARNING = ("skipped in smoke mode: runs motion_sweep --smoke in its own test "
-                  "(tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best; "
-                  "3.7 minutes on the project's 2-core CPU)")
+SMOKE_LEARNING = ("skipped in smoke mode: a stretch of the motion run has its own test "
+                  "(tests/test_motion_run.py::test_a_stretch_resumes_its_run_and_is_recorded_in_the_card)")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -444,8 +450,8 @@ def paper_cost(args, deadline: float) -> dict:
 
     need_cuda(args.smoke)
     preset, device = ("tiny", "cpu") if args.smoke else ("paper", "cuda")
-    steps = 1 if args.smoke else PAPER_STEPS
-    sampling_steps = {stage: 1 for stage in STAGES} if args.smoke else SAMPLING_STEPS
+    steps = 1 if args.smoke or args.quick else PAPER_STEPS
+    sampling_steps = {stage: 1 for stage in STAGES} if args.smoke or args.quick else SAMPLING_STEPS
     work = [(f"train {stage}", paper_steps, (preset, steps, None, device, stage)) for stage in STAGES]
     work.append(("sampling", cascade_sampling, (preset, device, sampling_steps)))
     items = {}
@@ -476,37 +482,46 @@ def paper_cost(args, deadline: float) -> dict:
 # ---------------------------------------------------------------------------------------------- 4. learning
 
 def learning(args, deadline: float) -> dict:
-    folder = Path(args.out) / "learning"
-    command = [sys.executable, str(ROOT / "benchmarks" / "motion_sweep.py"), "--out", str(folder),
-               "--recipes", LEARNING_RECIPES]
+    """A stretch of the tiny LaVie's motion run on this device (`tiny_lavie continue`) for the time left: it
+    resumes from the shipped base UNet, scores it, trains, scores again and, when the classifier moved up, ships
+    into OUT/lavie, with the card recording the stretch either way. What to bring back: OUT/lavie."""
+    import shutil
+
+    from lavie_model.tiny_lavie import lavie_root
+
+    shipped = Path(args.out) / "lavie"
+    command = [sys.executable, "-m", "lavie_model.tiny_lavie", "continue", "--stage", "base", "--shipped", str(shipped),
+               *MOTION_OPTIONS]
     if args.smoke:
         return {"status": "skipped", "notes": [SMOKE_LEARNING], "figures": {"command": shlex.join(command)}}
     need_cuda(args.smoke)
     seconds = deadline - time.time() - LEARNING_OVERHEAD_S
     if seconds < 30:
         return {"status": "skipped", "notes": [f"only {deadline - time.time():.0f} s were left: too little to train"]}
-    command += ["--seconds", f"{seconds:.0f}"]
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "log.txt", "w") as log:  # its own process group: a timeout ends its training processes too
+    command += ["--max-seconds", f"{seconds:.0f}"]
+    shipped.mkdir(parents=True, exist_ok=True)
+    for name in ("card.json", "MODEL_CARD.md", "unet_base"):  # the stage continued, and the card it is recorded in
+        source = lavie_root() / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, shipped / name)
+    log_file = Path(args.out) / "motion_log.txt"
+    with open(log_file, "w") as log:  # its own process group: a timeout ends it and its workers
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, process_group=0)
         try:
             code = process.wait(timeout=max(1.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             code = process.wait()
-    figures = {"command": shlex.join(command), "exit": code, "log": str(folder / "log.txt")}
-    if (folder / "sweep.json").is_file():
-        figures["runs"] = {name: {"stage": run["stage"], "exit": run["exit"], "evaluations": len(run["curve"]),
-                                  "clips_per_s": run["clips_per_s"]}
-                           for name, run in json.loads((folder / "sweep.json").read_text()).items()}
-        figures["sweep_md"] = (folder / "sweep.md").read_text()
-    failed = [f"{name} (exit {run['exit']})" for name, run in figures.get("runs", {}).items() if run["exit"] != 0]
-    if code == 0 and not failed:
+    card = json.loads((shipped / "card.json").read_text())
+    figures = {"command": shlex.join(command), "exit": code, "log": str(log_file)}
+    if card["continuations"]:
+        entry = card["continuations"][-1]
+        figures |= {"run": entry["run"], "steps": entry["steps"], "clips": entry["clips"], "shipped": entry["shipped"],
+                    "curve": entry["curve"], "stretch": entry["stretches"][-1]}
+    if code == 0:
         return {"status": "pass", "figures": figures}
-    why = ("stopped at the section's budget" if code == -signal.SIGKILL else f"motion_sweep exited with code {code}"
-           + (f", runs failed: {', '.join(failed)}" if failed else ""))
-    tail = (folder / "log.txt").read_text()[-1500:]
-    return {"status": "error", "error": f"{why}; the end of its log:\n{tail}", "figures": figures}
+    why = "stopped at the section's budget" if code == -signal.SIGKILL else f"tiny_lavie continue exited with {code}"
+    return {"status": "error", "error": f"{why}; the end of its log:\n{log_file.read_text()[-1500:]}",
+            "figures": figures}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -515,7 +530,7 @@ SECTIONS = (  # name, title, share of the budget (None: what is left)
     ("environment", "1. Environment", 0.04),
     ("correctness", "2. Correctness on the GPU", 0.12),
     ("paper", "3. Paper-size cost per stage", 0.46),
-    ("learning", "4. Learning in minutes", None),
+    ("learning", "4. The motion run", None),
 )
 
 
@@ -590,9 +605,15 @@ def paper_md(figures: dict) -> list[str]:
 
 
 def learning_md(figures: dict) -> list[str]:
+    from lavie_model.tiny_lavie import rate
+
     lines = ["```bash", figures["command"], "```"]
-    if "sweep_md" in figures:  # its headings two levels down, below this section's
-        lines += [""] + [("##" + line if line.startswith("#") else line) for line in figures["sweep_md"].splitlines()]
+    if "curve" in figures:
+        lines += ["", f"Run {figures['run']}: step {figures['steps']}, {figures['clips']:,} clips since the shipped "
+                  f"weights; {'shipped into OUT/lavie' if figures['shipped'] else 'not shipped (did not move up)'}.", ""]
+        lines += table(["step", "clips", "loss", "classifier direction", "sampled direction", "sampled colour"],
+                       [[r["step"], r["samples"], f"{r['loss']:.4f}", rate(r, "direction_classifier"),
+                         rate(r, "sampled_direction"), rate(r, "sampled_colour")] for r in figures["curve"]])
     return lines
 
 
@@ -629,18 +650,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for device_check.json and device_check.md")
     parser.add_argument("--smoke", action="store_true", help="the CPU, the tiny preset, one step; no section 4")
+    parser.add_argument("--quick", action="store_true", help="sections 1-3 in their smallest form, the rest of the "
+                        "budget to the motion run")
     parser.add_argument("--budget-seconds", type=float, default=540, help="for all sections together")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.time()
     ends = began + args.budget_seconds
-    report = {"mode": "smoke (CPU, tiny preset, one step)" if args.smoke else "GPU",
+    report = {"mode": "smoke (CPU, tiny preset, one step)" if args.smoke else "GPU, quick" if args.quick else "GPU",
               "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
               "budget_s": args.budget_seconds, "total_s": 0.0, "sections": {}}
     runs = {"environment": environment, "correctness": correctness, "paper": paper_cost, "learning": learning}
     for name, title, share in SECTIONS:
         start = time.time()
+        if args.quick and name == "paper":
+            share = QUICK_PAPER_SHARE
         budget = ends - REPORT_S - start if share is None else min(share * args.budget_seconds, ends - start)
         print(f"{title} ({budget:.0f} s)", file=sys.stderr, flush=True)
         section = {"title": title, "budget_s": budget}

@@ -22,6 +22,7 @@ SMALLEST = {
     "train_step": (["--steps", "1", "--loader-samples", "4", "--latent-steps", "1", "--lora-steps", "1"],
                    "LoRA / full step time"),
     "plan_calibration": (["--cases", "tiny-lora", "--steps", "1"], "against the H100 peaks measured before"),
+    "motion_speed": (["--smoke"], "| variant | clips/s | vs eager |"),
 }
 
 
@@ -94,3 +95,22 @@ def test_device_check_survives_a_crash_and_a_hang():
     started = time.time()
     assert "over the section's budget" in in_own_process(time.sleep, (300,), timeout=2)["error"]
     assert time.time() - started < 30
+
+
+def test_motion_levers_resume_and_share_the_start_scores(tmp_path):
+    """Two levers from the shipped base at their smallest size: the first measures the start weights' probe, the
+    second reuses it; a rerun resumes both (nothing trained again) and the report lists their curves."""
+    runs = tmp_path / "levers"
+    command = [sys.executable, str(ROOT / "benchmarks" / "motion_levers.py"), "--runs", str(runs), "--levers",
+               "batch-16,high-noise-0.5", "--steps", "1", "--eval-every", "1", "--held-out-clips", "4",
+               "--sampling-steps", "2", "--parallel", "2"]
+    done = subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    curves = {name: [json.loads(line) for line in (runs / name / "curve.jsonl").read_text().splitlines()]
+              for name in ("batch-16", "high-noise-0.5")}
+    assert all([row["step"] for row in curve] == [0, 1] for curve in curves.values())
+    assert curves["batch-16"][0] == curves["high-noise-0.5"][0]  # the start probe, measured once
+    assert curves["high-noise-0.5"][1]["sampled_direction"]["n"] == 4  # sampled at the last probe
+    rerun = subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "## high-noise-0.5" in (runs / "levers.md").read_text()
+    assert all(len((runs / name / "curve.jsonl").read_text().splitlines()) == 2 for name in curves)

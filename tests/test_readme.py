@@ -40,7 +40,7 @@ RUN_BY = {
     "dagster definitions validate": "tests/test_project.py::test_the_code_location_validates",
     "export": None,  # environment only
     **{f"python benchmarks/{name}.py": "tests/test_benchmarks.py::test_each_benchmark_runs_at_its_smallest_size"
-       for name in ("unet_step", "generate", "curation", "train_step", "plan_calibration")},
+       for name in ("unet_step", "generate", "curation", "train_step", "plan_calibration", "motion_speed")},
     "lavie plan": "tests/test_plan.py::test_lavie_plan_says_whether_a_run_fits_and_what_to_change",
     # needs the LAVIE_HOME of a `make demo` run: measured by hand for the README's figures
     "python benchmarks/lora_concept.py": "by hand, after make demo",
@@ -48,6 +48,8 @@ RUN_BY = {
     "python benchmarks/motion_sweep.py":
         "tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best",
     "python -m lavie_model.tiny_lavie": "tests/test_motion.py::test_tiny_lavie_cascade_score_and_ship",
+    "make motion": "tests/test_motion_run.py::test_a_stretch_resumes_its_run_and_is_recorded_in_the_card",
+    "python benchmarks/motion_levers.py": "tests/test_benchmarks.py::test_motion_levers_resume_and_share_the_start_scores",
     # the GPU check's script in its --smoke mode; the GPU run itself by hand, on a GPU
     "make gpu-check": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
     "python benchmarks/device_check.py": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
