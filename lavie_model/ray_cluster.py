@@ -209,6 +209,23 @@ class LocalCluster:
         self.stop()
 
 
+def wait_for_job_agent(cluster, timeout: float = 120) -> None:
+    """Block until the head's dashboard agent has registered its address in GCS: the job API answers "No available
+    agent to submit job" for the first seconds after the nodes are up (longer on a loaded machine), and a job
+    submitted then fails. Raises TimeoutError after `timeout` seconds."""
+    from ray._private.ray_constants import KV_NAMESPACE_DASHBOARD
+    from ray._raylet import GcsClient
+    from ray.dashboard.consts import DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX
+
+    gcs = GcsClient(address=cluster.address)
+    key = f"{DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX}{cluster.head_node.node_id}".encode()
+    deadline = time.monotonic() + timeout
+    while not gcs.internal_kv_get(key, namespace=KV_NAMESPACE_DASHBOARD, timeout=10):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the head's dashboard agent did not register within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def serve(nodes: int, cpus: int, object_store_mb: int, temp_dir: str) -> None:
     """Run a loopback cluster until SIGTERM; print one JSON line (its addresses) once every node is up."""
     if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0" or os.environ.get("RAY_AUTH_MODE") != "token" \
@@ -232,6 +249,7 @@ def serve(nodes: int, cpus: int, object_store_mb: int, temp_dir: str) -> None:
         for _ in range(nodes - 1):
             cluster.add_node(num_cpus=cpus, object_store_memory=store)
         cluster.wait_for_nodes()
+        wait_for_job_agent(cluster)
         print(json.dumps({"address": cluster.address, "dashboard": cluster.webui_url}), flush=True)
         stop.wait()
     finally:

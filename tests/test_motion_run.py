@@ -23,6 +23,7 @@ def test_a_stretch_resumes_its_run_and_is_recorded_in_the_card(tmp_path):
     root = tmp_path / "lavie"
     shutil.copytree(lavie_root(), root, ignore=shutil.ignore_patterns(".*"))
     before = weights_identity(root / "unet_base")
+    recorded = len(json.loads((root / "card.json").read_text()).get("continuations", []))
     stretch = ["continue", "--shipped", str(root), "--runs", str(tmp_path / "runs"), "--max-seconds", "0",
                "--held-out-clips", "4", "--sampling-steps", "2", "--device", "cpu",
                "--set", "batch_size=2", "eval_every=1", "log_every=1", "checkpoint_every=1"]
@@ -38,7 +39,7 @@ def test_a_stretch_resumes_its_run_and_is_recorded_in_the_card(tmp_path):
     main(stretch)  # the same shipped weights: the same run folder, resumed from its checkpoint
     card = json.loads((root / "card.json").read_text())
     entry = card["continuations"][-1]
-    assert len(card["continuations"]) == 1 and len(entry["stretches"]) == 2
+    assert len(card["continuations"]) == recorded + 1 and len(entry["stretches"]) == 2
     assert [r["step"] for r in entry["curve"]] == [0, 1, 2] and entry["stretches"][-1]["to_step"] == 2
     if entry["shipped"]:  # it moved up: the EMA weights replaced the shipped file, the card carries their scores
         assert moved_up("base", entry["curve"][0], entry["curve"][-1])
