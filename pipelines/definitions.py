@@ -1,7 +1,9 @@
-"""The code location loaded by workspace.yaml."""
+"""The code location loaded by workspace.yaml: `defs`, built by `definitions` (which a deployment or a test may call
+with resources of its own)."""
 
 import dagster as dg
 
+from . import automation
 from .ablations import ABLATION_ASSETS, AblationSettings
 from .curation import (
     IMAGE_ASSETS,
@@ -13,16 +15,10 @@ from .curation import (
     download_videos,
 )
 from .evaluation import EVALUATION_ASSETS, EvaluationSettings
-from .latents import LATENT_ASSETS, encode_image_latents, encode_video_latents, latents_sensor
+from .latents import LATENT_ASSETS, encode_image_latents, encode_video_latents
 from .pretraining import PRETRAINING_ASSETS
 from .sensors import inbox_sensor
-from .training import (
-    TRAINING_ASSETS,
-    TrainingSettings,
-    new_shards_sensor,
-    retrain_schedule,
-    train_cascade,
-)
+from .training import TrainingSettings, base_model, interpolation_model, train_cascade, vsr_model
 
 # Every run, of a job or of assets picked in the UI, executes each asset in its own process, at most
 # `max_concurrent` at a time. Step processes fork from a server that imported this module once, instead of
@@ -33,13 +29,22 @@ executor = dg.multiprocess_executor.configured({
     "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}},
 })
 
-defs = dg.Definitions(
-    assets=[*URL_ASSETS, *VIDEO_ASSETS, *IMAGE_ASSETS, *PRETRAINING_ASSETS, *LATENT_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS,
-            *ABLATION_ASSETS],
-    jobs=[download_videos, curate_videos, curate_images, encode_video_latents, encode_image_latents, train_cascade],
-    schedules=[retrain_schedule],
-    sensors=[inbox_sensor, new_shards_sensor, latents_sensor],
-    resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient(),
-               "evaluation_settings": EvaluationSettings(), "ablations": AblationSettings()},
-    executor=executor,
-)
+
+def definitions(cron: str | None = automation.retrain_cron(), **resources) -> dg.Definitions:
+    """The assets, jobs, the inbox sensor and the automation sensor; base_model retrains after each tick of `cron`
+    (None: on every change of the shards); the default resources updated by `resources` (e.g.
+    training=TrainingSettings(max_steps=...))."""
+    retrained = base_model.map_asset_specs(lambda spec: spec.replace_attributes(
+        automation_condition=automation.retrain(cron)))
+    automated = [*PRETRAINING_ASSETS, *LATENT_ASSETS, retrained, interpolation_model, vsr_model, *EVALUATION_ASSETS]
+    return dg.Definitions(
+        assets=[*URL_ASSETS, *VIDEO_ASSETS, *IMAGE_ASSETS, *automated, *ABLATION_ASSETS],
+        jobs=[download_videos, curate_videos, curate_images, encode_video_latents, encode_image_latents, train_cascade],
+        sensors=[inbox_sensor, automation.sensor(automated)],
+        resources={"settings": CurationSettings(), "training": TrainingSettings(), "pipes": dg.PipesSubprocessClient(),
+                   "evaluation_settings": EvaluationSettings(), "ablations": AblationSettings(), **resources},
+        executor=executor,
+    )
+
+
+defs = definitions()

@@ -3,9 +3,11 @@ baseline and nothing regressed.
 
 `evaluation` scores the folder `vsr_model` exported (all three stages) with lavie_model.evaluation, and beside
 it (`score_start`) the folder the training started from (base_model's `started_from`: the shipped tiny LaVie,
-the released LaVie, or the inflated image model), and shows a metrics table (each metric beside the start
-model's and its baseline, the counted ones with hits/samples and their 95% Wilson interval, and the change
-against its previous materialization) and a gallery. Two blocking checks: `beats_baselines` (interpolation not
+the released LaVie, or the inflated image model), and shows every metric as its own numeric entry
+(`metric/<name>`, a rate as hits/n: the UI plots each across materializations), a metrics table (`metrics`,
+table metadata: each metric's value, its 95% interval (a rate's hits/samples and Wilson interval), the start
+model's value, its baseline and the gate's verdict), the same as markdown beside the change against the previous
+materialization (`metrics_markdown`) and a gallery. Two blocking checks: `beats_baselines` (interpolation not
 below the pixel or the latent blend of its keyframes clip by clip beyond the 95% interval of the mean difference,
 super-resolution above bicubic, the base stage's colour adherence not below the text-to-image model's beyond its
 margin; its metadata says, clip by clip, whether interpolation beats each blend: ahead on more than half the clips
@@ -24,10 +26,12 @@ import pandas as pd
 
 from lavie_model.curation import store
 from lavie_model.evaluation.evaluate import (BASELINES, PAIRED, EvalSettings, baseline_of, below_baselines, evaluate,
-                                             paired_verdict, rates_of, regressions)
+                                             metric_rows, paired_verdict, rates_of, regressions)
 from lavie_model.evaluation.stats import paired_text
 
+from . import automation
 from .curation import markdown_table, picture
+from .metadata import numbers, table
 from .training import previous_model, vsr_model
 
 
@@ -52,6 +56,11 @@ class EvaluationSettings(dg.ConfigurableResource):
     def eval_settings(self) -> EvalSettings:
         """The lavie_model settings of the same names (the prompts and seed stay EvalSettings' own)."""
         return EvalSettings(**{f.name: getattr(self, f.name) for f in fields(EvalSettings) if hasattr(self, f.name)})
+
+
+# the metrics table's schema (metric_rows' columns): a rate's value is hits/n, its interval text
+METRICS_COLUMNS = {"metric": "string", "value": "float", "interval": "string", "start model": "float",
+                   "baseline": "string", "verdict": "string"}
 
 
 def latest_metrics(instance, asset: str) -> dict | None:
@@ -86,6 +95,7 @@ def latest_folder(instance, asset: str) -> Path | None:
 
 
 @dg.asset(deps=[vsr_model], group_name="evaluation", kinds={"pytorch"},
+          automation_condition=automation.with_parent("vsr_model"),
           check_specs=[dg.AssetCheckSpec("beats_baselines", asset="evaluation", blocking=True,
                                          description="No stage falls short of its trivial baseline "
                                                      "(interpolation: clip by clip, beyond the interval)."),
@@ -111,21 +121,23 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
         start_metrics, start_rates = start_result["metrics"], rates_of(start_result)
 
     previous = latest_metrics(context.instance, "evaluation") or {}
-    table = pd.DataFrame([{"metric": name, "value": None if v is None else round(v, 4),
-                           "hits/samples, 95% interval": str(rates[name]) if name in rates else None,
-                           "start model": str(start_rates[name]) if name in start_rates
-                           else None if start_metrics.get(name) is None else round(start_metrics[name], 4),
-                           "baseline": baseline_cell(metrics, name),
-                           "previous": None if previous.get(name) is None else round(previous[name], 4),
-                           "change": None if v is None or previous.get(name) is None else round(v - previous[name], 4)}
-                          for name, v in metrics.items()])
+    markdown = pd.DataFrame([{"metric": name, "value": None if v is None else round(v, 4),
+                              "hits/samples, 95% interval": str(rates[name]) if name in rates else None,
+                              "start model": str(start_rates[name]) if name in start_rates
+                              else None if start_metrics.get(name) is None else round(start_metrics[name], 4),
+                              "baseline": baseline_cell(metrics, name),
+                              "previous": None if previous.get(name) is None else round(previous[name], 4),
+                              "change": None if v is None or previous.get(name) is None
+                              else round(v - previous[name], 4)}
+                             for name, v in metrics.items()])
     promoted = latest_metrics(context.instance, "promoted_model")
     # against the start model, the metrics with an interval (rates, clip-averaged PSNRs); against the promoted
     # one, every ranked metric
     start_reference = {name: value for name, value in start_metrics.items() if name in result["intervals"]}
-    worse = [f"against the {name}: {line}" for name, reference in (("start model", start_reference),
-                                                                   ("promoted model", promoted or {}))
+    references = {"start model": start_reference, "promoted model": promoted or {}}
+    worse = [f"against the {name}: {line}" for name, reference in references.items()
              for line in regressions(metrics, reference, evaluation_settings.tolerance, result["intervals"])]
+    rows = metric_rows(result, start_metrics, references, evaluation_settings.tolerance)
     paired = result["paired"]  # interpolation beside each blend clip by clip ({} without that stage)
     short = below_baselines(metrics, paired)
     clip_by_clip = {name: paired_verdict(paired, name) for name in PAIRED} if paired else {}
@@ -137,7 +149,10 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     return dg.MaterializeResult(
         metadata={
             "model_folder": dg.MetadataValue.path(str(model)),
-            "metrics": markdown_table(table),
+            # every figure its own entry, plotted across materializations (a rate: hits/n)
+            **numbers(metrics, prefix="metric/"),
+            "metrics": table(rows, METRICS_COLUMNS),
+            "metrics_markdown": markdown_table(markdown),  # the same, with the change against the previous one
             "metrics_json": dg.MetadataValue.json(metrics),
             "rates": dg.MetadataValue.json(result["rates"]),
             "start_model": dg.MetadataValue.path(str(start)) if start_metrics else "not scored",
@@ -173,7 +188,8 @@ def promote(candidate: Path, home: Path) -> Path:
     return link
 
 
-@dg.asset(deps=[evaluation], group_name="evaluation", kinds={"pytorch"})
+@dg.asset(deps=[evaluation], group_name="evaluation", kinds={"pytorch"},
+          automation_condition=automation.with_parent("evaluation"))
 def promoted_model(context: dg.AssetExecutionContext, evaluation_settings: EvaluationSettings) -> dg.MaterializeResult:
     """The model `lavie generate` uses by default: the last candidate that passed `no_regression`."""
     event = context.instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
@@ -182,6 +198,7 @@ def promoted_model(context: dg.AssetExecutionContext, evaluation_settings: Evalu
     link = promote(candidate, evaluation_settings.home())
     return dg.MaterializeResult(metadata={
         "model_folder": dg.MetadataValue.path(str(candidate)), "link": dg.MetadataValue.path(str(link)),
+        **numbers(metadata["metrics_json"].value, prefix="metric/"),
         "metrics_json": dg.MetadataValue.json(metadata["metrics_json"].value),
         "settings": dg.MetadataValue.json(asdict(evaluation_settings.eval_settings())),
     })

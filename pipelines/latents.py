@@ -10,7 +10,7 @@ the cascade fine-tunes with, so that training reads latents instead of decoding 
 They write LAVIE_HOME/latents/FAMILY/BATCH/, one latent shard per curated shard of the same name, each
 recording the curated shard's SHA-256 and the encoders' identity; the training assets pass that folder to the
 trainer (TrainingSettings.latents), which uses it only where it matches and says so in its log.
-`latents_sensor` (off by default) requests a batch's latents when its curation run succeeds.
+Their automation condition (pipelines/automation.py) encodes a batch as soon as its shards are curated.
 """
 
 from pathlib import Path
@@ -21,9 +21,8 @@ import pandas as pd
 from lavie_model.training.latents import COMPONENTS, Encoders, encode_shards
 from lavie_model.training.trainer import parse_set, preset_with_overrides
 
+from . import automation
 from .curation import (
-    curate_images,
-    curate_videos,
     image_batches,
     image_shards,
     markdown_table,
@@ -34,7 +33,8 @@ from .training import TrainingSettings, previous_model
 
 # the 2D models whose frozen parts each family uses when the cascade is assembled from them
 ENCODED_BY = {"base": "t2i_model", "vsr": "upscaler_model"}
-LATENTS = {"group_name": "latents", "pool": "gpu", "kinds": {"pytorch", "webdataset"}}
+LATENTS = {"group_name": "latents", "pool": "gpu", "kinds": {"pytorch", "webdataset"},
+           "automation_condition": automation.latents()}
 
 
 def encoders_for(context, settings: TrainingSettings, family: str, device: str) -> tuple[Encoders, Path]:
@@ -112,21 +112,3 @@ IMAGE_LATENT_ASSETS = [image_latent_shards]
 LATENT_ASSETS = VIDEO_LATENT_ASSETS + IMAGE_LATENT_ASSETS
 encode_video_latents = dg.define_asset_job("encode_video_latents", selection=VIDEO_LATENT_ASSETS)
 encode_image_latents = dg.define_asset_job("encode_image_latents", selection=IMAGE_LATENT_ASSETS)
-
-
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[curate_videos, curate_images],
-                      request_jobs=[encode_video_latents, encode_image_latents],
-                      default_status=dg.DefaultSensorStatus.STOPPED)
-def latents_sensor(context: dg.RunStatusSensorContext):
-    """When a batch's curation run succeeds, request its latents, so that training finds them (off by default;
-    the encoders come from t2i_model and upscaler_model, so it waits until those have been materialized)."""
-    run = context.dagster_run
-    batch = run.tags.get("dagster/partition")
-    if batch is None:
-        return dg.SkipReason(f"run {run.run_id} has no partition")
-    job, needed = ((encode_video_latents, ENCODED_BY.values()) if run.job_name == curate_videos.name
-                   else (encode_image_latents, [ENCODED_BY["base"]]))
-    missing = [name for name in needed if context.instance.get_latest_materialization_event(dg.AssetKey(name)) is None]
-    if missing:
-        return dg.SkipReason(f"batch {batch}: no latents yet, {' and '.join(missing)} not materialized")
-    return dg.RunRequest(run_key=f"latents-{run.run_id}", job_name=job.name, partition_key=batch)

@@ -19,10 +19,12 @@ import dagster as dg
 
 from lavie_model.stand_ins import FOLDERS
 
+from . import automation
 from .curation import image_shards, video_shards
 from .training import TRAINING, TrainingSettings, train_stage, trained_shards
 
-PRETRAINING = TRAINING | {"group_name": "pretraining"}
+# a fresh deployment makes them once its first batch is curated (pipelines/automation.py)
+PRETRAINING = TRAINING | {"group_name": "pretraining", "automation_condition": automation.once_shards_exist()}
 COLOUR_CHECK = "colours_survive_reconstruction"
 
 
@@ -64,7 +66,8 @@ def autoencoders(context: dg.AssetExecutionContext, training: TrainingSettings) 
         settings = preset.get("pretraining", {}).get("autoencoders")
         if settings is None:
             raise dg.Failure(f"the {training.preset} preset has nothing to pretrain (no pretraining section): it "
-                             "starts from the Stable Diffusion and x4 upscaler folders, TrainingSettings.sd/.upscaler")
+                             "starts from the Stable Diffusion and x4 upscaler folders, TrainingSettings.sd/.upscaler",
+                             allow_retries=False)
         root = home / "models" / f"pretraining-{context.run.run_id}"
         start = init_stand_ins(root / "init", training.preset)
         steps = training.max_steps.get("autoencoders", settings["steps"])
@@ -109,7 +112,7 @@ def previous_folder(context, key: str) -> str:
     """The `sd` or `upscaler` folder of the latest autoencoders materialization."""
     event = context.instance.get_latest_materialization_event(dg.AssetKey("autoencoders"))
     if event is None:
-        raise dg.Failure("autoencoders has not been materialized")
+        raise dg.Failure("autoencoders has not been materialized", allow_retries=False)
     return event.asset_materialization.metadata[f"{key}_folder"].value
 
 

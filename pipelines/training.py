@@ -3,20 +3,25 @@ downstream of the pretrained models they start from (pipelines/pretraining.py: t
 
 Each asset launches `lavie train` through Dagster Pipes, under the deepspeed launcher or as a Ray job whose driver
 runs the ranks as Ray Train workers (TrainingSettings.launcher, docs/cluster.md), streams its progress
-into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics and a loss
-curve. The base stage starts from a folder assembled as `lavie assemble` would from the text-to-image and
-upscaler models and trained video UNets where there are some (`tiny`: the shipped tiny LaVie's base and
-interpolation UNets, as a user starts from the released LaVie), the rest inflated from the 2D UNets (temporal
-layers new); each later stage starts from the folder the previous one exported, so the last holds the whole
-trained cascade. They share the `gpu` pool (one at a time, dagster_home/dagster.yaml). Their code version hashes the
-trainer and the presets, so a change to either marks them stale. `retrain_schedule` (weekly) and
-`new_shards_sensor` (off by default) retrain when the shards differ from those the models were trained on.
+into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics (steps,
+final_loss, samples_per_s, peak_memory_mb and skipped_clips as numeric entries, which the UI plots across
+materializations) and a loss curve. The base stage starts from a folder assembled as `lavie assemble` would
+from the text-to-image and upscaler models and trained video UNets where there are some (`tiny`: the shipped
+tiny LaVie's base and interpolation UNets, as a user starts from the released LaVie), the rest inflated from
+the 2D UNets (temporal layers new); each later stage starts from the folder the previous one exported, so the
+last holds the whole trained cascade. They share the `gpu` pool (one at a time, dagster_home/dagster.yaml).
+Their code version hashes the trainer and the presets, so a change to either marks them stale. Retraining is
+base_model's automation condition (pipelines/automation.py): after a tick of the weekly cron, once the shards
+changed. A step whose process died is retried (RETRY), resuming from the run folder's last checkpoint.
 """
 
+import contextlib
 import hashlib
 import json
+import os
 import shlex
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -31,11 +36,14 @@ from lavie_model.training.report import (
     loss_curve_png,
     probe_curve,
     read_metrics,
+    run_figures,
 )
 from lavie_model.training.tracking import parse as parse_tracking
 from lavie_model.training.trainer import free_port
 
+from . import automation
 from .curation import image_shards, markdown_table, picture, video_shards
+from .metadata import numbers
 
 TRAIN_PIPES = Path(__file__).with_name("train_pipes.py")
 LAUNCHERS = ("deepspeed", "ray")
@@ -108,7 +116,7 @@ class TrainingSettings(dg.ConfigurableResource):
         if self.nodes > 1:
             if not (self.hostfile and self.master_addr):
                 raise dg.Failure("several nodes with the deepspeed launcher need TrainingSettings.hostfile and "
-                                 ".master_addr (node 0's address); or use launcher='ray'")
+                                 ".master_addr (node 0's address); or use launcher='ray'", allow_retries=False)
             return command + ["--hostfile", self.hostfile, "--num_nodes", str(self.nodes), "--no_ssh",
                               "--node_rank", str(self.node_rank), "--master_addr", self.master_addr,
                               "--master_port", str(self.master_port)]
@@ -118,7 +126,8 @@ class TrainingSettings(dg.ConfigurableResource):
         """{"sd": folder, "upscaler": folder}: the 2D models given, or the preset's shipped stand-ins."""
         if self.sd or self.upscaler:
             if not (self.sd and self.upscaler):
-                raise dg.Failure("set both TrainingSettings.sd and TrainingSettings.upscaler, or neither")
+                raise dg.Failure("set both TrainingSettings.sd and TrainingSettings.upscaler, or neither",
+                                 allow_retries=False)
             return {"sd": Path(self.sd), "upscaler": Path(self.upscaler)}
         from lavie_model.stand_ins import shipped
 
@@ -126,7 +135,7 @@ class TrainingSettings(dg.ConfigurableResource):
             return shipped(self.preset)
         except FileNotFoundError as error:
             raise dg.Failure(f"{error}; or set TrainingSettings.sd and .upscaler (Stable Diffusion 1.4 and x4 "
-                             "upscaler folders in diffusers layout)") from error
+                             "upscaler folders in diffusers layout)", allow_retries=False) from error
 
 
     def video_unets(self) -> dict[str, Path]:
@@ -147,7 +156,8 @@ def run_on_ray(context, settings: TrainingSettings, arguments: list[str]) -> dg.
     """Submit the trainer as a Ray job through Dagster Pipes (dagster-ray's PipesRayJobClient): its driver runs
     `nodes x ranks` Ray Train workers and reports back; the job is stopped if the Dagster run is."""
     if not settings.ray_address:
-        raise dg.Failure("launcher='ray' needs TrainingSettings.ray_address: the cluster's dashboard, http://HOST:8265")
+        raise dg.Failure("launcher='ray' needs TrainingSettings.ray_address: the cluster's dashboard, http://HOST:8265",
+                         allow_retries=False)
     from lavie_model.ray_cluster import become_client_of
 
     become_client_of(settings.ray_address)
@@ -167,15 +177,44 @@ def trained_shards(home: Path, stage: str):
     if stage not in ("base", "t2i", "upscaler"):  # the video stages after base train on clips only
         images = images.iloc[:0]
     if videos.empty:
-        raise dg.Failure(f"no video shards under {home / 'shards' / 'videos'}: curate a batch first")
+        raise dg.Failure(f"no video shards under {home / 'shards' / 'videos'}: curate a batch first",
+                         allow_retries=False)
     return videos, images
 
 
 def previous_model(context, asset: str) -> Path:
     event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
     if event is None:
-        raise dg.Failure(f"{asset} has not been materialized")
+        raise dg.Failure(f"{asset} has not been materialized", allow_retries=False)
     return Path(event.asset_materialization.metadata["model_folder"].value)
+
+
+@contextlib.contextmanager
+def ended_with_the_run(context, poll: float = 5):
+    """Watch the run while its training runs: once the instance records the run as finished (its run worker died
+    and the code server marked it failed, or it was cancelled) while this step still trains, kill the step's
+    processes, so that no orphan trains on beside the run's retry in the same folder."""
+    import psutil
+
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(poll):
+            run = context.instance.get_run_by_id(context.run.run_id)
+            if run is not None and run.is_finished and not done.is_set():
+                print(f"run {run.run_id} is {run.status.value} while its step trains: stopping the step",
+                      file=sys.stderr, flush=True)
+                for child in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
+                os._exit(1)
+
+    watcher = threading.Thread(target=watch, daemon=True, name="ended-with-the-run")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessClient, stage: str,
@@ -183,15 +222,20 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
     import torch
 
     if settings.launcher not in LAUNCHERS:
-        raise dg.Failure(f"TrainingSettings.launcher is {settings.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+        raise dg.Failure(f"TrainingSettings.launcher is {settings.launcher!r}; choose one of {', '.join(LAUNCHERS)}",
+                         allow_retries=False)
     home = settings.home()
     tracked = parse_tracking(settings.tracking)
     videos, images = trained_shards(home, stage)
     planned = check_plan(context, settings, stage, home)
-    run_dir = home / "training" / stage / context.run.run_id
+    # a retried run (the instance's run retries) trains on in the folder of the run it retries, from its checkpoint
+    run_dir = home / "training" / stage / context.run.tags.get("dagster/root_run_id", context.run.run_id)
     arguments = [
         "train", "--stage", stage, "--preset", settings.preset, "--model", str(model),
         "--videos", ",".join(videos["path"]), "--output", str(run_dir)]
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        context.log.info(f"{run_dir} holds checkpoints of an earlier attempt: resuming from the latest")
+        arguments += ["--resume"]
     if not images.empty:
         arguments += ["--images", ",".join(images["path"])]
     if stage in settings.max_steps:
@@ -218,12 +262,12 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
         command = settings.deepspeed_command() + [str(TRAIN_PIPES)] + arguments
         context.log.info(f"launcher (node {settings.node_rank} of {settings.nodes}): {shlex.join(command)}")
-        reported = pipes.run(context=context, command=command, env=env).get_materialize_result()
+        with ended_with_the_run(context):
+            reported = pipes.run(context=context, command=command, env=env).get_materialize_result()
 
     metrics = read_metrics(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
     shards = pd.concat([videos.assign(kind="video"), images.assign(kind="image")], ignore_index=True)
-    last = metrics.iloc[-1]
     curve = probe_curve(metrics)
     probes = {"held_out_curve": markdown_table(pd.DataFrame(curve)),
               "held_out_plot": dg.MetadataValue.md(picture(curves_png({stage: curve}), "png", "held-out scores")),
@@ -237,13 +281,11 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         "started_from": dg.MetadataValue.path(str(model)),
         "shards": markdown_table(shards[["kind", "name", "samples", "sha256"]]),
         "shard_fingerprint": fingerprint(videos, images),
-        "steps": int(last["step"]),
-        "final_loss": float(last["loss"]),
+        # steps, final_loss, samples_per_s, peak_memory_mb, skipped_clips: numbers the UI plots across runs
+        **numbers(run_figures(metrics)),
         "loss_curve": dg.MetadataValue.md(picture(loss_curve_png(metrics, f"{stage} loss"), "png", "loss")),
         "metrics": markdown_table(metrics.tail(10).round(6)),
-        "peak_memory_mb": float(metrics["memory_mb"].max()),
-        **({"planned_memory_mb": planned / 2**20} if planned else {}),
-        "skipped_clips": int(metrics["skipped_clips"].sum()),
+        **({"planned_memory_mb": dg.MetadataValue.float(planned / 2**20)} if planned else {}),
         "inputs": f"{run['inputs']}: {run['why']}",
         **probes,
     })
@@ -289,12 +331,15 @@ def check_plan(context, settings: TrainingSettings, stage: str, home: Path) -> i
     limit, name = memory_limit(settings)
     text = render(result, limit, name)
     if not result.fits(limit):
-        raise dg.Failure(f"the {stage} run would not fit, so nothing was launched:\n{text}")
+        raise dg.Failure(f"the {stage} run would not fit, so nothing was launched:\n{text}", allow_retries=False)
     context.log.info(f"memory plan:\n{text}")
     return result.total
 
 
-TRAINING = {"group_name": "training", "pool": "gpu", "code_version": code_version(), "kinds": {"pytorch"}}
+# a step whose process died (a rank killed, a node lost) is tried again, resuming from its run's last checkpoint
+RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+TRAINING = {"group_name": "training", "pool": "gpu", "code_version": code_version(), "kinds": {"pytorch"},
+            "retry_policy": RETRY}
 
 
 def initial_cascade(context, settings: TrainingSettings) -> Path:
@@ -317,7 +362,7 @@ def initial_cascade(context, settings: TrainingSettings) -> Path:
 
 
 @dg.asset(deps=["t2i_model", "upscaler_model", video_shards, image_shards, "base_latent_shards", "image_latent_shards"],
-          **TRAINING)
+          **TRAINING)  # its automation condition, retraining on a cron, is given in pipelines/definitions.py
 def base_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The base text-to-video UNet: a trained one (the shipped tiny LaVie's) or the text-to-image UNet inflated
@@ -325,7 +370,8 @@ def base_model(context: dg.AssetExecutionContext, training: TrainingSettings,
     return train_stage(context, training, pipes, "base", initial_cascade(context, training))
 
 
-@dg.asset(deps=[base_model, video_shards, "base_latent_shards"], **TRAINING)
+@dg.asset(deps=[base_model, video_shards, "base_latent_shards"],
+          automation_condition=automation.with_parent("base_model"), **TRAINING)
 def interpolation_model(context: dg.AssetExecutionContext, training: TrainingSettings,
                         pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The temporal interpolation UNet, fine-tuned from a trained one where the cascade has it, else started from
@@ -333,7 +379,8 @@ def interpolation_model(context: dg.AssetExecutionContext, training: TrainingSet
     return train_stage(context, training, pipes, "interpolation", previous_model(context, "base_model"))
 
 
-@dg.asset(deps=[interpolation_model, video_shards, "vsr_latent_shards"], **TRAINING)
+@dg.asset(deps=[interpolation_model, video_shards, "vsr_latent_shards"],
+          automation_condition=automation.with_parent("interpolation_model"), **TRAINING)
 def vsr_model(context: dg.AssetExecutionContext, training: TrainingSettings,
               pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """The video super-resolution UNet's temporal layers; its folder holds the whole trained cascade."""
@@ -343,28 +390,3 @@ def vsr_model(context: dg.AssetExecutionContext, training: TrainingSettings,
 TRAINING_ASSETS = [base_model, interpolation_model, vsr_model]
 # training, then evaluation and promotion (pipelines/evaluation.py), downstream of the models
 train_cascade = dg.define_asset_job("train_cascade", selection=dg.AssetSelection.assets(*TRAINING_ASSETS).downstream())
-
-
-def retrain_request(instance, home: Path):
-    """A run request when the shards differ from those base_model last trained on, else the reason to skip."""
-    videos, images = current_shards(home / "shards" / "videos"), current_shards(home / "shards" / "images")
-    if videos.empty:
-        return dg.SkipReason("no video shards yet")
-    now = fingerprint(videos, images)
-    event = instance.get_latest_materialization_event(dg.AssetKey("base_model"))
-    trained_on = event.asset_materialization.metadata.get("shard_fingerprint") if event else None
-    if trained_on is not None and trained_on.value == now:
-        return dg.SkipReason("no new shards since the last training")
-    return dg.RunRequest(run_key=f"shards-{now[:16]}")
-
-
-@dg.schedule(cron_schedule="0 3 * * 1", job=train_cascade, default_status=dg.DefaultScheduleStatus.RUNNING)
-def retrain_schedule(context: dg.ScheduleEvaluationContext):
-    """Weekly (Monday 03:00): retrain the cascade when new shards have landed since the last training."""
-    return retrain_request(context.instance, store.lavie_home())
-
-
-@dg.sensor(job=train_cascade, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.STOPPED)
-def new_shards_sensor(context: dg.SensorEvaluationContext):
-    """Retrain as soon as new shards land (off by default: turn it on in the UI to retrain on every batch)."""
-    return retrain_request(context.instance, store.lavie_home())

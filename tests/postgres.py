@@ -56,23 +56,36 @@ def postgres_server(db_name: str = "dagster"):
         assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
 
     run(initdb, "-D", str(data), "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8")
-    # only loopback TCP, and the Unix socket in the server's own folder
-    run(pg_ctl, "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60",
-        "-o", f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
+
+    def start():  # only loopback TCP, and the Unix socket in the server's own folder
+        run(pg_ctl, "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60",
+            "-o", f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
+
+    start()
     try:
         with contextlib.closing(psycopg2.connect(host="127.0.0.1", port=port, user=user, dbname="postgres")) as c:
             c.autocommit = True
             c.cursor().execute(f'CREATE DATABASE "{db_name}"')
-        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": user,
-               "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db_name}
+        yield Server({"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": user,
+                      "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db_name},
+                     start=start, stop=lambda: run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"))
     finally:
         pid = (data / "postmaster.pid").read_text().split()[0] if (data / "postmaster.pid").is_file() else None
-        run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop")
+        if pid:
+            run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop")
         shutil.rmtree(folder, ignore_errors=True)
         deadline = time.time() + 10  # the server removes its pid file just before it exits
         while pid and running(pid) and time.time() < deadline:
             time.sleep(0.1)
         assert not (pid and running(pid)), f"the PostgreSQL server (pid {pid}) is still running after pg_ctl stop"
+
+
+class Server(dict):
+    """The DAGSTER_PG_* environment of a running server, and `stop()` and `start()` to take it down and up again."""
+
+    def __init__(self, env: dict, start, stop):
+        super().__init__(env)
+        self.start, self.stop = start, stop
 
 
 def running(pid: str) -> bool:

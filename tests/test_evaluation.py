@@ -200,6 +200,29 @@ def test_the_gate_refuses_a_regression_beyond_the_candidates_interval():
     assert regressions(candidate, {"base/fvd": 120.0, "interpolation/psnr": 20.0}, 0.05, intervals) == []
 
 
+def metrics_metadata(metadata) -> dict[str, dict]:
+    """The evaluation's figures as Dagster shows them, checked against metrics_json: each one a float entry
+    `metric/<name>` (a rate's hits/n), and the `metrics` table, its schema's columns and a row per metric holding
+    the same value (a rate's interval as text). Returns the rows by metric."""
+    metrics, rates = metadata["metrics_json"].value, metadata["rates"].value
+    figures = {key.removeprefix("metric/"): entry for key, entry in metadata.items() if key.startswith("metric/")}
+    assert figures.keys() == {name for name, value in metrics.items() if value is not None}
+    for name, entry in figures.items():
+        assert isinstance(entry, dg.FloatMetadataValue) and type(entry.value) is float and entry.value == metrics[name]
+    for name, rate in rates.items():
+        assert figures[name].value == rate["hits"] / rate["n"]
+    table = metadata["metrics"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert [(column.name, column.type) for column in table.schema.columns] == [
+        ("metric", "string"), ("value", "float"), ("interval", "string"), ("start model", "float"),
+        ("baseline", "string"), ("verdict", "string")]
+    rows = {row.data["metric"]: row.data for row in table.records}
+    assert len(table.records) == len(rows) and rows.keys() == metrics.keys()
+    assert all(row["value"] == metrics[name] for name, row in rows.items())
+    assert all(f"({rate['hits']}/{rate['n']}, " in rows[name]["interval"] for name, rate in rates.items())
+    return rows
+
+
 def base_only(folder: Path, out: Path) -> Path:
     """A model folder with the base stage only (its later stages left out, so there is nothing for them to lose)."""
     out.mkdir()
@@ -228,9 +251,16 @@ def test_a_candidate_below_a_baseline_or_regressing_is_not_promoted_and_generate
         assert clip_by_clip["interpolation/psnr"] == "falls short"
         assert clip_by_clip["interpolation/psnr_blend"].startswith("ahead of it on 0% (0/2, ")
         assert not link.exists() and instance.get_latest_materialization_event(dg.AssetKey("promoted_model")) is None
-        table = result.asset_materializations_for_node("evaluation")[0].metadata["metrics"].value
-        assert "(psnr_bicubic)" in table and "(psnr_blend)" in table
-        assert "/8, " in table  # colour and direction as hits of the 8 prompts' samples, with their interval
+        # as the instance stored it: every figure a float entry, and the table with the gate's verdicts
+        stored = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization.metadata
+        rows = metrics_metadata(stored)
+        assert rows["vsr/psnr"]["baseline"].endswith("(psnr_bicubic)")
+        assert rows["vsr/psnr"]["verdict"] == rows["interpolation/psnr"]["verdict"] == "falls short of its baseline"
+        assert rows["interpolation/psnr"]["interval"] is not None and rows["base/clipsim"]["interval"] is None
+        # colour and direction as hits of the 8 prompts' samples, with their interval
+        assert "/8, " in rows["base/shapes_colour"]["interval"] and "/8, " in rows["base/shapes_direction"]["interval"]
+        markdown = stored["metrics_markdown"].value  # the same for people to read, with the previous values
+        assert "(psnr_bicubic)" in markdown and "(psnr_blend)" in markdown and "/8, " in markdown
 
         # the base stage alone beats what it is compared with (no text-to-image model here): promoted
         candidate = base_only(tiny_folder, tmp_path / "base-only")
@@ -243,7 +273,7 @@ def test_a_candidate_below_a_baseline_or_regressing_is_not_promoted_and_generate
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         assert checks["beats_baselines"].metadata["clip_by_clip"].value == {}  # no interpolation stage
         metadata = result.asset_materializations_for_node("evaluation")[0].metadata
-        assert "base/clipsim" in metadata["metrics"].value and "<img" not in metadata["gallery"].value
+        assert "base/clipsim" in metrics_metadata(metadata) and "<img" not in metadata["gallery"].value
         assert metadata["gallery"].value.count("data:image/gif;base64,") == 1
 
         # a promoted model far better than any candidate: the blocking check fails, nothing is promoted
@@ -281,7 +311,10 @@ def test_the_evaluation_scores_the_model_the_training_started_from_beside_the_ca
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert metadata["start_model"].value == str(candidate)
     assert metadata["start_metrics_json"].value == metadata["metrics_json"].value  # the same weights and seeds
-    assert "start model" in metadata["metrics"].value
+    rows = metrics_metadata(metadata)
+    assert all(row["start model"] == row["value"] for row in rows.values())
+    assert rows["base/shapes_colour"]["verdict"] == "no regression"  # held to the start model's, within its interval
+    assert "start model" in metadata["metrics_markdown"].value
     assert checks["no_regression"].passed and checks["no_regression"].metadata["against"].value == "the start model"
     folder = Path(metadata["report"].value).parent
     rows = {row["metric"].split(":")[0]: row for row in summary_rows(folder)}

@@ -204,38 +204,3 @@ def test_latent_assets_feed_the_base_stage_and_join_the_lineage(demo_shards, tmp
     record = lineage(key, home)
     assert {item["family"] for item in record["latents"]} == {"base", "vsr"}
     assert record["source_sha256"] and record["time_range"]
-
-
-def test_a_successful_curation_run_requests_its_batches_latents(tmp_path):
-    """latents_sensor: a real curate_images run; no request until the encoders' models exist, then the batch's
-    encode_image_latents run."""
-    from PIL import Image
-
-    from lavie_model.curation import store
-    from pipelines.curation import IMAGE_ASSETS, CurationSettings, curate_images
-    from pipelines.latents import latents_sensor
-
-    folder = tmp_path / "pictures"
-    folder.mkdir()
-    Image.new("RGB", (64, 64), (200, 20, 20)).save(folder / "red.png")
-    (folder / "red.txt").write_text("a red picture")
-    batch = store.ingest([folder], kind="images", home=tmp_path)
-    definitions = dg.Definitions(assets=IMAGE_ASSETS, jobs=[curate_images],
-                                 resources={"settings": CurationSettings(lavie_home=str(tmp_path))})
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("image_batches", [batch.key])
-        run = definitions.resolve_job_def("curate_images").execute_in_process(partition_key=batch.key,
-                                                                              instance=instance)
-        assert run.success
-        records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
-        success = records[0].event_log_entry.dagster_event
-
-        def evaluate():
-            context = dg.build_run_status_sensor_context(sensor_name="latents_sensor", dagster_event=success,
-                                                         dagster_instance=instance, dagster_run=run.dagster_run)
-            return latents_sensor(context)
-
-        assert isinstance(evaluate(), dg.SkipReason) and "t2i_model not materialized" in evaluate().skip_message
-        instance.report_runless_asset_event(dg.AssetMaterialization("t2i_model"))  # as an external model would
-        request = evaluate()
-        assert request.job_name == "encode_image_latents" and request.partition_key == batch.key

@@ -50,7 +50,7 @@ def test_runs_event_logs_and_sensor_state_live_in_postgres(postgres, postgres_ho
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         result = defs.get_job_def("curate_images").execute_in_process(instance=instance, partition_key=batch)
         assert result.success
-    started = subprocess.run([str(Path(sys.executable).parent / "dagster"), "sensor", "start", "new_shards_sensor",
+    started = subprocess.run([str(Path(sys.executable).parent / "dagster"), "sensor", "stop", "inbox_sensor",
                               "-w", "workspace.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stderr[-3000:]
 
@@ -68,7 +68,7 @@ def test_runs_event_logs_and_sensor_state_live_in_postgres(postgres, postgres_ho
         assert shards.asset_materialization.partition == batch
         assert shards.asset_materialization.metadata["dagster/row_count"].value == len(PHOTOS)
         sensors = {state.instigator_name: state.status for state in other.all_instigator_state()}
-        assert sensors["new_shards_sensor"] == InstigatorStatus.RUNNING
+        assert sensors["inbox_sensor"] == InstigatorStatus.STOPPED  # running by default: stopped by hand
 
     with contextlib.closing(psycopg2.connect(host=postgres["DAGSTER_PG_HOST"], port=postgres["DAGSTER_PG_PORT"],
                                              user=postgres["DAGSTER_PG_USER"], dbname=postgres["DAGSTER_PG_DB"])) as db:
@@ -79,5 +79,5 @@ def test_runs_event_logs_and_sensor_state_live_in_postgres(postgres, postgres_ho
                        (result.run_id, "ASSET_MATERIALIZATION"))
         assert cursor.fetchone() == (2,)
         cursor.execute("SELECT status FROM instigators WHERE instigator_type = 'SENSOR' AND instigator_body LIKE %s",
-                       ("%new_shards_sensor%",))
-        assert cursor.fetchall() == [("RUNNING",)]
+                       ("%inbox_sensor%",))
+        assert cursor.fetchall() == [("STOPPED",)]

@@ -296,3 +296,39 @@ def regressions(candidate: dict, reference: dict, tolerance: float, intervals: d
         if (new > value + margin) if name in LOWER_IS_BETTER else (new < value - margin):
             worse.append(f"{name}: {new:.4g} against {value:.4g}")
     return worse
+
+
+def metric_rows(result: dict, start_metrics: dict, references: dict[str, dict], tolerance: float) -> list[dict]:
+    """One row per metric of an `evaluate` result as the gate sees it: `metric`; `value` (a rate's hits/n); its
+    95% `interval` as text (a rate's `31% (10/32, 18%-49%)`, a clip-averaged PSNR's Student-t interval, else
+    None); the `start model`'s value (`start_metrics`); the `baseline` it must beat (`value (name)`, its
+    strongest measured BASELINE); and the `verdict`: against its baseline "beats its baseline", "falls short of
+    its baseline" (below it beyond its margin; a PAIRED metric clip by clip, as `below_baselines` decides),
+    "within its margin" or "not shown better than its baseline", then "regressed against the <reference>" for
+    each of `references` ({"start model": metrics, ...}) where `regressions` finds it worse; "no regression"
+    where it was compared and neither applies, "not compared" for the UNRANKED ones, else None."""
+    metrics, rates, intervals, paired = result["metrics"], rates_of(result), result["intervals"], result["paired"]
+    rows = []
+    for name, value in metrics.items():
+        baseline = baseline_of(metrics, name) if name in BASELINES else None
+        verdicts = []
+        if name in PAIRED and paired_verdict(paired, name) is not None:
+            verdicts.append({"beats": "beats its baseline", "falls short": "falls short of its baseline",
+                             "not shown": "not shown better than its baseline"}[paired_verdict(paired, name)])
+        elif baseline is not None and value is not None:
+            verdicts.append("beats its baseline" if value > baseline[1] else "falls short of its baseline"
+                            if value < baseline[1] - MARGINS[name] else "within its margin")
+        compared = [label for label, reference in references.items()
+                    if name not in UNRANKED and value is not None and reference.get(name) is not None]
+        verdicts += [f"regressed against the {label}" for label in compared
+                     if regressions({name: value}, {name: references[label][name]}, tolerance, intervals)]
+        if not verdicts:
+            verdicts = ["not compared"] if name in UNRANKED else ["no regression"] if compared else []
+        low, high = intervals.get(name, (None, None))
+        rows.append({"metric": name, "value": value,
+                     "interval": str(rates[name]) if name in rates else f"{low:.4g}-{high:.4g}"
+                     if low is not None and math.isfinite(low) and math.isfinite(high) else None,
+                     "start model": start_metrics.get(name),
+                     "baseline": None if baseline is None else f"{baseline[1]:.4g} ({baseline[0].split('/')[1]})",
+                     "verdict": "; ".join(verdicts) or None})
+    return rows

@@ -81,3 +81,14 @@ def curves_png(curves: dict[str, list[dict]]) -> bytes:
     figure.savefig(out, format="png")
     plt.close(figure)
     return out.getvalue()
+
+
+def run_figures(metrics: pd.DataFrame) -> dict:
+    """A run's headline figures from its metrics log (read_metrics): `steps` and `final_loss` (the last step's),
+    `samples_per_s` (the median over the steps, so the first step's warm-up does not count), `peak_memory_mb`
+    (rank 0's peak: CUDA's max_memory_allocated, or the process's peak resident memory on the CPU) and
+    `skipped_clips` (over the run)."""
+    last = metrics.iloc[-1]
+    return {"steps": int(last["step"]), "final_loss": float(last["loss"]),
+            "samples_per_s": float(metrics["samples_per_s"].median()),
+            "peak_memory_mb": float(metrics["memory_mb"].max()), "skipped_clips": int(metrics["skipped_clips"].sum())}
