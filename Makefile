@@ -24,8 +24,12 @@ pretrain: $(STAMP)
 ablations: $(STAMP)
 	$(PY) -m pipelines.ablate
 
+# The Dagster UI, `dg dev -w workspace.yaml` on the SQLite instance of dagster_home/, bound to loopback
+# (README: The UI). pipelines/ui.py stops all of it within 5 s of Ctrl-C or SIGTERM.
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 ui: $(STAMP)
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(PY) -m pipelines.ui --host $(UI_HOST) --port $(UI_PORT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/unet_step.py

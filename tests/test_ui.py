@@ -45,15 +45,14 @@ def test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation(tmp_pa
     home.mkdir()
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
     port = free_port()
-    # as `make ui` starts it, in its own process group so that all its children stop with it
-    server = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml",
-                               "-h", "127.0.0.1", "-p", str(port)],
+    # the command `make ui` runs (`dg dev` under pipelines/ui.py), in its own process group so that all of it stops
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.ui", "--host", "127.0.0.1", "--port", str(port)],
                               cwd=ROOT, env=os.environ | {"DAGSTER_HOME": str(home), "LAVIE_HOME": str(tmp_path)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline, nodes = time.time() + 300, None
         while time.time() < deadline and nodes is None:
-            assert server.poll() is None, "dagster dev exited"
+            assert server.poll() is None, "the UI (dg dev) exited"
             try:
                 nodes = graphql(port, QUERY)["assetNodes"]
             except (OSError, KeyError, TypeError, ValueError):
@@ -84,3 +83,92 @@ def test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation(tmp_pa
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def alive(processes: list) -> list:
+    """Those still running (a zombie, dead but not yet reaped, is not)."""
+    import psutil
+
+    out = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                out.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_make_ui_serves_dg_dev_on_loopback_from_the_sqlite_instance(monkeypatch):
+    from pipelines.ui import dev_command
+
+    monkeypatch.setenv("DAGSTER_HOME", str(ROOT / "dagster_home" / "postgres"))  # make ui overrides it
+    recipe = subprocess.run(["make", "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "-m pipelines.ui --host 127.0.0.1 --port 3000" in recipe
+    home = subprocess.run(["make", "-s", "--eval", "print-home: ; @echo $$DAGSTER_HOME", "print-home"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert home == str(ROOT / "dagster_home") and "sqlite:" in (ROOT / "dagster_home" / "dagster.yaml").read_text()
+    command = dev_command("127.0.0.1", 3000)
+    assert Path(command[0]).name == "dg" and Path(command[0]).exists(), "dagster-dg-cli is not installed"
+    assert command[1:] == ["dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", "3000"]
+
+
+@pytest.mark.parametrize("sig,sigint_ignored", [
+    ("SIGINT", False),  # Ctrl-C in a terminal
+    ("SIGINT", True),  # `make ui &` from a script: SIGINT ignored from the start, as such a shell leaves it
+    ("SIGTERM", True),  # Dagster maps SIGTERM onto SIGINT's disposition: ignored too, before pipelines/ui.py
+])
+def test_make_ui_stops_entirely_within_5_s_of_a_signal_to_its_process_group(tmp_path, sig, sigint_ignored):
+    import psutil
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    port = free_port()
+    venv = Path(sys.prefix)  # this interpreter's venv, as `make ui` runs it; -o: no reinstall on the way
+    make = ["make", "-o", str(venv / ".installed"), "ui", f"VENV={venv}", f"UI_PORT={port}", f"DAGSTER_HOME={home}"]
+    ui = subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$@"', "sh", *make] if sigint_ignored else make, cwd=ROOT,
+                          env=os.environ | {"LAVIE_HOME": str(tmp_path / "data")}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    tree = []
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            assert ui.poll() is None, "make ui exited"
+            assert time.monotonic() < deadline, "the UI did not answer within 150 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as response:
+                    assert json.loads(response.read())["dagster_webserver_version"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        tree = [psutil.Process(ui.pid), *psutil.Process(ui.pid).children(recursive=True)]
+        commands = " ".join(" ".join(process.cmdline()) for process in tree)
+        for part in ("pipelines.ui", "dg dev", "dagster_webserver", "dagster._daemon", "code-server", "api grpc"):
+            assert part in commands, f"{part} is not in the process tree of make ui"
+
+        os.killpg(ui.pid, getattr(signal, sig))
+        stopped = time.monotonic()
+        while alive(tree) and time.monotonic() - stopped < 5:
+            time.sleep(0.05)
+            ui.poll()  # reaps make when it exits
+        left = [" ".join(process.cmdline()) for process in alive(tree)]
+        assert not left, f"still running 5 s after {sig}: {left}"
+        assert ui.wait(timeout=1) != 0  # make ui says it was stopped
+    finally:
+        for process in alive(tree):
+            process.kill()
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
+
+
+def test_dg_check_defs_validates_the_code_location(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    result = subprocess.run([str(Path(sys.executable).parent / "dg"), "check", "defs"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=os.environ | {"DAGSTER_HOME": str(home),
+                                                                      "LAVIE_HOME": str(tmp_path / "data")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
