@@ -195,6 +195,14 @@ def test_each_stand_in_pretrains_on_stills_and_is_probed_on_held_out_ones(stage,
     probed = [r for r in log if "probe" in r]
     for name in ("colour", "background") if stage == "t2i" else ("psnr", "psnr_bicubic"):
         assert scalars[f"probe/{name}"] == [(r["step"], float(np.float32(r["probe"][name]))) for r in probed]
+    if stage == "t2i":  # a few of the probe's samples, as GIFs at each probed step
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        assert {f"samples/{i}" for i in range(4)} <= set(events.Tags()["images"])
+        shown = events.Images("samples/0")
+        assert [e.step for e in shown] == [2, 4] and all(e.encoded_image_string[:4] == b"GIF8" for e in shown)
     if stage == "t2i":  # TensorBoard itself, headless, lists them
         assert {"train/loss", "train/lr", "probe/colour"} <= set(tensorboard_tags_over_http(run / "tensorboard")["."])
     if "mlflow" in tracking:

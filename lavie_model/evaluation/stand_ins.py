@@ -115,10 +115,13 @@ def upscaler_psnr(pipe, frames: torch.Tensor, captions: list[str], steps: int = 
             "n": len(frames), "upscaled": upscaled}
 
 
+SAMPLES_LOGGED = 4  # samples the probe hands the trainer to show in TensorBoard
+
+
 def probe(unet, parts, preset: dict) -> dict:
-    """Held-out scores of a stage's UNet during training (scalars only): t2i colour and background on the
-    held-out prompts, upscaler PSNR against bicubic on held-out stills, base colour and direction on the
-    evaluation prompts."""
+    """Held-out scores of a stage's UNet during training: t2i colour and background on the held-out prompts,
+    upscaler PSNR against bicubic on held-out stills, base colour and direction on the evaluation prompts; and
+    for t2i and base, `samples`: (videos (n, f, 3, h, w) in [0, 1], their prompts), a few of those it scored."""
     from diffusers import DDPMScheduler
 
     unet.eval()
@@ -127,6 +130,9 @@ def probe(unet, parts, preset: dict) -> dict:
         size = tuple(n * parts.vae_scale for n in preset["data"]["latent_size"])
         pipe = t2i_pipeline(unet, parts.tokenizer, parts.text_encoder, parts.vae, parts.noise_scheduler)
         result = t2i_adherence(pipe, size, guidance=sampling["base"]["guidance_scale"])
+        prompts = held_out_prompts()[:SAMPLES_LOGGED]
+        step = len(result["images"]) // len(held_out_prompts())  # samples per prompt
+        samples = (result["images"][::step][:SAMPLES_LOGGED].unsqueeze(1).cpu(), prompts)
     elif parts.stage == "upscaler":
         pipe = upscaler_pipeline(unet, parts.tokenizer, parts.text_encoder, parts.vae, parts.noise_scheduler,
                                  parts.low_res_scheduler)
@@ -148,10 +154,12 @@ def probe(unet, parts, preset: dict) -> dict:
         adherence = shapes_adherence(videos, prompts)
         result = {"colour": adherence["colour_accuracy"], "direction": adherence["direction_accuracy"],
                   "n": adherence["n"]}
+        samples = (videos[::2][:SAMPLES_LOGGED].cpu(), prompts[::2][:SAMPLES_LOGGED])
     else:
         raise ValueError(f"no probe for the {parts.stage} stage: set evaluate_every to 0")
     unet.train()
-    return {name: value for name, value in result.items() if isinstance(value, (int, float))}
+    scores = {name: value for name, value in result.items() if isinstance(value, (int, float))}
+    return scores | ({"samples": samples} if parts.stage in ("t2i", "base") else {})
 
 
 def validation_stills(videos, preset: dict, size: tuple[int, int], count: int = 16) -> tuple[torch.Tensor, list[str]]:

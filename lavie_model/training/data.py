@@ -8,29 +8,37 @@ caption dropping) is drawn from generators seeded by (seed, consumer, sample ind
 function of the seed alone, and resuming after `skip_batches` batches reproduces the rest of it exactly
 without decoding what it skips. `validation_clips` reads the held-out validation split, which the stream leaves
 out, for scoring.
+
+Shards may come from elsewhere: a member whose name is absolute or climbs out with `..`, or whose size is over
+`max_member_bytes()` (LAVIE_MAX_MEMBER_MB, default 256 MiB), is refused with the shard and the member named, by
+`check_shards` before training (headers only) and by `raw_samples` before reading its bytes.
 """
 
 import glob
 import io
 import json
+import os
 import random
 import re
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 
 from .scenes import is_held_out, random_still
 
 STAGES = ("t2i", "upscaler", "base", "interpolation", "vsr")
 MAX_SKIPPED = 10_000  # clips too short in a row before the data is declared unusable
+MAX_MEMBER_MB = 256  # a shard member larger than this is refused (no training clip is near); LAVIE_MAX_MEMBER_MB
+SKIPPED_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, not samples
 
 
 def expand_shards(spec, what: str = "shards") -> list[Path]:
@@ -59,14 +67,67 @@ def expand_shards(spec, what: str = "shards") -> list[Path]:
     return list(dict.fromkeys(shards))  # each shard once, in order
 
 
-def raw_samples(shard: Path) -> Iterator[dict]:
-    """The samples of one tar shard as {"__key__": key, extension: bytes}."""
-    import tarfile
+def max_member_bytes() -> int:
+    """The largest shard member read: LAVIE_MAX_MEMBER_MB (read in every process, so ranks and data loader
+    workers agree), else MAX_MEMBER_MB."""
+    value = os.environ.get("LAVIE_MAX_MEMBER_MB", "")
+    try:
+        return int(float(value or MAX_MEMBER_MB) * 2**20)
+    except ValueError:
+        raise ValueError(f"LAVIE_MAX_MEMBER_MB must be a number of megabytes, got {value!r}") from None
 
+
+def member_problem(member: tarfile.TarInfo, limit: int) -> str | None:
+    """Why a tar member is refused, or None: an absolute name, a name with `..`, more than `limit` bytes."""
+    name = member.name
+    if name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute():
+        return "an absolute path"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "a path with '..'"
+    if member.size > limit:
+        return f"{member.size:,} bytes, over the limit of {limit:,} (raise it with LAVIE_MAX_MEMBER_MB)"
+    return None
+
+
+def refused(shard: Path, member: tarfile.TarInfo, problem: str) -> ValueError:
+    return ValueError(f"shard {shard}: member {member.name!r} refused: {problem}")
+
+
+def check_shards(shards, limit: int | None = None) -> None:
+    """Read every member header of each shard (seeking past the data) and raise, naming the shard and the member,
+    at the first that `member_problem` refuses."""
+    limit = max_member_bytes() if limit is None else limit
+    for shard in shards:
+        try:
+            with tarfile.open(shard, "r:*") as tar:
+                while (member := tar.next()) is not None:
+                    problem = member_problem(member, limit)
+                    if problem:
+                        raise refused(shard, member, problem)
+                    tar.members = []  # headers of a large shard are not kept
+        except tarfile.TarError as error:
+            raise ValueError(f"cannot read shard {shard}: {error}") from error
+
+
+def shard_files(shard: Path, stream, limit: int) -> Iterator[dict]:
+    """The regular members of a tar stream as {"fname", "data", "__url__"} (webdataset's tar_file_iterator, with
+    every member checked by `member_problem` before its data is read)."""
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            problem = member_problem(member, limit)
+            if problem:
+                raise refused(shard, member, problem)
+            if member.isreg() and not SKIPPED_MEMBER.match(member.name):
+                yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": str(shard)}
+            tar.members = []
+
+
+def raw_samples(shard: Path) -> Iterator[dict]:
+    """The samples of one tar shard as {"__key__": key, extension: bytes}; members refused as in check_shards."""
+    limit = max_member_bytes()
     try:
         with open(shard, "rb") as stream:
-            files = (file | {"__url__": str(shard)} for file in tar_file_iterator(stream))
-            yield from group_by_keys(files)
+            yield from group_by_keys(shard_files(shard, stream, limit))
     except tarfile.TarError as error:
         raise ValueError(f"cannot read shard {shard}: {error}") from error
 
@@ -188,7 +249,11 @@ def caption_of(sample: dict) -> str:
     text = sample.get("txt")
     if text is None:
         raise ValueError(f"sample {sample['__key__']} has no caption (.txt)")
-    return text.decode("utf-8").strip()
+    try:
+        return text.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"sample {sample['__key__']} of {sample.get('__url__', 'a shard')}: its caption is not "
+                         f"UTF-8 (byte 0x{text[error.start]:02x} at offset {error.start})") from None
 
 
 def frame_count(sample: dict) -> int | None:

@@ -5,6 +5,8 @@ default), `mlflow`, or `none`. Rank 0 logs every step that metrics.jsonl records
 
     train/loss  train/lr  train/grad_norm  train/samples_per_s  train/memory_mb  train/skipped_clips
     probe/NAME  each held-out score of the steps that have them (`evaluate_every`)
+    samples/I   TensorBoard only: a few of the probe's samples at those steps (t2i stills, base videos), as
+                animated GIFs in the Images tab, each under its prompt
 
 - TensorBoard: RUN_DIR/tensorboard (`tensorboard --logdir RUN_DIR/tensorboard`), written with torch's
   SummaryWriter and flushed every step, so a killed run keeps every step it logged. A resumed run opens a new
@@ -17,6 +19,7 @@ default), `mlflow`, or `none`. Rank 0 logs every step that metrics.jsonl records
   off, as Dagster's is.
 """
 
+import io
 import math
 import os
 from pathlib import Path
@@ -56,11 +59,14 @@ class Tracking:
         if "mlflow" in names:
             self.mlflow = mlflow_run(output, stage, params)
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict, samples=None) -> None:
+        """`samples`: (videos (n, f, 3, h, w) in [0, 1], prompts) to show at this step, or None."""
         values = scalars(record)
         if self.writer is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, record["step"])
+            for i, (video, prompt) in enumerate(zip(*samples) if samples else ()):
+                self.writer.file_writer.add_summary(gif_summary(f"samples/{i}", video, prompt), record["step"])
             self.writer.flush()
         if self.mlflow is not None:
             self.mlflow.log_metrics({tag.replace("/", "."): value for tag, value in values.items()},
@@ -71,6 +77,21 @@ class Tracking:
             self.writer.close()
         if self.mlflow is not None:
             self.mlflow.end_run("FAILED" if failed else "FINISHED")
+
+
+def gif_summary(tag: str, video, prompt: str, fps: int = 4):
+    """A TensorBoard image summary holding `video` ((f, 3, h, w) in [0, 1]) as an animated GIF, described by its
+    prompt (TensorBoard's own add_video needs moviepy)."""
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+
+    frames = [Image.fromarray(frame) for frame in
+              (video.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0)
+    image = Summary.Image(height=frames[0].height, width=frames[0].width, colorspace=3,
+                          encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image, metadata=SummaryMetadata(summary_description=prompt))])
 
 
 def mlflow_run(output: Path, stage: str, params: dict):

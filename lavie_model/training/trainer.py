@@ -143,7 +143,7 @@ def optimizer_and_schedule(unet, training: dict, stage: str, lora: bool = False)
 
 def check(settings: TrainSettings) -> dict:
     """Everything that can be checked before training starts; returns the preset with overrides applied."""
-    from .data import expand_shards
+    from .data import check_shards, expand_shards
     from .stages import check_folder, interpolation_starts_from_base
     from .tracking import parse
 
@@ -151,12 +151,12 @@ def check(settings: TrainSettings) -> dict:
         raise ValueError(f"unknown stage {settings.stage!r}; choose one of {', '.join(STAGES)}")
     preset = preset_with_overrides(settings.preset, settings.overrides, settings.stage)
     check_folder(settings.model, settings.stage)
-    expand_shards(settings.videos, "video shards")
+    check_shards(expand_shards(settings.videos, "video shards"))  # shards from elsewhere: member names and sizes
     if settings.images:
         if settings.stage not in ("base", *STAND_INS):
             raise ValueError(f"image shards were given, but only the base stage and the stand-ins train on images, "
                              f"not {settings.stage}")
-        expand_shards(settings.images, "image shards")
+        check_shards(expand_shards(settings.images, "image shards"))
     if preset["training"]["evaluate_every"] and settings.stage not in PROBED:
         raise ValueError(f"evaluate_every is set, but the {settings.stage} stage has no held-out probe (only "
                          f"{', '.join(PROBED)} have): set it to 0")
@@ -435,17 +435,19 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
                       "memory_mb": memory_mb(device), "skipped_clips": skipped}
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"the loss is {record['loss']} at step {step}")
-            every = training["evaluate_every"]
+            every, samples = training["evaluate_every"], None
             if every and (step % every == 0 or step == max_steps):
                 with gathered(engine.module, zero3):  # every rank takes part in gathering the weights
                     if rank == 0:
                         record["probe"] = probe(ema_model(engine.module, ema).to(device), parts, preset)
+            if "probe" in record:  # the probe's sampled videos go to TensorBoard, not metrics.jsonl
+                samples = record["probe"].pop("samples", None)
             samples_log.write(json.dumps({"step": step, "keys": keys}) + "\n")
             samples_log.flush()
             if rank == 0:
                 metrics_log.write(json.dumps(record) + "\n")
                 metrics_log.flush()
-                tracking.log(record)
+                tracking.log(record, samples)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if report and (step % training["log_every"] == 0 or step == max_steps or "probe" in record):
                     report(record)
