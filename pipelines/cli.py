@@ -22,9 +22,13 @@ def ingest(args):
     if not args.paths:
         raise ValueError("give files or folders to ingest, or --table FILE for a table of URLs")
     kind = "images" if args.images else "videos"
-    batch = store.ingest(args.paths, kind=kind, captions=args.captions)
+    batch = store.ingest(args.paths, kind=kind, captions=args.captions,
+                         follow_symlinks_outside=args.follow_symlinks_outside)
     for skipped in batch.skipped:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    for file in batch.files:
+        if file.caption_note:
+            print(f"caption of {file.source_path}: {file.caption_note}", file=sys.stderr)
     if batch.key is None:
         print(f"nothing new to ingest: no new {kind} file among the inputs", file=sys.stderr)
         return
@@ -37,8 +41,9 @@ def ingest_table(args, instance) -> None:
     from lavie_model.curation import store
     from lavie_model.curation.url_tables import TableColumns, register_url_table
 
-    if args.paths or args.images or args.captions:
-        raise ValueError("--table takes no files, --images or --captions: the table names the videos and captions")
+    if args.paths or args.images or args.captions or args.follow_symlinks_outside:
+        raise ValueError("--table takes no files, --images, --captions or --follow-symlinks-outside: the table "
+                         "names the videos and captions")
     columns = TableColumns(args.url_column, args.caption_column, args.start_column, args.end_column)
     keys = register_url_table(args.table, store.lavie_home(), columns, args.chunk_size)
     instance.add_dynamic_partitions("url_tables", keys)
@@ -55,6 +60,9 @@ def add_data_commands(commands) -> None:
     p.add_argument("paths", nargs="*", help="files, or folders to search")
     p.add_argument("--captions", help="CSV or Parquet with `path,caption` columns (default: sidecar .txt files)")
     p.add_argument("--images", action="store_true", help="the inputs are images for joint fine-tuning")
+    p.add_argument("--follow-symlinks-outside", action="store_true",
+                   help="ingest symbolic links in the folders named whose targets lie outside them (by default "
+                   "they are skipped with their target named; FIFOs and devices are always skipped, unopened)")
     p.add_argument("--table", help="a CSV, TSV or Parquet table of video URLs and captions (optionally start and "
                    "end seconds: one clip per span) instead of files; registered as url_tables partitions")
     p.add_argument("--url-column", default="url", help="the table's URL column (WebVid: contentUrl)")

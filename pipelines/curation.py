@@ -64,6 +64,9 @@ class CurationSettings(dg.ConfigurableResource):
     # from outside it; docs/cluster.md); empty: `workers` local processes. LAVIE_HOME must be on storage every
     # node mounts at the same path.
     ray_address: str = ""
+    # the inbox sensor ingests a symbolic link whose target lies outside the inbox (by default it is refused, with
+    # its target named, in the batch's skipped list); links that stay inside are always followed
+    follow_symlinks_outside: bool = False
 
     def score_config(self) -> ScoreConfig:
         return ScoreConfig(clip_model=self.clip_model, clip_weights=self.clip_weights,
@@ -124,9 +127,15 @@ class DownloadSettings(dg.Config):
     retries: int = DownloadConfig.retries
     backoff: float = DownloadConfig.backoff
     max_bytes: int = DownloadConfig.max_bytes
+    # CIDRs fetched although not public (e.g. ["10.1.2.0/24"]: a mirror of one's own); by default loopback,
+    # private, link-local (169.254.169.254: a cloud node's credentials), multicast and reserved addresses are refused
+    allow_networks: list[str] = list(DownloadConfig.allow_networks)
 
 
-@dg.asset(partitions_def=url_tables, group_name="curation", kinds={"parquet"})
+# a chunk whose download failed as a whole (its table unreachable, the disk full) is tried again later; a row that
+# fails alone is retried by the downloader itself and accounted for in the chunk's table
+@dg.asset(partitions_def=url_tables, group_name="curation", kinds={"parquet"},
+          retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL))
 def downloaded_videos(context: dg.AssetExecutionContext, config: DownloadSettings,
                       settings: CurationSettings) -> dg.MaterializeResult:
     """A URL table chunk's videos downloaded into the store and registered as a video batch (its captions and

@@ -2,6 +2,8 @@
 tables dropped into inbox/tables become downloads, then curation runs."""
 
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -19,17 +21,30 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
 def settled(inbox: Path, suffixes, seen: dict) -> dict[str, str]:
-    """{path: size and mtime} of the inbox's files of these suffixes that are new or changed and settled."""
+    """{path: size and mtime} of the inbox's entries of these suffixes that are new or changed and settled: every
+    one but folders, so that ingest accounts for links and special files too (it refuses them, unopened); a
+    link's signature is its target's (its own when broken)."""
     fresh = {}
-    for path in sorted(p for p in inbox.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
-        stat = path.stat()
-        signature = f"{stat.st_size}:{stat.st_mtime_ns}"
-        if seen.get(str(path)) != signature and time.time() - stat.st_mtime >= SETTLE_SECONDS:
+    for path in sorted(p for p in inbox.rglob("*") if p.suffix.lower() in suffixes):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue  # gone since listed
+        if stat.S_ISDIR(info.st_mode):
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                info = os.stat(path)  # stat only: nothing is opened
+            except OSError:
+                pass  # a broken link keeps its own; ingest reports it
+        signature = f"{info.st_size}:{info.st_mtime_ns}"
+        if seen.get(str(path)) != signature and time.time() - info.st_mtime >= SETTLE_SECONDS:
             fresh[str(path)] = signature
     return fresh
 
 
-@dg.sensor(jobs=[curate_videos, curate_images, download_videos], minimum_interval_seconds=30)
+@dg.sensor(jobs=[curate_videos, curate_images, download_videos], minimum_interval_seconds=30,
+           default_status=dg.DefaultSensorStatus.RUNNING)
 def inbox_sensor(context: dg.SensorEvaluationContext, settings: CurationSettings) -> dg.SensorResult:
     """Ingests new inbox files as one batch per kind, adds its partition and requests its curation run; a URL
     table dropped into inbox/tables (columns url, caption, optionally start and end) is registered as url_tables
@@ -53,16 +68,24 @@ def inbox_sensor(context: dg.SensorEvaluationContext, settings: CurationSettings
         fresh = settled(inbox, store.KINDS[kind], seen)
         if not fresh:
             continue
-        batch = store.ingest(list(fresh), kind=kind, home=home)
+        batch = store.ingest(list(fresh), kind=kind, home=home, within=inbox,
+                             follow_symlinks_outside=settings.follow_symlinks_outside)
         seen.update(fresh)
         for skipped in batch.skipped:
             context.log.info(f"inbox: skipped {skipped['path']}: {skipped['reason']}")
+        for file in batch.files:
+            if file.caption_note:
+                context.log.info(f"inbox: caption of {file.source_path}: {file.caption_note}")
         if batch.key is not None:
             partitions.append(partitions_def.build_add_request([batch.key]))
             requests.append(dg.RunRequest(run_key=batch.key, job_name=job.name, partition_key=batch.key))
     tables = home / "inbox" / "tables"
     for path, signature in (settled(tables, TABLE_SUFFIXES, seen) if tables.is_dir() else {}).items():
         seen[path] = signature
+        problem = store.input_problem(Path(path), tables, settings.follow_symlinks_outside)
+        if problem:
+            context.log.warning(f"inbox: URL table {path} not registered: {problem}")
+            continue
         try:
             keys = register_url_table(path, home)
         except (ValueError, OSError) as error:

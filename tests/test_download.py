@@ -1,5 +1,6 @@
 """Downloads from URL tables against a real HTTP server on 127.0.0.1: redirects, slow and dropped responses, a
-404, a huge file, an HTML page posing as a video. No test touches any other address."""
+404, a huge file, an HTML page posing as a video. The server is allowed explicitly (`allow_networks`): loopback is
+refused by default (tests/test_url_safety.py). No test touches any other address."""
 
 import hashlib
 import threading
@@ -63,6 +64,24 @@ class Server:
         handler.send_header("Location", "ftp://127.0.0.1/clip.mp4")
         handler.end_headers()
 
+    def redirect(self, handler, location: str):
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.end_headers()
+
+    # redirects off the server: refused before any connection (tests/test_url_safety.py guards that none is made)
+    def route_to_metadata(self, handler, count):  # a cloud node's credentials
+        self.redirect(handler, "http://169.254.169.254/latest/meta-data/iam/security-credentials/")
+
+    def route_to_private(self, handler, count):
+        self.redirect(handler, "http://10.0.0.1/clip.mp4")
+
+    def route_to_other_loopback(self, handler, count):  # loopback, but not the allowed 127.0.0.1
+        self.redirect(handler, f"http://127.0.0.2:{self.httpd.server_address[1]}/clip.mp4")
+
+    def route_loop(self, handler, count):  # redirects to itself forever
+        self.redirect(handler, "/loop")
+
     def route_page(self, handler, count):  # a video URL answered with a page and 200
         self.send(handler, b"<!DOCTYPE html><html><body>This video is no longer available</body></html>",
                   content_type="video/mp4")
@@ -115,7 +134,8 @@ def video(tmp_path_factory) -> bytes:
     return write_video(frames, tmp_path_factory.mktemp("video") / "clip.mp4", fps=8).read_bytes()
 
 
-FAST = DownloadConfig(workers=4, timeout=0.5, retries=1, backoff=0.05, max_bytes=1 << 20)
+LOOPBACK = ("127.0.0.1/32",)  # the test's own server, allowed explicitly
+FAST = DownloadConfig(workers=4, timeout=0.5, retries=1, backoff=0.05, max_bytes=1 << 20, allow_networks=LOOPBACK)
 
 
 def test_each_url_is_stored_by_content_or_fails_with_its_reason(video, tmp_path):

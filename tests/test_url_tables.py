@@ -52,6 +52,8 @@ def test_a_url_table_is_downloaded_and_cut_one_clip_per_span(videos, tmp_path, c
             (server.url("page.mp4"), "a page", 0.0, 1.0),
             ("ftp://127.0.0.1/a.mp4", "wrong scheme", 0.0, 1.0),
             (server.url("a.mp4"), "backwards", 3.0, 2.0),
+            (server.url("to-other-loopback"), "redirected off the allowed server", 0.0, 1.0),
+            (server.url("a.mp4").replace("127.0.0.1", "[::1]"), "loopback, not allowed", 0.0, 1.0),
         ]
         url_a = server.url("a.mp4")
         table = tmp_path / "webvid.csv"
@@ -63,7 +65,7 @@ def test_a_url_table_is_downloaded_and_cut_one_clip_per_span(videos, tmp_path, c
         (key,) = capsys.readouterr().out.split()
         instance = dg.DagsterInstance.get()
         assert key in instance.get_dynamic_partitions("url_tables")
-        fast = DownloadSettings(timeout=2.0, retries=1, backoff=0.05)
+        fast = DownloadSettings(timeout=2.0, retries=1, backoff=0.05, allow_networks=["127.0.0.1/32"])
         settings = CurationSettings(lavie_home=str(home))
         result = dg.materialize([downloaded_videos], partition_key=key, instance=instance,
                                 run_config={"ops": {"downloaded_videos": {"config": fast.model_dump()}}},
@@ -76,7 +78,9 @@ def test_a_url_table_is_downloaded_and_cut_one_clip_per_span(videos, tmp_path, c
         assert "HTTP 404" in reasons["gone"] and "not a video" in reasons["a page"]
         assert "not an http or https URL" in reasons["wrong scheme"] and "bad span" in reasons["backwards"]
         quarantine = pd.read_parquet(home / "curation" / key / "quarantine.parquet")
-        assert sorted(quarantine["row"]) == [6, 7, 8, 9]
+        assert sorted(quarantine["row"]) == [6, 7, 8, 9, 10, 11]
+        assert "refused: 127.0.0.2 is a loopback address" in reasons["redirected off the allowed server"]
+        assert "refused: ::1 is a loopback address" in reasons["loopback, not allowed"]
         batch = metadata["video_batch"].value
         assert batch in instance.get_dynamic_partitions("video_batches") and metadata["videos"].value == 2
         hits = dict(server.hits)
@@ -148,8 +152,9 @@ def test_a_table_dropped_into_the_inbox_is_downloaded_then_curated(videos, tmp_p
         waiting = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor,
                                                        resources={"settings": settings}))
         assert not waiting.run_requests  # the download has not run yet
+        allowed = {"ops": {"downloaded_videos": {"config": {"allow_networks": ["127.0.0.1/32"]}}}}
         assert dg.materialize([downloaded_videos], partition_key=request.partition_key, instance=instance,
-                              resources={"settings": settings}).success
+                              run_config=allowed, resources={"settings": settings}).success
     then = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=waiting.cursor,
                                                 resources={"settings": settings}))
     (curate,) = then.run_requests

@@ -13,6 +13,7 @@ already ingested); none is dropped.
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -20,9 +21,10 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pandas as pd
 
-from .store import Batch, BatchFile, ingested_hashes
+from .store import Batch, BatchFile, caption_cell, ingested_hashes
 
-ROW_COLUMNS = ["row", "url", "caption", "start", "end"]
+# caption_note: why the row's caption was cut or left out (store.caption_cell), None when taken as it came
+ROW_COLUMNS = ["row", "url", "caption", "start", "end", "caption_note"]
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,17 @@ class TableColumns:
 
 
 def read_url_table(path, columns: TableColumns = TableColumns()) -> pd.DataFrame:
-    """The table's rows as ROW_COLUMNS (`row`: the row's position in the file; start and end NaN when absent)."""
+    """The table's rows as ROW_COLUMNS (`row`: the row's position in the file; start and end NaN when absent).
+    A CSV's bytes that are not UTF-8 do not stop the table: a caption holding them is left out, its row's
+    caption_note saying why (and a long one cut, store.caption_cell); in a URL they are percent-escaped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"URL table not found: {path}")
     if path.suffix.lower() == ".parquet":
         table = pd.read_parquet(path)
     elif path.suffix.lower() in (".csv", ".tsv"):
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str,
-                            keep_default_na=False)
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=object,
+                            keep_default_na=False, encoding_errors="surrogateescape")
     else:
         raise ValueError(f"URL table {path}: expected .csv, .tsv or .parquet")
     missing = [name for name in (columns.url, columns.caption) if name not in table.columns]
@@ -62,11 +66,27 @@ def read_url_table(path, columns: TableColumns = TableColumns()) -> pd.DataFrame
             return np.nan
         return pd.to_numeric(table[name].replace("", np.nan), errors="coerce")
 
-    def text(name):
-        return table[name].fillna("").astype(str).str.strip()
+    def missing(value) -> bool:
+        return value is None or (not isinstance(value, (str, bytes)) and np.ndim(value) == 0 and pd.isna(value))
 
-    return pd.DataFrame({"row": np.arange(len(table)), "url": text(columns.url), "caption": text(columns.caption),
-                         "start": seconds(columns.start), "end": seconds(columns.end)})
+    def text(value) -> str:  # a cell as text; undecodable bytes (surrogate escapes) percent-escaped
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "surrogateescape")
+        if missing(value):
+            return ""
+        return re.sub("[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", str(value)).strip()
+
+    def caption(value) -> tuple[str, str | None]:
+        if missing(value):
+            return "", None
+        found, note = caption_cell(value if isinstance(value, (str, bytes)) else str(value))
+        return found or "", note
+
+    captions = [caption(value) for value in table[columns.caption]]
+    return pd.DataFrame({"row": np.arange(len(table)), "url": table[columns.url].map(text).astype(str),
+                         "caption": pd.Series([c for c, _ in captions], index=table.index, dtype=str),
+                         "start": seconds(columns.start), "end": seconds(columns.end),
+                         "caption_note": pd.Series([n for _, n in captions], index=table.index, dtype=object)})
 
 
 def register_url_table(path, home: Path, columns: TableColumns = TableColumns(), chunk_size: int = 1000
@@ -80,7 +100,8 @@ def register_url_table(path, home: Path, columns: TableColumns = TableColumns(),
     keys = []
     for first in range(0, len(rows), chunk_size):
         chunk = rows.iloc[first:first + chunk_size].reset_index(drop=True)
-        content = chunk.drop(columns=["table"]).to_json(orient="records", double_precision=15)
+        # the key is that of the rows as before caption notes, so that a table registered again keeps its keys
+        content = chunk.drop(columns=["table", "caption_note"]).to_json(orient="records", double_precision=15)
         key = f"urls-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
         target = home / "tables" / f"{key}.parquet"
         if not target.exists():
@@ -124,6 +145,8 @@ def video_batch(rows: pd.DataFrame, home: Path, table_name: str) -> tuple[Batch 
         entry = files.setdefault(row.sha256, BatchFile(row.sha256, name, row.url, row.path, None, None, []))
         if pd.isna(row.start):
             entry.caption, entry.caption_source = row.caption or entry.caption, f"table {table_name}"
+            note = row.get("caption_note")
+            entry.caption_note = note if isinstance(note, str) and note else entry.caption_note
         else:
             entry.spans.append({"start": float(row.start), "end": float(row.end), "caption": row.caption,
                                 "row": int(row.row), "url": row.url})

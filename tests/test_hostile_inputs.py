@@ -1,0 +1,310 @@
+"""Inputs from outside that try to leave their folder, block a reader, or swamp memory: symbolic links out of the
+inbox or a folder named to `lavie ingest`, FIFOs and devices, captions that are huge or not UTF-8 (sidecars, caption
+tables, URL tables), and training shards whose members climb out of the tar or are enormous. Each is refused or cut
+with its reason; the good inputs beside it are kept. The files are real: links, FIFOs and tars made here."""
+
+import io
+import os
+import signal
+import tarfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from lavie_model.curation import store
+from lavie_model.curation.url_tables import read_url_table, register_url_table
+from lavie_model.training.data import check_shards, raw_samples
+from pipelines.cli import main as lavie
+from pipelines.curation import CurationSettings
+
+LONG_AGO = (1_000_000_000, 1_000_000_000)  # settled, for the inbox sensor
+
+
+@contextmanager
+def deadline(seconds: float):
+    """Fail, rather than hang, if the block outlasts `seconds`: opening a FIFO for reading blocks until a writer
+    comes, and SIGALRM interrupts that open."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: something opened a FIFO or a device for reading")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def written(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def reasons(batch) -> dict[str, str]:
+    return {Path(entry["path"]).name: entry["reason"] for entry in batch.skipped}
+
+
+@pytest.fixture
+def hostile_folder(tmp_path):
+    """A folder of "videos" (ingest hashes and copies; it does not decode) beside one outside it:
+    good.mp4 and sub/inner.dat hold their own bytes; inside.mp4 links to sub/inner.dat (stays inside); passwd.mp4
+    links to /etc/passwd, out.mp4 (relatively) and hop.mp4 (through inside links) to ../outside/secret.mp4,
+    etc.mp4 to /etc, broken.mp4 to nothing; pipe.mp4 is a FIFO; good.txt, good.mp4's sidecar, links out."""
+    folder, outside = tmp_path / "folder", tmp_path / "outside"
+    written(folder / "good.mp4", b"good video bytes")
+    written(folder / "sub" / "inner.dat", b"inner video bytes")
+    written(outside / "secret.mp4", b"secret bytes from outside")
+    written(outside / "secret.txt", b"a caption from outside")
+    (folder / "inside.mp4").symlink_to("sub/inner.dat")
+    (folder / "passwd.mp4").symlink_to("/etc/passwd")
+    (folder / "out.mp4").symlink_to("../outside/secret.mp4")
+    (folder / "sub" / "step").symlink_to("../../outside")  # a link to a folder outside, not searched
+    (folder / "hop.mp4").symlink_to("sub/step/secret.mp4")
+    (folder / "etc.mp4").symlink_to("/etc")
+    (folder / "broken.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (folder / "good.txt").symlink_to("../outside/secret.txt")
+    os.mkfifo(folder / "pipe.mp4")
+    return folder
+
+
+def test_links_out_of_the_folder_are_refused_with_their_target_and_links_inside_kept(hostile_folder, tmp_path):
+    with deadline(10):
+        batch = store.ingest([hostile_folder], home=tmp_path / "home")
+    assert sorted(f.name for f in batch.files) == ["good.mp4", "inside.mp4"]
+    found = reasons(batch)
+    inside = os.path.realpath(hostile_folder)
+    assert found["passwd.mp4"] == (f"a symbolic link to /etc/passwd, outside {inside} (allow with "
+                                   "follow_symlinks_outside)")
+    secret = os.path.realpath(tmp_path / "outside" / "secret.mp4")
+    assert found["out.mp4"].startswith(f"a symbolic link to {secret}, outside {inside}")
+    assert found["hop.mp4"].startswith(f"a symbolic link to {secret}, outside")  # resolved to the end of the chain
+    assert found["etc.mp4"].startswith("a symbolic link to /etc, outside")
+    assert found["broken.mp4"].startswith(f"a symbolic link to {os.path.realpath(tmp_path / 'nowhere.mp4')}, outside")
+    assert found["pipe.mp4"] == "not a regular file: a FIFO, left unopened"
+    assert len(found) == 6  # every input accounted for: kept or skipped with its reason
+    good = next(f for f in batch.files if f.name == "good.mp4")  # its sidecar links out: the caption is refused
+    assert good.caption is None and good.caption_note.startswith("sidecar good.txt refused: a symbolic link to")
+    stored = {Path(f.stored_path).read_bytes() for f in batch.files}
+    assert stored == {b"good video bytes", b"inner video bytes"}  # nothing from outside in the store
+    assert len(list((tmp_path / "home" / "store" / "videos").iterdir())) == 2
+
+
+def test_following_links_outside_is_a_setting_and_special_files_stay_refused(hostile_folder, tmp_path):
+    with deadline(10):
+        batch = store.ingest([hostile_folder], home=tmp_path / "home", follow_symlinks_outside=True)
+    names = {f.name for f in batch.files}
+    assert {"good.mp4", "inside.mp4", "passwd.mp4"} <= names and len(names & {"out.mp4", "hop.mp4"}) == 1
+    found = reasons(batch)
+    assert found["pipe.mp4"] == "not a regular file: a FIFO, left unopened"
+    assert found["etc.mp4"] == "not a regular file: a folder, left unopened"
+    assert found["broken.mp4"].startswith("a broken symbolic link")
+    assert next(f for f in batch.files if f.name == "good.mp4").caption == "a caption from outside"
+
+
+def test_special_files_named_alone_are_refused_unopened(tmp_path):
+    """A FIFO (blocks its reader until a writer comes) and /dev/zero (never ends), named directly or as a sidecar:
+    refused from their type alone, within a deadline that a reading open would miss."""
+    os.mkfifo(tmp_path / "pipe.mp4")
+    written(tmp_path / "clip.mp4", b"a clip")
+    os.mkfifo(tmp_path / "clip.txt")  # its sidecar caption
+    with deadline(10):
+        batch = store.ingest([tmp_path / "pipe.mp4", Path("/dev/zero"), tmp_path / "clip.mp4"], home=tmp_path / "h")
+    found = reasons(batch)
+    assert found == {"pipe.mp4": "not a regular file: a FIFO, left unopened",
+                     "zero": "not a regular file: a character device, left unopened"}
+    [clip] = batch.files
+    assert clip.caption is None
+    assert clip.caption_note == "sidecar clip.txt refused: not a regular file: a FIFO, left unopened"
+
+
+def test_lavie_ingest_names_what_it_refused_and_follows_links_when_asked(hostile_folder, data_homes, capsys):
+    with deadline(30):
+        assert lavie(["ingest", str(hostile_folder)]) == 0
+    captured = capsys.readouterr()
+    assert f"passwd.mp4: a symbolic link to /etc/passwd, outside {os.path.realpath(hostile_folder)}" in captured.err
+    assert "pipe.mp4: not a regular file: a FIFO, left unopened" in captured.err
+    assert "caption of" in captured.err and "sidecar good.txt refused" in captured.err
+    assert len(store.read_batch(captured.out.strip(), data_homes).files) == 2
+    with deadline(30):
+        assert lavie(["ingest", "--follow-symlinks-outside", str(hostile_folder)]) == 0
+    captured = capsys.readouterr()
+    assert {f.name for f in store.read_batch(captured.out.strip(), data_homes).files} >= {"passwd.mp4"}
+    assert "pipe.mp4: not a regular file: a FIFO" in captured.err
+
+
+def test_the_inbox_sensor_accounts_for_fifos_and_links_and_refuses_those_leaving_the_inbox(tmp_path):
+    from pipelines.sensors import inbox_sensor
+
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    inbox, tables = home / "inbox" / "videos", home / "inbox" / "tables"
+    written(inbox / "good.mp4", b"good video bytes")
+    written(inbox / "real" / "inner.dat", b"inner video bytes")
+    written(outside / "secret.mp4", b"secret bytes")
+    written(outside / "urls.csv", b"url,caption\nhttp://127.0.0.1:9/a.mp4,a\n")
+    (inbox / "inside.mp4").symlink_to("real/inner.dat")
+    (inbox / "out.mp4").symlink_to(outside / "secret.mp4")
+    (inbox / "broken.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    os.mkfifo(inbox / "pipe.mp4")
+    tables.mkdir(parents=True)
+    (tables / "urls.csv").symlink_to(outside / "urls.csv")
+    os.mkfifo(tables / "pipe.csv")
+    for path in (inbox / "good.mp4", inbox / "real" / "inner.dat", outside / "secret.mp4", outside / "urls.csv",
+                 inbox / "pipe.mp4", tables / "pipe.csv"):
+        os.utime(path, LONG_AGO)  # utime on a FIFO's path opens nothing
+    os.utime(inbox / "broken.mp4", LONG_AGO, follow_symlinks=False)
+
+    def tick(settings, cursor=None):
+        context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=cursor,
+                                          resources={"settings": settings})
+        with deadline(30):
+            return inbox_sensor(context)
+
+    result = tick(CurationSettings(lavie_home=str(home)))
+    [request] = result.run_requests  # the video batch; no URL table registered
+    batch = store.read_batch(request.partition_key, home)
+    assert sorted(f.name for f in batch.files) == ["good.mp4", "inside.mp4"]
+    found = reasons(batch)
+    assert found["out.mp4"].startswith(f"a symbolic link to {os.path.realpath(outside / 'secret.mp4')}, outside "
+                                       f"{os.path.realpath(inbox)}")
+    assert found["pipe.mp4"] == "not a regular file: a FIFO, left unopened"
+    assert found["broken.mp4"].startswith("a symbolic link to")
+    assert not (home / "tables").exists()
+    again = tick(CurationSettings(lavie_home=str(home)), result.cursor)
+    assert not again.run_requests  # each refusal is reported once, not at every tick
+    allowed = tick(CurationSettings(lavie_home=str(home), follow_symlinks_outside=True))  # a fresh cursor
+    keys = {r.partition_key for r in allowed.run_requests}
+    assert any(key.startswith("urls-") for key in keys)  # the linked table, now followed
+    [video_batch] = [key for key in keys if key.startswith("videos-")]
+    assert "out.mp4" in {f.name for f in store.read_batch(video_batch, home).files}
+
+
+def test_sidecar_captions_that_are_huge_or_not_utf8_are_cut_or_left_out_with_the_reason(tmp_path):
+    words = " ".join(["a", "red", "square", "moving", "left"] * 50_000).encode()
+    folder = tmp_path / "in"
+    written(folder / "latin1.mp4", b"video 1")
+    written(folder / "latin1.txt", "un carré rouge".encode("latin-1"))
+    written(folder / "huge.mp4", b"video 2")
+    written(folder / "huge.txt", words[:1 << 20])  # 1 MB
+    written(folder / "long.mp4", b"video 3")
+    written(folder / "long.txt", words[:5000] + b"\n")  # under the file cap, over the caption cap
+    written(folder / "fine.mp4", b"video 4")
+    written(folder / "fine.txt", "\ufeffun carré rouge\n".encode())  # UTF-8 with a byte order mark
+    batch = store.ingest([folder], home=tmp_path / "home")
+    files = {f.name: f for f in batch.files}
+    assert len(files) == 4 and not batch.skipped
+    assert files["latin1.mp4"].caption is None
+    assert files["latin1.mp4"].caption_note == ("sidecar latin1.txt: not UTF-8 (byte 0xe9 at offset 7): caption "
+                                                "left out")
+    huge = files["huge.mp4"]
+    assert 1000 < len(huge.caption) <= store.MAX_CAPTION_CHARS and words.decode().startswith(huge.caption + " ")
+    assert huge.caption_note == (f"sidecar huge.txt: a file of 1,048,576 bytes, read to 65,536: caption cut to "
+                                 f"{len(huge.caption):,} characters")
+    long = files["long.mp4"]
+    assert len(long.caption) <= store.MAX_CAPTION_CHARS and words.decode().startswith(long.caption + " ")
+    whole = len(words[:5000].decode().strip())
+    assert long.caption_note == (f"sidecar long.txt: cut to {len(long.caption):,} of {whole:,} characters "
+                                 "(MAX_CAPTION_CHARS)")
+    assert (files["fine.mp4"].caption, files["fine.mp4"].caption_note) == ("un carré rouge", None)
+    again = store.read_batch(batch.key, tmp_path / "home")
+    assert {f.name: f.caption_note for f in again.files} == {name: f.caption_note for name, f in files.items()}
+
+
+def test_caption_and_url_table_cells_that_are_huge_or_not_utf8_do_not_stop_the_table(tmp_path):
+    huge = b" ".join([b"word"] * 250_000)  # a 1.25 MB cell (the csv module's default field limit is 128 kB)
+    written(tmp_path / "a.mp4", b"video a")
+    written(tmp_path / "b.mp4", b"video b")
+    written(tmp_path / "c.mp4", b"video c")
+    captions = written(tmp_path / "captions.csv",
+                       b"path,caption\na.mp4,un carr\xe9 rouge\nb.mp4," + huge + b"\nc.mp4,a blue square\n")
+    batch = store.ingest([tmp_path / name for name in ("a.mp4", "b.mp4", "c.mp4")], home=tmp_path / "home",
+                         captions=captions)
+    files = {f.name: f for f in batch.files}
+    assert (files["a.mp4"].caption, files["a.mp4"].caption_note) == (
+        None, "captions table: not UTF-8 (byte 0xe9 at offset 7): caption left out")
+    assert len(files["b.mp4"].caption) <= store.MAX_CAPTION_CHARS and files["b.mp4"].caption_source == str(captions)
+    assert files["b.mp4"].caption_note.startswith(f"captions table: cut to {len(files['b.mp4'].caption):,} of "
+                                                  f"{len(huge):,} characters")
+    assert (files["c.mp4"].caption, files["c.mp4"].caption_note) == ("a blue square", None)
+
+    table = written(tmp_path / "urls.csv", b"url,caption\nhttp://127.0.0.1:9/caf\xe9.mp4,un carr\xe9 rouge\n"
+                    b"http://127.0.0.1:9/b.mp4," + huge + b"\nhttp://127.0.0.1:9/c.mp4,a blue square\n")
+    rows = read_url_table(table)
+    assert list(rows["url"]) == ["http://127.0.0.1:9/caf%E9.mp4", "http://127.0.0.1:9/b.mp4",
+                                 "http://127.0.0.1:9/c.mp4"]
+    assert rows["caption"][0] == "" and rows["caption_note"][0].startswith("not UTF-8 (byte 0xe9 at offset 7)")
+    assert len(rows["caption"][1]) <= store.MAX_CAPTION_CHARS and rows["caption_note"][1].startswith("cut to")
+    assert (rows["caption"][2], rows["caption_note"][2]) == ("a blue square", None)
+    [key] = register_url_table(table, tmp_path / "home")  # a chunk table holds no undecodable text
+    assert pd.read_parquet(tmp_path / "home" / "tables" / f"{key}.parquet")["caption_note"].notna().sum() == 2
+
+
+def tar_of(path: Path, members) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def header_only_tar(path: Path, name: str, size: int) -> Path:
+    """A tar whose one member's header declares `size` bytes and holds none: it costs nothing to make, and
+    reading the member would try to take it all."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    path.write_bytes(info.tobuf(format=tarfile.GNU_FORMAT))
+    return path
+
+
+@pytest.fixture
+def hostile_shards(tmp_path):
+    good = [("000.mp4", b"mp4 bytes"), ("000.txt", b"a red square"), ("000.json", b"{}")]
+    return {
+        "good": tar_of(tmp_path / "good.tar", good),
+        "climbs": tar_of(tmp_path / "climbs.tar", good + [("../evil.txt", b"out of the shard")]),
+        "deep": tar_of(tmp_path / "deep.tar", good + [("001/../../evil.txt", b"out of the shard")]),
+        "absolute": tar_of(tmp_path / "absolute.tar", good + [("/abs.txt", b"anywhere")]),
+        "enormous": header_only_tar(tmp_path / "enormous.tar", "001.mp4", 300 << 30),
+        "big": tar_of(tmp_path / "big.tar", good + [("001.mp4", b"\0" * (1 << 20))]),
+    }
+
+
+def test_shard_members_with_absolute_or_climbing_names_or_too_many_bytes_are_refused_by_name(hostile_shards,
+                                                                                             monkeypatch):
+    check_shards([hostile_shards["good"], hostile_shards["big"]])  # 1 MB is under the default limit
+    assert [s["__key__"] for s in raw_samples(hostile_shards["good"])] == ["000"]
+    expected = {
+        "climbs": "member '../evil.txt' refused: a path with '..'",
+        "deep": "member '001/../../evil.txt' refused: a path with '..'",
+        "absolute": "member '/abs.txt' refused: an absolute path",
+        "enormous": "member '001.mp4' refused: 322,122,547,200 bytes, over the limit of 268,435,456 (raise it "
+                    "with LAVIE_MAX_MEMBER_MB)",
+    }
+    for name, message in expected.items():
+        shard = hostile_shards[name]
+        for read in (lambda: check_shards([hostile_shards["good"], shard]), lambda: list(raw_samples(shard))):
+            with pytest.raises(ValueError) as error:
+                read()
+            assert str(error.value) == f"shard {shard}: {message}"
+    monkeypatch.setenv("LAVIE_MAX_MEMBER_MB", "0.5")  # the limit is a setting, read in every process
+    with pytest.raises(ValueError, match=r"member '001.mp4' refused: 1,048,576 bytes, over the limit of 524,288"):
+        check_shards([hostile_shards["big"]])
+    with pytest.raises(ValueError, match=r"member '001.mp4' refused: 1,048,576 bytes"):
+        list(raw_samples(hostile_shards["big"]))
+
+
+def test_lavie_train_refuses_a_shard_from_elsewhere_before_training(hostile_shards, tiny_folder, tmp_path, capsys):
+    from lavie_model.cli import main
+
+    for name in ("climbs", "enormous"):
+        args = ["train", "--stage", "base", "--model", str(tiny_folder), "--videos",
+                f"{hostile_shards['good']},{hostile_shards[name]}", "--output", str(tmp_path / "run")]
+        assert main(args) == 1
+        assert f"shard {hostile_shards[name]}: member" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()  # nothing started
