@@ -261,12 +261,19 @@ def weights_identity(unet_folder: Path) -> str:
 
 
 def moved_up(stage: str, first: dict, last: dict) -> bool:
-    """Whether a continuation's last probe is ahead of its first (the shipped weights, the same probe): the base's
-    classifier interval moved up (its lower end and its value), or interpolation is ahead of the latent blend on
-    more held-out clips."""
+    """Whether a continuation's last probe is ahead of its first (the shipped weights, the same probe). Base: the
+    classifier's or the sampled direction's interval moved up (its lower end and its value), the other's value
+    still within the first's interval or above it. Interpolation: ahead of the latent blend on more held-out clips."""
     if stage == "base":
-        before, after = first["direction_classifier"], last["direction_classifier"]
-        return after["low"] > before["low"] and after["value"] > before["value"]
+        def up(key):
+            return key in first and key in last and last[key]["low"] > first[key]["low"] \
+                and last[key]["value"] > first[key]["value"]
+
+        def held(key):
+            return key not in first or key not in last or last[key]["value"] >= first[key]["low"]
+
+        return (up("direction_classifier") and held("sampled_direction")) or \
+            (up("sampled_direction") and held("direction_classifier"))
     return last["beats_latent_blend"]["hits"] > first["beats_latent_blend"]["hits"]
 
 

@@ -8,12 +8,16 @@ from lavie_model.evaluation.stats import Rate
 from lavie_model.tiny_lavie import CARD_BEGIN, lavie_root, main, moved_up, weights_identity
 
 
-def test_the_base_ships_only_when_the_classifier_interval_moved_up():
-    def row(hits):
-        return {"direction_classifier": Rate(hits, 96).as_dict()}
+def test_the_base_ships_only_when_the_classifier_or_the_sampled_direction_moved_up():
+    def row(hits, sampled=None):
+        return {"direction_classifier": Rate(hits, 96).as_dict(),
+                **({"sampled_direction": Rate(sampled, 96).as_dict()} if sampled is not None else {})}
 
-    assert moved_up("base", row(44), row(56))
+    assert moved_up("base", row(44), row(56)) and moved_up("base", row(44, 30), row(56, 30))
     assert not moved_up("base", row(44), row(44)) and not moved_up("base", row(44), row(30))
+    assert moved_up("base", row(52, 34), row(50, 42))  # the sampled direction up, the classifier held
+    assert not moved_up("base", row(52, 34), row(35, 42))  # ... but not at the classifier's cost
+    assert not moved_up("base", row(44, 34), row(56, 20))  # nor the classifier at the samples' cost
     ahead = {"beats_latent_blend": Rate(39, 96).as_dict()}
     assert moved_up("interpolation", ahead, {"beats_latent_blend": Rate(50, 96).as_dict()})
     assert not moved_up("interpolation", ahead, ahead)
