@@ -29,7 +29,9 @@ or a crash there ends only that item. Each section imports what it needs when it
 `--quick` runs sections 1-3 in their smallest form (one timed step per stage, one sampling step) so that the
 motion run gets most of the budget. `--smoke` runs sections 1-3 on the CPU with the tiny preset and one step, in
 about a minute (a test runs it), and skips section 4: the motion run's stretch has its own test
-(tests/test_motion_run.py).
+(tests/test_motion_run.py). In smoke mode section 3's items are forked from multiprocessing's fork server, which
+imports torch, diffusers, transformers and train_step once (SMOKE_PRELOAD), instead of spawned: each spawned
+process imports them again, most of a smoke run's time on a small CPU. Each item is still a process of its own.
 """
 
 import argparse
@@ -60,6 +62,9 @@ MOTION_OPTIONS = ("--compile", "reduce-overhead", "--set", "batch_size=128", "le
 LEARNING_OVERHEAD_S = 90  # the motion run's start-up, its last probe and shipping beside its training: a guess so far
 QUICK_PAPER_SHARE = 0.3  # --quick: section 3's cap (it ends sooner, one step per stage), the rest to the motion run
 REPORT_S = 10  # kept at the end of the budget for stopping the last section and writing the report
+# --smoke: what section 3's fork server imports once for all its items (not deepspeed: train_step.paper_steps
+# imports it after setting DeepSpeed's environment)
+SMOKE_PRELOAD = ["train_step", "lavie_model.training.trainer", "lavie_model.pipelines.cascade", "transformers"]
 SMOKE_LEARNING = ("skipped in smoke mode: a stretch of the motion run has its own test "
                   "(tests/test_motion_run.py::test_a_stretch_resumes_its_run_and_is_recorded_in_the_card)")
 
@@ -98,11 +103,11 @@ def reporting(queue, function, args):
         queue.put({"error": first_line(error), "traceback": traceback.format_exc()})
 
 
-def in_own_process(function, args: tuple, timeout: float) -> dict:
-    """function(*args) in a fresh (spawned) process; its dict, or {"error": ...} when it raised (a CUDA
-    out-of-memory), crashed (a segfault, the kernel's out-of-memory killer) or ran past `timeout` seconds (then it
-    is killed)."""
-    context = multiprocessing.get_context("spawn")
+def in_own_process(function, args: tuple, timeout: float, start: str = "spawn") -> dict:
+    """function(*args) in a fresh process (multiprocessing's `start` method: spawned, or "forkserver": forked from
+    the fork server); its dict, or {"error": ...} when it raised (a CUDA out-of-memory), crashed (a segfault, the
+    kernel's out-of-memory killer) or ran past `timeout` seconds (then it is killed)."""
+    context = multiprocessing.get_context(start)
     queue = context.Queue()
     process = context.Process(target=reporting, args=(queue, function, args))
     process.start()
@@ -454,6 +459,10 @@ def paper_cost(args, deadline: float) -> dict:
     sampling_steps = {stage: 1 for stage in STAGES} if args.smoke or args.quick else SAMPLING_STEPS
     work = [(f"train {stage}", paper_steps, (preset, steps, None, device, stage)) for stage in STAGES]
     work.append(("sampling", cascade_sampling, (preset, device, sampling_steps)))
+    start = "spawn"
+    if args.smoke:  # the CPU: each item forked from a server that imported the heavy modules once (SMOKE_PRELOAD)
+        multiprocessing.get_context("forkserver").set_forkserver_preload(SMOKE_PRELOAD)
+        start = "forkserver"
     items = {}
     for i, (name, function, function_args) in enumerate(work):
         started = time.time()
@@ -462,7 +471,7 @@ def paper_cost(args, deadline: float) -> dict:
             items[name] = {"status": "partial", "error": "not run: the section's budget was spent"}
             continue
         # each item gets a fair share of what is left to time its steps in; it is killed only at the section's end
-        result = in_own_process(function, (*function_args, time.time() + left / (len(work) - i)), left)
+        result = in_own_process(function, (*function_args, time.time() + left / (len(work) - i)), left, start)
         if "error" in result:
             result["status"] = "error"
         elif name == "sampling":

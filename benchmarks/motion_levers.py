@@ -105,7 +105,7 @@ def main() -> None:
                 running[name] = (subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                                   env=os.environ | {"OMP_NUM_THREADS": threads}), log, time.time())
                 print(f"started {name}", flush=True)
-            time.sleep(5)
+            time.sleep(1)  # a lever that ends, or writes its first probe, is seen within a second
             for name, (proc, log, began) in list(running.items()):
                 if proc.poll() is not None:
                     log.close()

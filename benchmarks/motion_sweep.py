@@ -7,7 +7,7 @@ idle between kernel launches, so several processes share it better than one), st
 training, and is scored as tiny_lavie scores it (held-out combinations, 96 clips and prompts, 95% intervals).
 DIR gets `sweep.md` (the curves as tables), `sweep.json`, `logs.tar.gz` (every run's logs, curves and recipe)
 and, per stage, the best run's EMA UNet in fp16 (`best_base.tar`, `best_interpolation.tar`: a diffusers folder
-each). `--smoke` runs two recipes for two steps on the CPU, scored on 8 held-out clips (a test runs it).
+each). `--smoke` runs two recipes for two steps on the CPU, scored on 2 held-out clips (a test runs it).
 """
 
 import argparse
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--recipes", help="comma-separated names of RECIPES (default: all)")
     parser.add_argument("--recipe", nargs=3, action="append", metavar=("NAME", "STAGE", "JSON"),
                         help="a recipe of your own instead: its name, stage and MotionRecipe fields as JSON")
-    parser.add_argument("--smoke", action="store_true", help="two recipes, two CPU steps, 8 held-out clips")
+    parser.add_argument("--smoke", action="store_true", help="two recipes, two CPU steps, 2 held-out clips")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def main() -> None:
         command = [sys.executable, "-m", "lavie_model.tiny_lavie", "train", "--stage", stage, "--run",
                    str(runs / name), "--device", device, "--max-seconds", str(args.seconds),
                    "--set", *[f"{k}={json.dumps(v)}" for k, v in fields.items()]]
-        command += ["--held-out-clips", "8" if args.smoke else "96", "--sample-every", "2" if args.smoke else "100000"]
+        command += ["--held-out-clips", "2" if args.smoke else "96", "--sample-every", "2" if args.smoke else "100000"]
         if args.smoke:
             command += ["--steps", "2", "--sampling-steps", "2"]
         (runs / name).mkdir(parents=True)
