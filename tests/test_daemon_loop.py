@@ -142,7 +142,7 @@ def drop_clips(tmp_path: Path) -> Path:
 @pytest.fixture
 def loop(postgres_home, tmp_path):
     home = drop_clips(tmp_path)
-    env = os.environ | {"LAVIE_AUTOMATION_INTERVAL": "5", "LOOP_BASE_STEPS": "8", "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"LAVIE_AUTOMATION_INTERVAL": "5", "LOOP_BASE_STEPS": "16", "PYTHONPATH": str(ROOT)}
     services = Services(tmp_path, env)
     try:
         yield services, home
