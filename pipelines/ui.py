@@ -59,7 +59,8 @@ def _reap(child: subprocess.Popen) -> None:
             child.returncode = os.waitstatus_to_exitcode(status)
 
 
-def _alive(processes) -> list[psutil.Process]:
+def alive(processes) -> list[psutil.Process]:
+    """Those still running (a zombie, dead but not yet reaped, is not)."""
     out = []
     for process in processes:
         try:
@@ -88,11 +89,11 @@ def stop(child: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     while time.monotonic() < deadline:
         _reap(child)
         tree |= _descendants()
-        if not _alive(tree):
+        if not alive(tree):
             return
         time.sleep(0.05)
     for _ in range(3):  # what started during the kill is killed in the next round
-        left = _alive(tree | _descendants())
+        left = alive(tree | _descendants())
         if not left:
             break
         for process in left:

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.ui import alive
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "{ assetNodes { assetKey { path } groupName dependencyKeys { path } } }"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -83,20 +85,6 @@ def test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation(tmp_pa
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-
-
-def alive(processes: list) -> list:
-    """Those still running (a zombie, dead but not yet reaped, is not)."""
-    import psutil
-
-    out = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                out.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def test_make_ui_serves_dg_dev_on_loopback_from_the_sqlite_instance(monkeypatch):
