@@ -21,6 +21,7 @@ import pytest
 
 from lavie_model.curation.demo_corpus import build_demo_corpus
 from lavie_model.curation.lineage import lineage
+from postgres import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,14 +42,6 @@ defs = definitions(
                                            interpolation_steps=2, vsr_steps=2),
 )
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Services:
