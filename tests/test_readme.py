@@ -1,8 +1,9 @@
-"""The README's commands: each parses with the real command-line interface, and each is run somewhere.
+"""The README's and the docs pages' commands: each parses with the real command-line interface, and each is run
+somewhere.
 
-Every command line in the README's bash blocks must appear in RUN_BY with the test (or `make demo`) that
-runs it; `lavie` lines are parsed with the real `lavie` parser (options and choices must exist), Make
-targets must exist in the Makefile, and benchmark options in the script.
+Every command line in the bash blocks of README.md and of every page under docs/ (the documentation site) must
+appear in RUN_BY with the test (or `make demo`) that runs it; `lavie` lines are parsed with the real `lavie` parser
+(options and choices must exist), Make targets must exist in the Makefile, and benchmark options in the script.
 """
 
 import re
@@ -23,6 +24,7 @@ RUN_BY = {
     "make test": ".ci/run",
     "make ablations": "make ablations",  # measured for the README's tables: about 24 minutes
     "python -m pipelines.ablate": "make ablations",
+    "make docs": "tests/test_docs.py::test_make_docs_builds_the_site_strictly_without_a_warning",
     "make ui": "tests/test_ui.py::test_the_ui_shows_the_asset_graph_from_shards_to_models_to_evaluation",
     "lavie init-tiny": "tests/conftest.py::tiny_folder",
     "lavie generate": "tests/test_pipelines.py::test_cli_runs_the_whole_cascade",
@@ -53,23 +55,36 @@ RUN_BY = {
     # the GPU check's script in its --smoke mode; the GPU run itself by hand, on a GPU
     "make gpu-check": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
     "python benchmarks/device_check.py": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
+    # the docs pages' commands (docs/cluster.md, docs/deploying.md)
+    "python -m lavie_model.ray_cluster": "tests/test_ray.py::test_the_cluster_listens_on_loopback_only_and_wants_its_token",
+    "dagster sensor": "tests/test_postgres_instance.py::test_runs_event_logs_and_sensor_state_live_in_postgres",
+    "srun": "tests/test_training.py::test_one_deepspeed_launcher_per_node_without_ssh_forms_one_world",  # its launchers
+    "sudo": None,  # PostgreSQL's own tools, on the server (tests/postgres.py makes its throwaway server with initdb)
+    "tensorboard": None,  # reads RUN_DIR/tensorboard, which tests/test_training.py checks
 }
 
 
+def documents() -> list[Path]:
+    """README.md and every page of the documentation site (docs/, its build hooks aside)."""
+    return [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "hooks" not in p.parts)]
+
+
 def readme_commands() -> list[str]:
-    """Every command line of the README's bash blocks, continuation lines joined, comments removed."""
+    """Every command line of the bash blocks of the README and the docs pages, continuation lines joined, comments
+    removed. Other blocks (sh, yaml, ini, python, text) are files or output, not commands."""
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line:
-                lines.append(line)
+    for document in documents():
+        for block in re.findall(r"```bash\n(.*?)```", document.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"(^|\s+)#.*$", "", line).strip()
+                if line and line not in lines:
+                    lines.append(line)
     return lines
 
 
 def words(line: str) -> list[str]:
     """The line's words without environment assignments and with programs named plainly (no .venv/bin/)."""
-    out = [w.removeprefix(".venv/bin/") for w in shlex.split(line)]
+    out = [re.sub(r"^\S*\.venv/bin/", "", w) for w in shlex.split(line)]
     while out and re.fullmatch(r"[A-Z_]+=\S*", out[0]):
         out = out[1:]
     return out
@@ -98,7 +113,7 @@ def concrete(args: list[str]) -> list[str]:
 @pytest.mark.parametrize("line", readme_commands())
 def test_every_readme_command_is_valid_and_run_somewhere(line):
     name = key(line)
-    assert name in RUN_BY, f"README command {line!r}: add it to RUN_BY with the test that runs it"
+    assert name in RUN_BY, f"README or docs command {line!r}: add it to RUN_BY with the test that runs it"
     where = RUN_BY[name]
     if where and "::" in where:
         path, test = where.split("::")
