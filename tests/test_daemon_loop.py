@@ -39,7 +39,7 @@ defs = definitions(
                                          "interpolation": 1, "vsr": 1},
                               overrides=DEMO_OVERRIDES + ["checkpoint_every=1", "batch_size=2"]),
     evaluation_settings=EvaluationSettings(samples_per_prompt=1, validation_clips=2, base_steps=2,
-                                           interpolation_steps=2, vsr_steps=2),
+                                           interpolation_steps=2, vsr_steps=2, gallery=1, score_start=False),
 )
 """
 
@@ -135,7 +135,7 @@ def drop_clips(tmp_path: Path) -> Path:
 @pytest.fixture
 def loop(postgres_home, tmp_path):
     home = drop_clips(tmp_path)
-    env = os.environ | {"LAVIE_AUTOMATION_INTERVAL": "5", "LOOP_BASE_STEPS": "16", "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"LAVIE_AUTOMATION_INTERVAL": "5", "LOOP_BASE_STEPS": "8", "PYTHONPATH": str(ROOT)}
     services = Services(tmp_path, env)
     try:
         yield services, home
