@@ -15,7 +15,7 @@ or a crash there ends only that item. Each section imports what it needs when it
    and the test suite's official-equivalence fixtures (tests/fixtures/official_*_reference.pt: the official
    LaVie UNets' outputs on small configs) replayed on the GPU in fp32, as the max abs error.
 3. Paper-size cost (random weights, nothing downloaded): a training step of each stage at the paper preset's
-   sizes (train_step.paper_steps: bf16, gradient checkpointing, DeepSpeed ZeRO-2 when deepspeed imports, else a
+   sizes (benchmarks/paper_step.py: bf16, gradient checkpointing, DeepSpeed ZeRO-2 when deepspeed imports, else a
    plain AdamW step): seconds, samples/s, peak memory, model FLOPs and MFU, and for the base stage what reading
    pixels would add; then the whole cascade (16 x 320 x 512 -> 61 frames -> 61 x 1280 x 2048) through its stage
    pipelines for a few denoising steps per stage, the UNet calls timed, extrapolated to the preset's default
@@ -30,7 +30,7 @@ or a crash there ends only that item. Each section imports what it needs when it
 motion run gets most of the budget. `--smoke` runs sections 1-3 on the CPU with the tiny preset and one step, in
 about a minute (a test runs it), and skips section 4: the motion run's stretch has its own test
 (tests/test_motion_run.py). In smoke mode section 3's items are forked from multiprocessing's fork server, which
-imports torch, diffusers, transformers and train_step once (SMOKE_PRELOAD), instead of spawned: each spawned
+imports torch, diffusers, transformers and paper_step once (SMOKE_PRELOAD), instead of spawned: each spawned
 process imports them again, most of a smoke run's time on a small CPU. Each item is still a process of its own.
 """
 
@@ -38,10 +38,8 @@ import argparse
 import json
 import multiprocessing
 import os
-import queue as queues
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -49,86 +47,34 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cascade_sampling import SAMPLING_STEPS, cascade_sampling, sampling_md
+from common import STAGES, first_line, in_own_process, table, to_dtype
+
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("base", "interpolation", "vsr")
 PACKAGES = ("diffusers", "transformers", "deepspeed", "webdataset", "braceexpand", "open_clip_torch", "av", "dagster")
 THRESHOLDS = {"fp32": 1e-3, "bf16": 5e-2}  # relative error against fp32 on the CPU
 OFFICIAL_THRESHOLD = 1e-4  # max abs error against the official outputs, as tests/test_convert.py asserts
 PAPER_STEPS = 5  # timed training steps per stage, after one warm-up step
-SAMPLING_STEPS = {"base": 3, "interpolation": 3, "vsr": 2}  # denoising steps run per stage (VSR: per 8-frame chunk)
 MFU_GOAL = 0.40  # issue 26's goal for the paper-size base step
 MOTION_OPTIONS = ("--compile", "reduce-overhead", "--set", "batch_size=128", "learning_rate=0.001")  # on a GPU: CUDA
 # graphs, and the batch and rate of the shipped base's GPU runs (the card's leading recipe is the CPU's batch 16)
 LEARNING_OVERHEAD_S = 90  # the motion run's start-up, its last probe and shipping beside its training: a guess so far
 QUICK_PAPER_SHARE = 0.3  # --quick: section 3's cap (it ends sooner, one step per stage), the rest to the motion run
 REPORT_S = 10  # kept at the end of the budget for stopping the last section and writing the report
-# --smoke: what section 3's fork server imports once for all its items (not deepspeed: train_step.paper_steps
+# --smoke: what section 3's fork server imports once for all its items (not deepspeed: paper_step.paper_steps
 # imports it after setting DeepSpeed's environment)
-SMOKE_PRELOAD = ["train_step", "lavie_model.training.trainer", "lavie_model.pipelines.cascade", "transformers"]
+SMOKE_PRELOAD = ["paper_step", "lavie_model.training.trainer", "lavie_model.pipelines.cascade", "transformers"]
 SMOKE_LEARNING = ("skipped in smoke mode: a stretch of the motion run has its own test "
                   "(tests/test_motion_run.py::test_a_stretch_resumes_its_run_and_is_recorded_in_the_card)")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
 def need_cuda(smoke: bool) -> None:
     import torch
 
     if not smoke and not torch.cuda.is_available():
         raise RuntimeError("CUDA is not available here: this section needs a GPU (--smoke runs it on the CPU)")
-
-
-def to_dtype(model, dtype):
-    """`model` in `dtype`, its `_keep_in_fp32_modules` (the rotary frequencies) in fp32, as
-    from_pretrained(torch_dtype=...) loads it."""
-    import torch
-
-    torch.nn.Module.to(model, dtype)  # diffusers' own `to` warns of the modules put back in fp32 below
-    for name, module in model.named_modules():
-        if name.split(".")[-1] in (getattr(model, "_keep_in_fp32_modules", None) or ()):
-            module.to(torch.float32)
-    return model
-
-
-def reporting(queue, function, args):
-    """In a child process: function(*args) into `queue`, or the error that ended it."""
-    try:
-        queue.put(function(*args))
-    except BaseException as error:  # report, do not leave the parent waiting
-        queue.put({"error": first_line(error), "traceback": traceback.format_exc()})
-
-
-def in_own_process(function, args: tuple, timeout: float, start: str = "spawn") -> dict:
-    """function(*args) in a fresh process (multiprocessing's `start` method: spawned, or "forkserver": forked from
-    the fork server); its dict, or {"error": ...} when it raised (a CUDA out-of-memory), crashed (a segfault, the
-    kernel's out-of-memory killer) or ran past `timeout` seconds (then it is killed)."""
-    context = multiprocessing.get_context(start)
-    queue = context.Queue()
-    process = context.Process(target=reporting, args=(queue, function, args))
-    process.start()
-    ends = time.time() + timeout
-    try:
-        while True:
-            alive = process.is_alive()  # a result is in the queue before its process ends
-            try:
-                return queue.get(timeout=1)
-            except queues.Empty:
-                if not alive:
-                    return {"error": f"the process ended with exit code {process.exitcode} and no result "
-                                     "(killed for memory?)"}
-                if time.time() > ends:
-                    process.kill()
-                    return {"error": f"stopped after {timeout:.0f} s: over the section's budget"}
-    finally:
-        process.join(10)  # a child that reported ends by itself
-        if process.is_alive():
-            process.kill()
-            process.join()
 
 
 def status_of(items: dict) -> str:
@@ -329,129 +275,8 @@ def correctness(args, deadline: float) -> dict:
 
 # ---------------------------------------------------------------------------------------------- 3. paper-size cost
 
-def timed_calls(module, sync) -> list[float]:
-    """The seconds of each forward call of `module` from now on, recorded by hooks (synchronised)."""
-    calls, starts = [], []
-
-    def before(*_):
-        sync()
-        starts.append(time.perf_counter())
-
-    def after(*_):
-        sync()
-        calls.append(time.perf_counter() - starts.pop())
-
-    module.register_forward_pre_hook(before)
-    module.register_forward_hook(after)
-    return calls
-
-
-def random_cascade(preset: dict, device, dtype):
-    """The cascade's three stage pipelines (LaVieCascadePipeline) with random weights at the preset's sizes, made on
-    `device`: the preset's text encoder and VAE where it defines them (tiny), else Stable Diffusion 1.4's and the x4
-    upscaler's shapes (paper); CLIP's tokenizer from the shipped stand-ins (no download)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from lavie_model.config import load_preset
-    from lavie_model.model_folder import generation_settings
-    from lavie_model.pipelines.cascade import STAGE_PIPELINES, LaVieCascadePipeline
-    from lavie_model.plan import build_unet, frozen_configs
-    from lavie_model.stand_ins import shipped
-
-    tokenizer = CLIPTokenizer.from_pretrained(shipped("tiny")["sd"] / "tokenizer")
-    x4 = load_preset("tiny")["model"]["vsr"]  # the x4 upscaler's schedulers, as the tiny preset records them
-    vae_config, text_config = frozen_configs("base", preset)
-    vsr_vae, vsr_text = frozen_configs("vsr", preset)
-
-    def text_encoder(config):
-        ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-               "eos_token_id": tokenizer.eos_token_id}
-        return to_dtype(CLIPTextModel(CLIPTextConfig(**ids | config)), dtype).eval()
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        parts = {
-            "tokenizer": tokenizer, "text_encoder": text_encoder(text_config),
-            "vae": to_dtype(AutoencoderKL(**vae_config), dtype).eval(),
-            "scheduler": DDPMScheduler(**preset["scheduler"]),
-            **{f"unet_{stage}": to_dtype(build_unet(stage, preset), dtype).eval() for stage in STAGES},
-            "vsr_tokenizer": tokenizer, "vsr_text_encoder": text_encoder(vsr_text),
-            "vsr_vae": to_dtype(AutoencoderKL(**vsr_vae), dtype).eval(),
-            "vsr_scheduler": DDIMScheduler(**x4["scheduler"]),
-            "vsr_low_res_scheduler": DDPMScheduler(**x4["low_res_scheduler"]),
-        }
-    settings = generation_settings(preset, 2 ** (len(vae_config["block_out_channels"]) - 1))
-    return LaVieCascadePipeline({stage: pipeline(**{name: parts[name] for name in pipeline.components_needed},
-                                                 **settings) for stage, pipeline in STAGE_PIPELINES.items()})
-
-
-def cascade_sampling(preset_name: str, device_name: str, steps: dict, deadline: float) -> dict:
-    """The whole cascade with random weights at the preset's sizes, batch 1, `steps[stage]` denoising steps per
-    stage (per 8-frame chunk for VSR), guidance as the preset samples (2 UNet rows per call when on). Per stage: the
-    UNet calls' seconds (hooks), the stage's fixed cost (text encoding, VAE coding: the rest of its time), its time
-    extrapolated to the preset's default steps, and the peak memory with every stage loaded."""
-    import resource
-
-    import torch
-
-    from lavie_model.config import load_preset
-
-    cuda = device_name == "cuda"
-    device = torch.device(device_name)
-    preset = load_preset(preset_name)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    def peak_gib():  # since the last reset on CUDA; of the whole process on the CPU
-        if cuda:
-            return torch.cuda.max_memory_allocated() / 2**30
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-    started = time.perf_counter()
-    cascade = random_cascade(preset, device, torch.bfloat16 if cuda else torch.float32)
-    results = {"build_s": time.perf_counter() - started, "stages": {},
-               "weights_gib": torch.cuda.memory_allocated() / 2**30 if cuda else None}
-    generator = torch.Generator(device).manual_seed(0)
-    prompt, video = "a red circle moving left", None
-    for stage, pipeline in cascade.stages.items():
-        pipeline.set_progress_bar_config(disable=True)
-        if time.time() > deadline:
-            results["stages"][stage] = {"status": "partial", "error": "not run: its share of the budget was spent"}
-            break
-        calls = timed_calls(getattr(pipeline, f"unet_{stage}"), sync)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        options = {"num_inference_steps": steps[stage], "generator": generator}
-        try:
-            video = pipeline(prompt, **options).frames if stage == "base" else pipeline(video, prompt, **options).frames
-        except Exception as error:  # an out-of-memory, say: the stages before keep their figures, the next need this
-            results["stages"][stage] = {"status": "error", "error": first_line(error), "peak_gib": peak_gib()}
-            break
-        sync()
-        seconds = time.perf_counter() - start
-        per_step = statistics.median(calls[1:] or calls)  # the first call warms up
-        chunks = len(calls) // steps[stage]
-        default = preset["sampling"][stage]["steps"]
-        fixed = seconds - sum(calls)
-        results["stages"][stage] = {
-            "status": "pass", "output": list(video.shape), "steps": steps[stage], "unet_calls": calls,
-            "rows": 2 if pipeline.config.sampling[stage]["guidance_scale"] > 1 else 1, "chunks": chunks,
-            "seconds": seconds, "per_step_s": per_step, "fixed_s": fixed, "default_steps": default,
-            "extrapolated_s": fixed + default * chunks * per_step, "peak_gib": peak_gib()}
-    ran = results["stages"].values()
-    results["peak_gib"] = max((stage["peak_gib"] for stage in ran if "peak_gib" in stage), default=None)
-    results["extrapolated_s"] = sum(stage["extrapolated_s"] for stage in ran if "extrapolated_s" in stage)
-    results["memory"] = "CUDA max allocated" if cuda else "peak resident set of the process"
-    return results
-
-
 def paper_cost(args, deadline: float) -> dict:
-    from train_step import paper_steps
+    from paper_step import paper_steps
 
     need_cuda(args.smoke)
     preset, device = ("tiny", "cpu") if args.smoke else ("paper", "cuda")
@@ -543,11 +368,6 @@ SECTIONS = (  # name, title, share of the budget (None: what is left)
 )
 
 
-def table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
 def gib(mb) -> str:
     return f"{mb / 1024:.1f}" if mb is not None else ""
 
@@ -594,22 +414,9 @@ def paper_md(figures: dict) -> list[str]:
         lines += ["", f"Base from pixels instead of latents: the VAE encoder over {base['encode_frames']} frames of "
                   f"{size} and the text encoder add {base['encode_s']:.3f} s per step, {base['vae_share']:.0%} of a "
                   "pixel step: the share precomputed latents remove."]
-    sampling = figures["sampling"]
-    if "stages" in sampling:
-        rows = [[stage, tuple(s["output"]), s["rows"], f"{s['steps']} x {s['chunks']}", f"{s['per_step_s']:.3f}",
-                 f"{s['fixed_s']:.1f}", f"{s['extrapolated_s']:.1f} ({s['default_steps']} steps)",
-                 f"{s['peak_gib']:.1f}"] for stage, s in sampling["stages"].items() if "output" in s]
-        lines += ["", "Sampling through the stage pipelines in cascade order, batch 1, every stage loaded (weights "
-                  + (f"{sampling['weights_gib']:.1f} GiB" if sampling["weights_gib"] is not None else "on the CPU")
-                  + "); s/step is one UNet call (all guidance rows), the fixed cost the rest of the stage's time:", ""]
-        lines += table(["stage", "output (b, f, 3, h, w)", "UNet rows", "steps x chunks", "s/step", "fixed s",
-                        "extrapolated s", "peak GiB"], rows)
-        if sampling["peak_gib"] is not None:
-            lines += ["", f"Whole cascade: peak {sampling['peak_gib']:.1f} GiB ({sampling['memory']}) over the stages "
-                      f"run; {sampling['extrapolated_s']:.0f} s extrapolated to the default steps."]
-        errors += [f"- sampling {stage}: {s['error']}" for stage, s in sampling["stages"].items() if "error" in s]
-    elif "error" in sampling:
-        errors.append(f"- sampling: {sampling['error']}")
+    sampling_lines, sampling_errors = sampling_md(figures["sampling"])
+    lines += sampling_lines
+    errors += sampling_errors
     return lines + (["", "Errors:", ""] + errors if errors else [])
 
 

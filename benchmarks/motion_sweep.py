@@ -124,12 +124,12 @@ def main() -> None:
                     tar.add(runs / name / file, f"{name}/{file}")
     import torch
 
-    from lavie_model.training.stages import UNET, load_unet
+    from lavie_model.model_folder import UNET, load_components
+    from lavie_model.training.stages import load_unet
 
     for stage, (name, value) in best.items():
         unet = load_unet(runs / name / "model", stage) if stage == "base" else None
         if unet is None:  # the interpolation folder's own UNet (load_unet would start it from the base again)
-            from lavie_model.model_folder import load_components
             unet = load_components(runs / name / "model", [UNET[stage]], stage)[0][UNET[stage]]
         folder = runs / f"best_{stage}"
         unet.to(torch.float16).save_pretrained(folder)

@@ -55,7 +55,7 @@ def runtime_bytes() -> int:
 def inputs(root: Path, preset: str) -> dict:
     """A random model folder of the preset and shards at its pixel size."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from train_step import build_shards
+    from common import build_shards
 
     from lavie_model.config import load_preset
     from lavie_model.model_folder import init_random
@@ -84,11 +84,15 @@ def measure(case: str, root: Path, made: dict, steps: int) -> dict:
     return {"peak_bytes": max(line["memory_mb"] for line in lines) * 2**20, "seconds": time.perf_counter() - started}
 
 
-def planned(preset: str, rank: int, checkpointing: bool, device: str = "cpu", stage: str = "base", **more):
-    from lavie_model.plan import PlanSettings, plan
+def planned(preset: str, rank: int, checkpointing: bool, device: str = "cpu", stage: str = "base",
+            batch_size: int | None = None, latents: bool = False):
+    from lavie_model.plan import plan
+    from lavie_model.training.trainer import TrainSettings
 
-    return plan(PlanSettings(preset=preset, stage=stage, device=device, lora_rank=rank,
-                             gradient_checkpointing=checkpointing, **more))
+    settings = TrainSettings(stage=stage, model="", videos="", output="", preset=preset, lora_rank=rank,
+                             gradient_checkpointing=checkpointing, latents="(precomputed)" if latents else None,
+                             overrides={"batch_size": batch_size} if batch_size else {})
+    return plan(settings, device)
 
 
 def exact_factor(result, measured: float) -> float:

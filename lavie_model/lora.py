@@ -190,9 +190,8 @@ def parse_spec(spec: str) -> tuple[str, float]:
 
 def merge_into_folder(model, specs: list[str], output) -> Path:
     """Write model folder `output`: `model` with each `PATH[:SCALE]` adapter fused into the UNet of its stage."""
-    from .model_folder import load_components
+    from .model_folder import UNET, load_components
     from .training.export import replace_component
-    from .training.stages import UNET
 
     by_stage: dict[str, list[tuple[str, float]]] = {}
     for spec in specs:

@@ -19,6 +19,10 @@ from pathlib import Path
 
 STAGES = ("base", "interpolation", "vsr")
 UNTRAINED = "_untrained"
+# The component each stage trains: the cascade's three in a LaVie folder, the stand-ins' 2D UNet in a
+# Stable Diffusion or x4 upscaler folder.
+UNET = {"t2i": "unet", "upscaler": "unet", "base": "unet_base", "interpolation": "unet_interpolation",
+        "vsr": "unet_vsr"}
 
 
 def untrained_unets(path) -> list[str]:

@@ -1,7 +1,8 @@
 """`lavie plan`: the memory one training rank will need, predicted in about a second on the CPU before a launch.
 
-For a preset, a stage and the memory settings (LoRA or full, ZeRO stage, offloads, gradient checkpointing,
-micro-batch, frames, size, ranks), per rank:
+For a training run's settings (trainer.TrainSettings, the object `lavie train` and the training assets run: its
+preset, stage, overrides such as the micro-batch, and memory settings: LoRA or full, ZeRO stage, offloads, gradient
+checkpointing, latents), on a device with a number of ranks, at the stage's frames and size or others, per rank:
 
     weights      the UNet's P weights in the training dtype (bf16 on a GPU, fp32 on the CPU); / N under ZeRO-3;
                  in host memory with offload_params
@@ -29,9 +30,11 @@ paper-size figures are predictions until measured on a GPU.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
+
+from .training.trainer import TrainSettings, check_memory_modes, preset_with_overrides
 
 GiB = 2**30
 # Fitted with ACTIVATION_FACTOR on the CPU runs of benchmarks/plan_calibration.py (tiny and mid, full and LoRA):
@@ -62,26 +65,6 @@ X4_VAE = {"block_out_channels": [128, 256, 512], "down_block_types": ["DownEncod
           "norm_num_groups": 32, "scaling_factor": 0.08333}
 X4_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
            "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu"}
-
-
-@dataclass
-class PlanSettings:
-    preset: str = "tiny"
-    stage: str = "base"
-    device: str = "cuda"          # cuda: bf16 on GPUs; cpu: fp32
-    gpus: int = 1                 # ranks sharing the ZeRO partitions
-    lora_rank: int = 0
-    lora_targets: str = "attention"
-    zero_stage: int = 2
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    gradient_checkpointing: bool = False
-    latents: bool = False         # read precomputed latents: no VAE encoding in the step
-    train_2d: bool = False        # VSR: train the 2D weights too
-    batch_size: int | None = None  # micro-batch; the preset's by default
-    frames: int | None = None      # video frames of a sample; the stage's by default (base: + image_frames)
-    size: tuple[int, int] | None = None  # latent (h, w); the stage's by default
-    overrides: dict = field(default_factory=dict)  # the preset's `training` entries, as `lavie train --set`
 
 
 @dataclass
@@ -292,32 +275,33 @@ def encoding_bytes(vae, frames: int, pixel_size: tuple[int, int], dtype) -> int:
     return largest[0]
 
 
-def plan(settings: PlanSettings) -> Plan:
-    """The memory one rank needs for `settings` (see the module docstring)."""
+def plan(settings: TrainSettings, device: str = "cuda", gpus: int = 1, frames: int | None = None,
+         size: tuple[int, int] | None = None) -> Plan:
+    """The memory one rank needs to train with `settings` (trainer.TrainSettings: the plan reads its preset, stage,
+    overrides and memory settings, not its folders) on `device` (cuda: bf16 on GPUs; cpu: fp32) with `gpus` ranks
+    sharing ZeRO's partitions, at `frames` video frames a sample (default: the stage's; base: + image_frames) and
+    latent `size` (h, w) (default: the stage's). See the module docstring."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .models.unet_3d import TEMPORAL_KEYS
     from .training.stages import ENCODE_CHUNK
-    from .training.trainer import TrainSettings, check_memory_modes, preset_with_overrides
 
     s = settings
-    if s.device not in ("cuda", "cpu"):
-        raise ValueError(f"device must be cuda or cpu, got {s.device!r}")
-    if s.gpus < 1:
-        raise ValueError(f"gpus must be at least 1, got {s.gpus}")
-    check_memory_modes(TrainSettings(stage=s.stage, model="", videos="", output="", lora_rank=s.lora_rank,
-                                     zero_stage=s.zero_stage, offload_optimizer=s.offload_optimizer,
-                                     offload_params=s.offload_params, train_2d=s.train_2d))
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be cuda or cpu, got {device!r}")
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
+    check_memory_modes(s)
     preset = preset_with_overrides(s.preset, s.overrides)
     training = preset["training"]
-    batch = s.batch_size or training["batch_size"]
-    if batch < 1 or (s.frames is not None and s.frames < 1):
-        raise ValueError(f"batch_size and frames must be at least 1, got {batch} and {s.frames}")
+    batch = training["batch_size"]
+    if batch < 1 or (frames is not None and frames < 1):
+        raise ValueError(f"batch_size and frames must be at least 1, got {batch} and {frames}")
     images = training["image_frames"] if s.stage == "base" else 0
-    dtype = torch.bfloat16 if s.device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     width = torch.finfo(dtype).bits // 8
-    n = s.gpus
+    n = gpus
 
     with torch.device("meta"):
         unet = torch.nn.Module.to(build_unet(s.stage, preset, s.train_2d), dtype).train()  # not diffusers' to()
@@ -335,7 +319,7 @@ def plan(settings: PlanSettings) -> Plan:
         vae = AutoencoderKL(**vae_config)
         text = CLIPTextModel(CLIPTextConfig(**{"vocab_size": 49408} | text_config))
         frozen = sum(p.numel() for module in (vae, text) for p in module.parameters())
-        sample, timesteps, text_states, kwargs, _ = stage_inputs(unet, s.stage, preset, images, 1, s.frames, s.size)
+        sample, timesteps, text_states, kwargs, _ = stage_inputs(unet, s.stage, preset, images, 1, frames, size)
         if "class_labels" in kwargs:  # the noise-level embedding: a lookup whose check reads values meta lacks
             del kwargs["class_labels"]
             unet.class_embedding = None
@@ -345,31 +329,34 @@ def plan(settings: PlanSettings) -> Plan:
     encoding = 0
     if not s.latents:
         scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-        frames = sample.shape[2]
         pixels = tuple(x * scale for x in sample.shape[-2:])
-        encoding = ENCODING_FACTOR * encoding_bytes(vae, min(batch * frames, ENCODE_CHUNK), pixels, dtype)
+        encoding = ENCODING_FACTOR * encoding_bytes(vae, min(batch * sample.shape[2], ENCODE_CHUNK), pixels, dtype)
 
     weights = parameters * width / (n if s.zero_stage == 3 else 1)
     optimizer, step = 12 * trainable / n, 4 * trainable / n
-    device = {
+    memory = {
         "weights": 0 if s.offload_params else weights,
         "gradients": trainable * width / n + (min(trainable, REDUCE_BUCKET) * width if n > 1 else 0),
         "optimizer": 0 if s.offload_optimizer else optimizer,
         "ema": 4 * trainable,
         "frozen": frozen * width,
-        "runtime": CUDA_CONTEXT if s.device == "cuda" else RUNTIME_CPU,
-        "activations": ACTIVATION_FACTOR[s.device, s.gradient_checkpointing] * per_sample * batch,
+        "runtime": CUDA_CONTEXT if device == "cuda" else RUNTIME_CPU,
+        "activations": ACTIVATION_FACTOR[device, s.gradient_checkpointing] * per_sample * batch,
         "encoding": encoding,
         "step": 0 if s.offload_optimizer else step,
     }
     host = {"weights": weights if s.offload_params else 0, "optimizer": optimizer if s.offload_optimizer else 0,
             "step": step if s.offload_optimizer else 0}
-    if s.device == "cpu":  # offloading to the host moves nothing out of a CPU process
-        device = {name: value + host.get(name, 0) for name, value in device.items()}
+    if device == "cpu":  # offloading to the host moves nothing out of a CPU process
+        memory = {name: value + host.get(name, 0) for name, value in memory.items()}
         host = dict.fromkeys(host, 0)
-    shown = asdict(s) | {"batch_size": batch}
+    shown = {"preset": s.preset, "stage": s.stage, "device": device, "gpus": gpus, "lora_rank": s.lora_rank,
+             "lora_targets": s.lora_targets, "zero_stage": s.zero_stage, "offload_optimizer": s.offload_optimizer,
+             "offload_params": s.offload_params, "gradient_checkpointing": s.gradient_checkpointing,
+             "latents": bool(s.latents), "train_2d": s.train_2d, "batch_size": batch, "frames": frames, "size": size,
+             "overrides": s.overrides}
     return Plan(shown, parameters, trainable, frozen, [batch, *sample.shape[1:]], per_sample, saved["checkpointed"],
-                {k: int(math.ceil(v)) for k, v in device.items()}, {k: int(math.ceil(v)) for k, v in host.items()})
+                {k: int(math.ceil(v)) for k, v in memory.items()}, {k: int(math.ceil(v)) for k, v in host.items()})
 
 
 def card_bytes(text: str) -> float:

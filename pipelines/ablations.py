@@ -19,7 +19,8 @@ import dagster as dg
 from lavie_model.ablations import FINDINGS, AblationBudget, markdown_table, run_ablation
 from lavie_model.curation import store
 
-from .curation import image_shards, picture, video_shards
+from .curation import image_shards, video_shards
+from .metadata import picture
 from .pretraining import t2i_model
 from .training import previous_model, trained_shards
 

@@ -32,7 +32,7 @@ from .training import TRAINING_ASSETS, TrainingSettings
 ASSETS = {"videos": (VIDEO_ASSETS, video_batches), "images": (IMAGE_ASSETS, image_batches)}
 # Optimizer steps per stage, of batches of 8: the base stage gets most of the demo's time on two cores. Read from
 # precomputed latents a step takes 1/1.16 (base), 1/1.15 (interpolation) and 1/1.44 (vsr) of its time on pixels
-# (benchmarks/train_step.py --latent-steps), so the same minutes hold these steps instead of 200, 40 and 20.
+# (benchmarks/latents_vs_pixels.py), so the same minutes hold these steps instead of 200, 40 and 20.
 DEMO_STEPS = {"base": 230, "interpolation": 46, "vsr": 28}
 # A fine-tuning rate for a trained cascade: the temporal layers at half the shipped tiny LaVie's pretraining rate
 # (1e-3), the 2D weights at 1.5e-4 (the new word "big" is learned there). At the preset's 2e-3 (a rate for

@@ -30,8 +30,7 @@ from lavie_model.evaluation.evaluate import (BASELINES, PAIRED, EvalSettings, ba
 from lavie_model.evaluation.stats import paired_text
 
 from . import automation
-from .curation import markdown_table, picture
-from .metadata import numbers, table
+from .metadata import markdown_table, numbers, picture, table
 from .training import previous_model, vsr_model
 
 

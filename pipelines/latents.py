@@ -22,13 +22,8 @@ from lavie_model.training.latents import COMPONENTS, Encoders, encode_shards
 from lavie_model.training.trainer import parse_set, preset_with_overrides
 
 from . import automation
-from .curation import (
-    image_batches,
-    image_shards,
-    markdown_table,
-    video_batches,
-    video_shards,
-)
+from .curation import image_batches, image_shards, video_batches, video_shards
+from .metadata import markdown_table
 from .training import TrainingSettings, previous_model
 
 # the 2D models whose frozen parts each family uses when the cascade is assembled from them

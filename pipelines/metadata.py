@@ -1,10 +1,14 @@
 """Figures as the Dagster UI shows them: each one its own int or float metadata entry (plotted across
-materializations on the asset's page), and tables as table metadata with a schema."""
+materializations on the asset's page), tables as table metadata with a schema or as markdown, pictures inline."""
 
+import base64
 import math
 from numbers import Integral, Real
 
 import dagster as dg
+import pandas as pd
+
+from lavie_model.report import table as report_table
 
 
 def numbers(figures: dict, prefix: str = "") -> dict[str, dg.MetadataValue]:
@@ -28,3 +32,13 @@ def table(rows: list[dict], columns: dict[str, str]) -> dg.TableMetadataValue:
     return dg.MetadataValue.table([dg.TableRecord({column: cell(row.get(column)) for column in columns})
                                    for row in rows],
                                   schema=dg.TableSchema([dg.TableColumn(name, kind) for name, kind in columns.items()]))
+
+
+def markdown_table(frame: pd.DataFrame) -> dg.MetadataValue:
+    """A data frame as markdown metadata, its cells formatted as in the run report."""
+    return dg.MetadataValue.md(report_table(frame.to_dict("records")))
+
+
+def picture(data: bytes, kind: str, title: str) -> str:
+    """Markdown showing PNG or GIF bytes inline (a data URI), as the Dagster UI renders them."""
+    return f"![{title}](data:image/{kind};base64,{base64.b64encode(data).decode()})"

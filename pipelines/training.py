@@ -39,11 +39,12 @@ from lavie_model.training.report import (
     run_figures,
 )
 from lavie_model.training.tracking import parse as parse_tracking
-from lavie_model.training.trainer import free_port
+from lavie_model.cli import train_arguments
+from lavie_model.training.trainer import TrainSettings, free_port, parse_set
 
 from . import automation
-from .curation import image_shards, markdown_table, picture, video_shards
-from .metadata import numbers
+from .curation import image_shards, video_shards
+from .metadata import markdown_table, numbers, picture
 
 TRAIN_PIPES = Path(__file__).with_name("train_pipes.py")
 LAUNCHERS = ("deepspeed", "ray")
@@ -227,34 +228,14 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
     home = settings.home()
     tracked = parse_tracking(settings.tracking)
     videos, images = trained_shards(home, stage)
-    planned = check_plan(context, settings, stage, home)
     # a retried run (the instance's run retries) trains on in the folder of the run it retries, from its checkpoint
     run_dir = home / "training" / stage / context.run.tags.get("dagster/root_run_id", context.run.run_id)
-    arguments = [
-        "train", "--stage", stage, "--preset", settings.preset, "--model", str(model),
-        "--videos", ",".join(videos["path"]), "--output", str(run_dir)]
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    run = run_settings(settings, stage, model, videos, images, run_dir, resume)
+    planned = check_plan(context, settings, run)
+    if resume:
         context.log.info(f"{run_dir} holds checkpoints of an earlier attempt: resuming from the latest")
-        arguments += ["--resume"]
-    if not images.empty:
-        arguments += ["--images", ",".join(images["path"])]
-    if stage in settings.max_steps:
-        arguments += ["--max-steps", str(settings.max_steps[stage])]
-    if settings.deepspeed_config:
-        arguments += ["--deepspeed-config", settings.deepspeed_config]
-    if settings.gradient_checkpointing:
-        arguments += ["--gradient-checkpointing"]
-    if settings.lora_rank.get(stage):
-        arguments += ["--lora", str(settings.lora_rank[stage]), "--lora-targets", settings.lora_targets]
-    arguments += ["--zero-stage", str(settings.zero_stage), "--tracking", settings.tracking]
-    if settings.offload_optimizer:
-        arguments += ["--offload-optimizer"]
-    if settings.offload_params:
-        arguments += ["--offload-params"]
-    for item in settings.overrides:
-        arguments += ["--set", item]
-    if settings.latents and (home / "latents").is_dir():
-        arguments += ["--latents", str(home / "latents")]
+    arguments = train_arguments(run)  # the trainer's process reads `run` back from them (cli.train_settings)
     context.log.info(f"training {stage} on {len(videos)} video and {len(images)} image shards in {run_dir}")
     if settings.launcher == "ray":
         reported = run_on_ray(context, settings, arguments)
@@ -305,25 +286,34 @@ def memory_limit(settings: TrainingSettings) -> tuple[float, str]:
     return available / settings.ranks, "the memory available on this machine, per rank"
 
 
-def check_plan(context, settings: TrainingSettings, stage: str, home: Path) -> int | None:
+def run_settings(settings: TrainingSettings, stage: str, model: Path, videos: pd.DataFrame, images: pd.DataFrame,
+                 run_dir: Path, resume: bool) -> TrainSettings:
+    """The settings of one stage's run: what its memory plan reads and its `lavie train` process runs."""
+    latents = settings.home() / "latents"
+    return TrainSettings(
+        stage=stage, model=str(model), videos=",".join(videos["path"]), output=str(run_dir), preset=settings.preset,
+        images=None if images.empty else ",".join(images["path"]), max_steps=settings.max_steps.get(stage),
+        resume=resume, deepspeed_config=settings.deepspeed_config, overrides=parse_set(settings.overrides),
+        gradient_checkpointing=settings.gradient_checkpointing,
+        latents=str(latents) if settings.latents and latents.is_dir() else None,
+        lora_rank=settings.lora_rank.get(stage, 0), lora_targets=settings.lora_targets, zero_stage=settings.zero_stage,
+        offload_optimizer=settings.offload_optimizer, offload_params=settings.offload_params,
+        tracking=settings.tracking)
+
+
+def check_plan(context, settings: TrainingSettings, run: TrainSettings) -> int | None:
     """`lavie plan` for the run about to launch; fails naming the setting to change when it cannot fit. Returns
     the planned peak per rank, in bytes (None for the tiny world's stand-ins, t2i and upscaler: no plan)."""
     import torch
 
+    stage = run.stage
     if stage not in ("base", "interpolation", "vsr"):
         return None
-    from lavie_model.plan import PlanSettings, plan, render
-    from lavie_model.training.trainer import parse_set
+    from lavie_model.plan import plan, render
 
     # a Ray job's ranks run on the cluster's GPUs, whatever this machine has
     cuda = torch.cuda.is_available() or settings.launcher == "ray"
-    result = plan(PlanSettings(
-        preset=settings.preset, stage=stage, device="cuda" if cuda else "cpu",
-        gpus=settings.ranks * settings.nodes, lora_rank=settings.lora_rank.get(stage, 0),
-        lora_targets=settings.lora_targets, zero_stage=settings.zero_stage,
-        offload_optimizer=settings.offload_optimizer, offload_params=settings.offload_params,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        latents=settings.latents and (home / "latents").is_dir(), overrides=parse_set(settings.overrides)))
+    result = plan(run, "cuda" if cuda else "cpu", settings.ranks * settings.nodes)
     if settings.launcher == "ray" and not settings.memory_limit_gb:
         context.log.info(f"memory plan (set memory_limit_gb to check it against the cluster's GPUs):\n"
                          f"{render(result)}")

@@ -19,8 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # Longest first, so that pytest-xdist's workers finish together.
 SMALLEST = {
     "plan_calibration": (["--cases", "tiny-lora", "--steps", "1"], "against the H100 peaks measured before"),
-    "train_step": (["--steps", "1", "--loader-samples", "4", "--latent-steps", "1", "--lora-steps", "1",
-                    "--threads", "1"], "LoRA / full step time"),
+    "latents_vs_pixels": (["--steps", "1", "--loader-samples", "4", "--threads", "1"],
+                          "speed-up fed by the loaders, pixels / latents"),
+    "lora_vs_full": (["--steps", "1", "--threads", "1"], "LoRA / full step time"),
+    "data_loader": (["--steps", "1", "--loader-samples", "4", "--threads", "1"], "fed / fixed"),
+    "deepspeed_overhead": (["--steps", "1", "--threads", "1"], "deepspeed / plain"),
     "curation": (["--n", "2", "--seconds", "3", "--preset", "tiny", "--workers", "1", "--repeat", "1", "--ray"],
                  "Ray / pool"),
     "motion_speed": (["--smoke"], "| variant | clips/s | vs eager |"),
@@ -113,7 +116,7 @@ def test_shapes_learning_curve_runs_at_its_smallest_size(tiny_folder, demo_shard
 def test_device_check_survives_a_crash_and_a_hang():
     """Work in a process of its own: a crash (a segfault, the kernel's out-of-memory killer) or a hang past its
     budget becomes that item's error, and the check goes on."""
-    from benchmarks.device_check import in_own_process
+    from benchmarks.common import in_own_process
 
     assert "exit code 3" in in_own_process(os._exit, (3,), timeout=60)["error"]
     started = time.time()

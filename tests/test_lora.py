@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from lavie_model import lora
+from lavie_model.model_folder import UNET
 from lavie_model.pipelines.base import LaVieBasePipeline
-from lavie_model.training.stages import UNET, load_unet
+from lavie_model.training.stages import load_unet
 from test_training import (fixed_batch_loss, kill_after, metrics, run_lavie,  # noqa: F401 (shards: a fixture)
                            shards, train_args, unet_weights)
 

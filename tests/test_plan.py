@@ -7,19 +7,24 @@ import torch
 
 from lavie_model.cli import main
 from lavie_model.lora import add_lora
-from lavie_model.plan import GiB, PlanSettings, build_unet, plan, saved_bytes, stage_inputs
+from lavie_model.plan import GiB, build_unet, plan, saved_bytes, stage_inputs
 from lavie_model.training.stages import load_unet
-from lavie_model.training.trainer import preset_with_overrides
+from lavie_model.training.trainer import TrainSettings, preset_with_overrides
+
+
+def run(stage: str = "base", **fields) -> TrainSettings:
+    """A run's settings as the plan reads them (it reads no folder)."""
+    return TrainSettings(stage=stage, model="", videos="", output="", **fields)
 
 
 def test_the_plan_counts_the_weights_the_trainer_trains(tiny_folder):
     for stage in ("base", "vsr"):
         unet = load_unet(tiny_folder, stage)
-        full = plan(PlanSettings(stage=stage, device="cpu"))
+        full = plan(run(stage), "cpu")
         assert full.parameters == sum(p.numel() for p in unet.parameters())
         assert full.trainable == sum(p.numel() for p in unet.parameters() if p.requires_grad)
         add_lora(unet, 4)
-        lora = plan(PlanSettings(stage=stage, device="cpu", lora_rank=4))
+        lora = plan(run(stage, lora_rank=4), "cpu")
         assert lora.parameters == sum(p.numel() for p in unet.parameters())
         assert lora.trainable == sum(p.numel() for p in unet.parameters() if p.requires_grad) < full.trainable / 20
         assert lora.device["optimizer"] < full.device["optimizer"] / 20 and lora.device["ema"] < full.device["ema"] / 20
@@ -53,19 +58,19 @@ def test_the_meta_count_of_saved_activations_matches_a_real_forward_pass():
 
 
 def test_memory_modes_move_and_divide_what_the_plan_counts():
-    base = plan(PlanSettings(preset="paper", gradient_checkpointing=True, latents=True))
+    base = plan(run(preset="paper", gradient_checkpointing=True, latents="latents"))
     assert base.parameters > 900e6 and base.device["encoding"] == 0
     assert base.device["weights"] == base.parameters * 2  # bf16
     assert base.device["optimizer"] == 12 * base.trainable
-    offloaded = plan(PlanSettings(preset="paper", gradient_checkpointing=True, latents=True, offload_optimizer=True))
+    offloaded = plan(run(preset="paper", gradient_checkpointing=True, latents="latents", offload_optimizer=True))
     assert offloaded.device["optimizer"] == 0 and offloaded.host["optimizer"] == base.device["optimizer"]
-    sharded = plan(PlanSettings(preset="paper", gradient_checkpointing=True, latents=True, gpus=4, zero_stage=3,
-                                offload_params=True))
+    sharded = plan(run(preset="paper", gradient_checkpointing=True, latents="latents", zero_stage=3,
+                       offload_params=True), gpus=4)
     assert sharded.device["weights"] == 0 and sharded.host["weights"] == base.parameters * 2 // 4
     assert sharded.total < base.total and offloaded.total < base.total
-    pixels = plan(PlanSettings(preset="paper", gradient_checkpointing=True))
+    pixels = plan(run(preset="paper", gradient_checkpointing=True))
     assert pixels.device["encoding"] > 0
-    unchecked = plan(PlanSettings(preset="paper", latents=True))
+    unchecked = plan(run(preset="paper", latents="latents"))
     assert unchecked.saved_per_sample > 5 * base.saved_per_sample
 
 

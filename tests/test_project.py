@@ -1,6 +1,5 @@
 """The project as a user meets it: the Dagster code location, the instance, the `lavie` command, presets."""
 
-import ast
 import json
 import os
 import shutil
@@ -122,34 +121,20 @@ def test_lavie_model_never_imports_dagster():
     assert result.stdout.strip() == "[]"
 
 
-def imported_modules(path: Path, package: str) -> set[str]:
-    """Every module a file imports, anywhere in it (inside functions too), relative imports resolved against its
-    package; `from a import b` counts as both a and a.b (b may be a module)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            module = ".".join(part for part in (base, node.module) if part)
-            names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
-    return names
+def test_a_runs_settings_come_back_whole_from_the_train_command_line():
+    """The training assets pass a run's TrainSettings to its `lavie train` process as a command line
+    (cli.train_arguments); the process reads back the same settings, every field at a non-default value."""
+    from lavie_model.cli import build_parser, train_arguments, train_settings
+    from lavie_model.training.trainer import TrainSettings
 
-
-def test_training_code_never_imports_evaluation_code(tmp_path):
-    """Evaluation scores what training makes and reads its data, so the dependency runs one way: no module under
-    lavie_model/training imports lavie_model.evaluation, not even inside a function (the trainer gets its probe,
-    train_vae its fidelity scorer, from the caller)."""
-    sample = tmp_path / "sample.py"
-    sample.write_text("def f():\n    from ..evaluation.metrics import psnr\n    from .. import evaluation\n")
-    seen = imported_modules(sample, "lavie_model.training")
-    assert {"lavie_model.evaluation.metrics", "lavie_model.evaluation"} <= seen  # the check sees what it must
-
-    found = {}
-    for path in sorted((ROOT / "lavie_model" / "training").rglob("*.py")):
-        package = ".".join(path.relative_to(ROOT).parent.parts)
-        names = sorted(name for name in imported_modules(path, package)
-                       if name == "lavie_model.evaluation" or name.startswith("lavie_model.evaluation."))
-        if names:
-            found[str(path.relative_to(ROOT))] = names
-    assert found == {}
+    settings = TrainSettings(
+        stage="vsr", model="runs/a model", videos="v-{000..009}.tar", output="runs/out", preset="paper",
+        images="images.tar", max_steps=7, resume=True, deepspeed_config="ds.json",
+        overrides={"learning_rate": 5e-4, "vsr": {"num_frames": 4}, "note": "5e-4", "flag": False}, seed=3,
+        train_2d=True, gradient_checkpointing=True, latents="data/latents", lora_rank=4, lora_alpha=8.0,
+        lora_dropout=0.1, lora_targets="temporal", zero_stage=3, offload_optimizer=True, offload_params=True,
+        tracking="none")
+    assert train_settings(build_parser().parse_args(train_arguments(settings))) == settings
+    plain = TrainSettings(stage="base", model="m", videos="v", output="o")
+    assert train_arguments(plain) == ["train", "--stage", "base", "--model", "m", "--videos", "v", "--output", "o"]
+    assert train_settings(build_parser().parse_args(train_arguments(plain))) == plain

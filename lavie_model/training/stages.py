@@ -23,13 +23,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ..model_folder import load_components, present_components, untrained_unets
+from ..model_folder import UNET, load_components, present_components, untrained_unets
 from ..pipelines.interpolation import interpolation_condition
 from ..text import encode_prompts
 from .data import StageData
 
-UNET = {"t2i": "unet", "upscaler": "unet", "base": "unet_base", "interpolation": "unet_interpolation",
-        "vsr": "unet_vsr"}
 FROZEN = {
     "t2i": ("tokenizer", "text_encoder", "vae", "scheduler"),
     "upscaler": ("tokenizer", "text_encoder", "vae", "scheduler", "low_res_scheduler"),

@@ -326,8 +326,9 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
 
     from . import checkpoint
     from .data import TrainingStream, collate
+    from ..model_folder import UNET
     from .export import ema_model, replace_component
-    from .stages import UNET, load_parts, load_unet, sample_generators, stage_data, training_loss
+    from .stages import load_parts, load_unet, sample_generators, stage_data, training_loss
     from .tracking import Tracking, parse
 
     cuda = torch.cuda.is_available()
