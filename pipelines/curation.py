@@ -6,11 +6,8 @@ what a person would look at. Thresholds live in the `filtered_clips` config: cha
 step and the shards, never the scores.
 """
 
-import base64
-import multiprocessing
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -21,27 +18,29 @@ from lavie_model.config import load_preset
 from lavie_model.curation import store
 from lavie_model.curation import url_tables as url_tables_module
 from lavie_model.curation.captioner import CaptionerConfig, caption_clips
-from lavie_model.curation.clips import (SHOT_COLUMNS, ClipConfig, ClipRow, DropRow, make_clips, probe_with_shots,
-                                        stored_shots)
-from lavie_model.curation.clips import probe_and_cut as probe_and_cut_file
+from lavie_model.curation.clips import SHOT_COLUMNS, ClipConfig, ClipRow, DropRow, remove_partial_clips
 from lavie_model.curation.download import Download, DownloadConfig, download_all
 from lavie_model.curation.filtering import FilterConfig, decide
+from lavie_model.curation.guard import Outcome, WorkLimits, run_guarded
+# the per-file jobs (their names are the Ray tasks'; benchmarks/curation.py imports _probe_and_cut from here)
+from lavie_model.curation.per_file import (_clips_of, _probe, _probe_and_cut, dropped_whole, guarded_task,
+                                           quarantined_row)
 from lavie_model.curation.probe import ProbeConfig, ProbeResult
 from lavie_model.curation.report import histogram_png, preview_gif
 from lavie_model.curation.scores import ScoreConfig, score_clips
 from lavie_model.curation.shards import verify_shards, write_image_shards, write_shards
 from lavie_model.curation.writer import ClipMeasure
-from lavie_model.report import table
+
+from .metadata import markdown_table, picture
 
 video_batches = dg.DynamicPartitionsDefinition(name="video_batches")
 url_tables = dg.DynamicPartitionsDefinition(name="url_tables")  # chunks of URL tables (`lavie ingest --table`)
 image_batches = dg.DynamicPartitionsDefinition(name="image_batches")
-# Default processes per asset that probe or cut files (CurationSettings.workers); each works on one file at a
-# time and holds at most writer.SPILL_MEMORY bytes of its frames (the rest on disk). They fork from the step's
-# process: under Dagster's multiprocess executor they would otherwise start as the step did (forkserver or spawn)
-# and each import torch again.
+# Default processes per asset that probe or cut files (CurationSettings.workers); each works on one file (a fresh
+# process per file, guard.py) and holds at most writer.SPILL_MEMORY bytes of its frames (the rest on disk). They
+# fork from the step's process: under Dagster's multiprocess executor they would otherwise start as the step did
+# (forkserver or spawn) and each import torch again.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
-POOL_CONTEXT = multiprocessing.get_context("fork")
 PREVIEWS = 4  # kept clips shown as GIFs in the shards' metadata
 
 
@@ -67,6 +66,16 @@ class CurationSettings(dg.ConfigurableResource):
     # the inbox sensor ingests a symbolic link whose target lies outside the inbox (by default it is refused, with
     # its target named, in the batch's skipped list); links that stay inside are always followed
     follow_symlinks_outside: bool = False
+    # Limits per file (docs/guides/curation-limits.md): a file beyond one is quarantined with the limit named,
+    # from its header before decoding where the header tells (ProbeConfig), else from the frames as they decode
+    max_frame_pixels: int = ProbeConfig.max_frame_pixels  # width x height of a frame (default DCI 8K, 8192x4320)
+    max_duration_seconds: float = ProbeConfig.max_duration_seconds  # declared or decoded (default 12 hours)
+    max_frame_rate: float = ProbeConfig.max_frame_rate  # frames per second, declared or decoded
+    max_streams: int = ProbeConfig.max_streams  # video, audio and subtitle streams of one file
+    # Each file's work (probe and cut) runs in a process of its own (guard.py):
+    timeout_floor_seconds: float = WorkLimits.floor_seconds  # wall-clock time any file may take
+    timeout_per_video_second: float = WorkLimits.seconds_per_second  # more per second of video its header declares
+    worker_memory_mb: int = WorkLimits.memory_mb  # address space a file's worker may add (RLIMIT_AS); 0: no limit
 
     def score_config(self) -> ScoreConfig:
         return ScoreConfig(clip_model=self.clip_model, clip_weights=self.clip_weights,
@@ -79,6 +88,13 @@ class CurationSettings(dg.ConfigurableResource):
         folder = self.home() / "curation" / key
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def probe_config(self) -> ProbeConfig:
+        return ProbeConfig(max_frame_pixels=self.max_frame_pixels, max_duration_seconds=self.max_duration_seconds,
+                           max_frame_rate=self.max_frame_rate, max_streams=self.max_streams)
+
+    def work_limits(self) -> WorkLimits:
+        return WorkLimits(self.timeout_floor_seconds, self.timeout_per_video_second, self.worker_memory_mb)
 
     def clip_config(self) -> ClipConfig:
         return ClipConfig(**load_preset(self.preset)["curation"], stream_copy=self.stream_copy)
@@ -97,18 +113,8 @@ def write_table(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def picture(data: bytes, kind: str, title: str) -> str:
-    """Markdown showing PNG or GIF bytes inline (a data URI), as the Dagster UI renders them."""
-    return f"![{title}](data:image/{kind};base64,{base64.b64encode(data).decode()})"
-
-
 def funnel(**counts) -> dg.MetadataValue:
     return dg.MetadataValue.md(" -> ".join(f"{name} **{count}**" for name, count in counts.items()))
-
-
-def markdown_table(frame: pd.DataFrame) -> dg.MetadataValue:
-    """A data frame as markdown metadata, its cells formatted as in the run report."""
-    return dg.MetadataValue.md(table(frame.to_dict("records")))
 
 
 def reasons_table(frame: pd.DataFrame, column: str = "reason") -> dg.MetadataValue:
@@ -216,9 +222,11 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
     """probed_videos and video_clips. Materialized together, each file is decoded once: probe, shot detection,
     cutting, encoding, motion and the stills all ride on the same decode. video_clips alone cuts again from the
     stored probe table (its shots, unless the detector's settings have changed); probed_videos alone only probes.
-    Before cutting, partial clips that a killed worker left behind are removed."""
+    Before cutting, partial clips that a killed worker left behind are removed. Each file's work runs under the
+    settings' limits (guard.py); a file that breaks one is quarantined (or, cut alone, dropped whole) with the
+    reason, what its worker wrote is removed, and the batch goes on."""
     folder = settings.batch_dir(context.partition_key)
-    config, measure = settings.clip_config(), settings.clip_measure()
+    config, measure, probe_config = settings.clip_config(), settings.clip_measure(), settings.probe_config()
     out_dir = settings.home() / "clips" / context.partition_key
     raw = pd.read_parquet(folder / "raw.parquet")
     spans = dict(zip(raw["sha256"], raw["spans"])) if "spans" in raw else {}
@@ -226,19 +234,30 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
     removed = remove_stale_partials(context, out_dir) if CLIPPED in context.selected_asset_keys else 0
     if PROBED in context.selected_asset_keys:
         if CLIPPED in context.selected_asset_keys:
-            jobs = [(path, sha, out_dir, config, measure, url_tables_module.spans_of(spans.get(sha)))
+            jobs = [(path, sha, out_dir, config, measure, url_tables_module.spans_of(spans.get(sha)), probe_config)
                     for path, sha in zip(raw["stored_path"], raw["sha256"])]
-            rows, results = zip(*in_workers(context, settings, _probe_and_cut, jobs)) if jobs else ((), [])
+            outcomes = per_file(context, settings, _probe_and_cut, jobs)
+            rows = [outcome.value[0] if outcome.value else quarantined_row(path, sha, outcome.problem, config)
+                    for outcome, path, sha in zip(outcomes, raw["stored_path"], raw["sha256"])]
+            results = [outcome.value[1] if outcome.value else None for outcome in outcomes]
+            removed += sum(remove_partial_clips(out_dir, path, sha) for outcome, path, sha
+                           in zip(outcomes, raw["stored_path"], raw["sha256"]) if outcome.problem)
         else:
-            rows = in_workers(context, settings, _probe, [(path, ProbeConfig(), config, sha)
-                                                           for path, sha in zip(raw["stored_path"], raw["sha256"])])
-        yield from _probed(context, folder, raw, rows, engine(settings))
+            outcomes = per_file(context, settings, _probe, [(path, probe_config, config, sha)
+                                                            for path, sha in zip(raw["stored_path"], raw["sha256"])])
+            rows = [outcome.value or quarantined_row(path, sha, outcome.problem, config)
+                    for outcome, path, sha in zip(outcomes, raw["stored_path"], raw["sha256"])]
+        yield from _probed(context, folder, raw, rows, engine(settings), outcomes)
     if CLIPPED in context.selected_asset_keys:
         if results is None:
             probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
             jobs = [(row, out_dir, config, measure, url_tables_module.spans_of(spans.get(row["sha256"])))
                     for row in probed.to_dict("records")]
-            results = in_workers(context, settings, _clips_of, jobs)
+            outcomes = per_file(context, settings, _clips_of, jobs)
+            results = [outcome.value or dropped_whole(row, outcome.problem)
+                       for outcome, (row, *_) in zip(outcomes, jobs)]
+            removed += sum(remove_partial_clips(out_dir, row["path"], row["sha256"])
+                           for outcome, (row, *_) in zip(outcomes, jobs) if outcome.problem)
         if settings.ray_address:  # partial clips of tasks whose worker died (their retries wrote the clips)
             removed += remove_stale_partials(context, out_dir)
         yield _clipped(context, folder, [result for result in results if result is not None], measure, removed,
@@ -262,12 +281,26 @@ def remove_stale_partials(context: dg.AssetExecutionContext, out_dir: Path) -> i
     return len(stale)
 
 
+def per_file(context, settings: CurationSettings, function, jobs: list) -> list[Outcome]:
+    """function(job) for each file's job under the settings' work limits (guard.py), as Outcomes in the jobs' order:
+    in up to `settings.workers` processes forked from this one, a fresh one per file, or, with a Ray address, each
+    job a Ray task that runs it the same way in a process forked from its Ray worker (a task whose Ray worker dies
+    is retried by Ray; a file that breaks a limit is an outcome with its problem, not a retry). Logs each problem."""
+    limits = settings.work_limits()
+    if settings.ray_address:
+        outcomes = in_workers(context, settings, guarded_task(function), [(job, limits) for job in jobs])
+    else:
+        outcomes = run_guarded(function, jobs, settings.workers, limits)
+    for outcome, job in zip(outcomes, jobs):
+        if outcome.problem:
+            path = job[0]["path"] if isinstance(job[0], dict) else job[0]
+            context.log.warning(f"{function.__name__}: {path}: {outcome.problem}")
+    return outcomes
+
+
 def in_workers(context, settings: CurationSettings, function, jobs: list) -> list:
-    """[function(job) for job in jobs] in `settings.workers` processes forked from this one, or as Ray tasks on
-    the cluster at `settings.ray_address` (retried when a worker dies); in the jobs' order either way."""
-    if not settings.ray_address:
-        with ProcessPoolExecutor(settings.workers, mp_context=POOL_CONTEXT) as pool:
-            return list(pool.map(function, jobs))
+    """[function(job) for job in jobs] as Ray tasks on the cluster at `settings.ray_address` (retried when a worker
+    dies), in the jobs' order."""
     from lavie_model.ray_cluster import check_shared_storage, connected, map_tasks, tasks_retried
 
     with connected(settings.ray_address) as ray:
@@ -286,33 +319,8 @@ def engine(settings: CurationSettings) -> str:
     return f"ray at {settings.ray_address}" if settings.ray_address else f"{settings.workers} local processes"
 
 
-def _probe(args) -> dict:
-    return probe_with_shots(*args)
-
-
-def _probe_and_cut(args) -> tuple[dict, tuple | None]:
-    path, sha256, out_dir, config, measure, spans = args
-    row, result = probe_and_cut_file(path, out_dir, ProbeConfig(), config, measure, sha256, spans)
-    return row, (_plain(result) if row["ok"] else None)
-
-
-def _clips_of(args) -> tuple:
-    row, out_dir, config, measure, spans = args
-    probed = ProbeResult(**{f.name: row[f.name] for f in fields(ProbeResult)})
-    return _plain(make_clips(probed, out_dir, config, stored_shots(row, config), spans, measure))
-
-
-def _plain(result) -> tuple[list[dict], list[dict], list[dict], list[dict], int]:
-    """A ClipsResult as table rows (clips, drops, each clip's motion, each still) and the number of clips
-    stream-copied."""
-    return ([asdict(c) for c in result.clips], [asdict(d) for d in result.drops],
-            [{"clip_id": clip_id, "motion": value} for clip_id, value in result.motion.items()],
-            [{"clip_id": clip_id, "frame": frame, "jpeg": data}
-             for clip_id, stills in result.stills.items() for frame, data in sorted(stills.items())],
-            len(result.copied))
-
-
-def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, rows, ran_on: str):
+def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, rows, ran_on: str,
+            outcomes: list[Outcome]):
     table = pd.DataFrame(list(rows), columns=[f.name for f in fields(ProbeResult)] + list(SHOT_COLUMNS))
     table = table.assign(name=raw["name"].values, run_id=context.run.run_id)
     write_table(table[table["ok"]], folder / "probe.parquet")
@@ -325,6 +333,9 @@ def _probed(context: dg.AssetExecutionContext, folder: Path, raw: pd.DataFrame, 
         "funnel": funnel(ingested=len(raw), decodable=len(usable)),
         "quarantine_reasons": reasons_table(quarantine),
         "hours": round(float(usable["duration"].sum()) / 3600, 4), "engine": ran_on,
+        # the most resident memory a file's worker added (guard.Outcome.added_mb), and the longest file's seconds
+        "worker_peak_added_mb": round(max((o.added_mb for o in outcomes), default=0.0), 1),
+        "longest_file_seconds": round(max((o.seconds for o in outcomes), default=0.0), 2),
     })
     yield dg.AssetCheckResult(
         asset_key=PROBED, check_name="quarantine_fraction", passed=fraction <= MAX_QUARANTINE_FRACTION,

@@ -6,19 +6,24 @@ with its reason; the good inputs beside it are kept. The files are real: links, 
 import io
 import os
 import signal
+import struct
+import subprocess
 import tarfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import imageio_ffmpeg
 import pandas as pd
+import psutil
 import pytest
 
 from lavie_model.curation import store
 from lavie_model.curation.url_tables import read_url_table, register_url_table
 from lavie_model.training.data import check_shards, raw_samples
 from pipelines.cli import main as lavie
-from pipelines.curation import CurationSettings
+from pipelines.curation import CurationSettings, probe_and_cut, raw_videos
 
 LONG_AGO = (1_000_000_000, 1_000_000_000)  # settled, for the inbox sensor
 
@@ -308,3 +313,127 @@ def test_lavie_train_refuses_a_shard_from_elsewhere_before_training(hostile_shar
         assert main(args) == 1
         assert f"shard {hostile_shards[name]}: member" in capsys.readouterr().err
         assert not (tmp_path / "run").exists()  # nothing started
+
+
+# Videos that are enormous, lie in their headers, or hold a worker too long or with too much memory (issue 38 items 1
+# and 2): each quarantined with its reason through the real probe_and_cut step, the good files of its batch kept.
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+X264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+
+
+def lavfi(path: Path, source: str, *arguments: str) -> Path:
+    """A video from one of ffmpeg's generated sources (an argument list, no shell)."""
+    subprocess.run([FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi", "-i", source, *X264, *arguments, str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def declaring(source: Path, seconds: float, path: Path) -> Path:
+    """A Matroska file whose Segment Duration (the header's) says `seconds`, its frames unchanged."""
+    data = bytearray(source.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # the Duration element, an 8-byte float in TimecodeScale units (ms)
+    assert at > 0, f"no 8-byte Duration element in {source}"
+    struct.pack_into(">d", data, at + 3, seconds * 1000.0)
+    return written(path, bytes(data))
+
+
+def many_streams(source: Path, count: int, path: Path) -> Path:
+    """`source`'s video stream `count` times over in one Matroska file."""
+    maps = [argument for _ in range(count) for argument in ("-map", "0:v")]
+    subprocess.run([FFMPEG, "-y", "-loglevel", "error", "-i", str(source), *maps, "-c", "copy", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def curate(home: Path, files: list[Path], **settings) -> dict:
+    """`files` ingested as a batch and taken through raw_videos and probe_and_cut (probed_videos and video_clips)
+    with `settings`; the tables, the clip files, the run's metadata and its wall time."""
+    batch = store.ingest(files, home=home)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("video_batches", [batch.key])
+    started = time.perf_counter()
+    result = dg.materialize([raw_videos, probe_and_cut], partition_key=batch.key, instance=instance,
+                            resources={"settings": CurationSettings(lavie_home=str(home), preset="tiny", **settings)})
+    seconds = time.perf_counter() - started
+    assert result.success
+    folder = home / "curation" / batch.key
+    tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("raw", "probe", "quarantine", "clips")}
+    names = dict(zip(tables["raw"]["sha256"], tables["raw"]["name"]))
+    metadata = {event.asset_key.path[-1]: event.materialization.metadata
+                for event in result.get_asset_materialization_events()}
+    clip_dir = home / "clips" / batch.key
+    return {"tables": tables, "names": names, "metadata": metadata, "seconds": seconds,
+            "reasons": {row.name: row.reason for row in tables["quarantine"].itertuples()},
+            "clip_files": sorted(path.name for path in clip_dir.iterdir()) if clip_dir.is_dir() else []}
+
+
+def assert_accounted_for(curated: dict, kept: set[str]) -> None:
+    """Every file kept or quarantined; the kept ones (by name) have clips; no clip file outside the clips table,
+    no partial folder left."""
+    tables = curated["tables"]
+    assert set(tables["probe"]["name"]) == kept
+    assert len(tables["probe"]) + len(tables["quarantine"]) == len(tables["raw"])
+    assert {curated["names"][sha] for sha in tables["clips"]["source_sha256"]} == kept
+    assert curated["clip_files"] == sorted(Path(path).name for path in tables["clips"]["path"])
+
+
+@pytest.fixture(scope="module")
+def good_videos(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("good")
+    return [lavfi(folder / "good_a.mp4", "testsrc2=size=160x120:rate=10:duration=2"),
+            lavfi(folder / "good_b.mp4", "testsrc2=size=320x240:rate=25:duration=2")]
+
+
+def test_files_beyond_a_limit_are_quarantined_from_their_header_with_the_limit_named(good_videos, tmp_path):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    huge = lavfi(folder / "huge.mp4", "color=c=blue:size=12000x12000:rate=1:duration=1", "-crf", "51")
+    one_second = lavfi(folder / "one_second.mkv", "testsrc2=size=160x120:rate=25:duration=1")
+    hours = declaring(one_second, 2 * 3600, folder / "declares_2h.mkv")
+    too_long = declaring(one_second, 20 * 3600, folder / "declares_20h.mkv")
+    fast = lavfi(folder / "fast.mp4", "testsrc2=size=64x64:rate=2000:duration=1")
+    streams = many_streams(one_second, 70, folder / "streams.mkv")
+    one_second.unlink()
+    assert 100_000 < huge.stat().st_size < 1_000_000  # a few hundred kB that decode to 216 MB a frame
+    curated = curate(tmp_path / "home", [*good_videos, folder])
+    print(f"\nheader limits: {len(curated['tables']['raw'])} files in {curated['seconds']:.1f} s, a worker added at "
+          f"most {curated['metadata']['probed_videos']['worker_peak_added_mb'].value} MB")
+    assert curated["reasons"] == {
+        "huge.mp4": "frame too large: 12000x12000 = 144,000,000 pixels, over max_frame_pixels = 35,389,440",
+        "declares_20h.mkv": "too long: the header declares 72,000 s, over max_duration_seconds = 43,200",
+        "declares_2h.mkv": "inconsistent header: it declares 7,200.00 s of video, 1.00 s decode",
+        "fast.mp4": "frame rate too high: the header declares 2,000.0 fps, over max_frame_rate = 1,000",
+        "streams.mkv": "too many streams: 70, over max_streams = 64",
+    }
+    assert_accounted_for(curated, {"good_a.mp4", "good_b.mp4"})
+    # the figure docs/guides/curation-limits.md states: the 12000x12000 header alone decodes a 216 MB frame
+    assert curated["metadata"]["probed_videos"]["worker_peak_added_mb"].value < 512
+
+
+def test_limits_are_settings_that_admit_what_they_name(good_videos, tmp_path):
+    one_second = lavfi(tmp_path / "one_second.mkv", "testsrc2=size=160x120:rate=25:duration=1")
+    streams = many_streams(one_second, 70, tmp_path / "streams.mkv")
+    curated = curate(tmp_path / "home", [good_videos[1], streams], max_streams=70, max_frame_pixels=320 * 240 - 1)
+    assert curated["reasons"] == {
+        "good_b.mp4": "frame too large: 320x240 = 76,800 pixels, over max_frame_pixels = 76,799"}
+    assert_accounted_for(curated, {"streams.mkv"})
+
+
+def test_a_decode_past_its_time_or_memory_limit_is_quarantined_its_worker_replaced_and_the_batch_goes_on(
+        good_videos, tmp_path):
+    """Limits low enough for ordinary files to break them: 3 s plus 0.01 s per second of video (the good files take
+    a fraction of a second, 90 s of 640x360 several seconds), and 160 MB (the good files' workers add about 60 MB
+    of address space, an 8K frame's several hundred)."""
+    folder = tmp_path / "heavy"
+    folder.mkdir()
+    lavfi(folder / "long.mp4", "testsrc2=size=640x360:rate=25:duration=90")
+    lavfi(folder / "eight_k.mp4", "color=c=green:size=7680x4320:rate=2:duration=1", "-crf", "51")
+    before = {process.pid for process in psutil.Process().children(recursive=True)}
+    curated = curate(tmp_path / "home", [*good_videos, folder], timeout_floor_seconds=3.0,
+                     timeout_per_video_second=0.01, worker_memory_mb=160, workers=2)
+    print(f"\ntime and memory limits: {len(curated['tables']['raw'])} files in {curated['seconds']:.1f} s")
+    assert curated["reasons"] == {"long.mp4": "timed out after 3.9 s", "eight_k.mp4": "over the memory limit of 160 MB"}
+    assert_accounted_for(curated, {"good_a.mp4", "good_b.mp4"})  # the killed workers' partial clips are gone
+    assert {process.pid for process in psutil.Process().children(recursive=True)} <= before  # no worker left
+    assert curated["metadata"]["video_clips"]["stale_partials_removed"].value >= 1

