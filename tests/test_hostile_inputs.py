@@ -422,18 +422,22 @@ def test_limits_are_settings_that_admit_what_they_name(good_videos, tmp_path):
 
 def test_a_decode_past_its_time_or_memory_limit_is_quarantined_its_worker_replaced_and_the_batch_goes_on(
         good_videos, tmp_path):
-    """Limits low enough for ordinary files to break them: 3 s plus 0.01 s per second of video (the good files take
-    a fraction of a second, 90 s of 640x360 several seconds), and 160 MB (the good files' workers add about 60 MB
-    of address space, an 8K frame's several hundred)."""
+    """Limits low enough for ordinary files to break them, one limit per batch (a file that breaks both may meet
+    either first): 1.5 s plus 0.01 s per second of video (the good files take a fraction of a second, 90 s of
+    640x360 about 3 s), then 160 MB (the good files' workers add about 60 MB of address space, an 8K
+    frame's several hundred)."""
     folder = tmp_path / "heavy"
     folder.mkdir()
     lavfi(folder / "long.mp4", "testsrc2=size=640x360:rate=25:duration=90")
     lavfi(folder / "eight_k.mp4", "color=c=green:size=7680x4320:rate=2:duration=1", "-crf", "51")
     before = {process.pid for process in psutil.Process().children(recursive=True)}
-    curated = curate(tmp_path / "home", [*good_videos, folder], timeout_floor_seconds=3.0,
-                     timeout_per_video_second=0.01, worker_memory_mb=160, workers=2)
-    print(f"\ntime and memory limits: {len(curated['tables']['raw'])} files in {curated['seconds']:.1f} s")
-    assert curated["reasons"] == {"long.mp4": "timed out after 3.9 s", "eight_k.mp4": "over the memory limit of 160 MB"}
-    assert_accounted_for(curated, {"good_a.mp4", "good_b.mp4"})  # the killed workers' partial clips are gone
+    timed = curate(tmp_path / "timed", [good_videos[0], folder / "long.mp4"], timeout_floor_seconds=1.5,
+                   timeout_per_video_second=0.01, workers=2)
+    capped = curate(tmp_path / "capped", [good_videos[1], folder / "eight_k.mp4"], worker_memory_mb=160, workers=2)
+    print(f"\ntime limit: {timed['seconds']:.1f} s, memory limit: {capped['seconds']:.1f} s")
+    assert timed["reasons"] == {"long.mp4": "timed out after 2.4 s"}
+    assert capped["reasons"] == {"eight_k.mp4": "over the memory limit of 160 MB"}
+    for curated, kept in ((timed, good_videos[0].name), (capped, good_videos[1].name)):
+        assert_accounted_for(curated, {kept})  # the killed workers' partial clips are gone
     assert {process.pid for process in psutil.Process().children(recursive=True)} <= before  # no worker left
-    assert curated["metadata"]["video_clips"]["stale_partials_removed"].value >= 1
+    assert timed["metadata"]["video_clips"]["stale_partials_removed"].value >= 1
