@@ -46,7 +46,7 @@ MOTION_STAGE ?= base
 MOTION_SECONDS ?= 3600
 MOTION_SET ?=
 motion: $(STAMP)
-	nice -n 19 $(PY) -m lavie_model.tiny_lavie continue --stage $(MOTION_STAGE) --max-seconds $(MOTION_SECONDS) \
+	nice -n 19 $(PY) -m lavie_model.tiny.tiny_lavie continue --stage $(MOTION_STAGE) --max-seconds $(MOTION_SECONDS) \
 		$(if $(MOTION_SET),--set $(MOTION_SET))
 
 # The documentation site into site/ (git ignores it), every warning an error (mkdocs.yml: strict); the CLI, settings,

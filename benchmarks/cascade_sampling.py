@@ -46,10 +46,10 @@ def random_cascade(preset: dict, device, dtype):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from lavie_model.config import load_preset
+    from lavie_model.finetune.plan import build_unet, frozen_configs
     from lavie_model.model_folder import generation_settings
     from lavie_model.pipelines.cascade import STAGE_PIPELINES, LaVieCascadePipeline
-    from lavie_model.plan import build_unet, frozen_configs
-    from lavie_model.stand_ins import shipped
+    from lavie_model.tiny.stand_ins import shipped
 
     tokenizer = CLIPTokenizer.from_pretrained(shipped("tiny")["sd"] / "tokenizer")
     x4 = load_preset("tiny")["model"]["vsr"]  # the x4 upscaler's schedulers, as the tiny preset records them

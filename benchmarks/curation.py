@@ -308,8 +308,8 @@ def ray_against_pool(args, paths: list[Path], work: Path, config: ClipConfig, me
     """probe_and_cut as the asset runs it (pipelines.curation._probe_and_cut) over all files: Ray tasks on a local
     cluster of `--workers` CPUs (already up) against `--workers` forked processes, in turn `--repeat` times; the
     same rows either way. The cluster's start-up time, the peak memory of its processes, and tasks retried."""
+    from lavie_model.cluster.ray_cluster import LocalCluster, connected, map_tasks, tasks_retried
     from lavie_model.curation.probe import sha256_of
-    from lavie_model.ray_cluster import LocalCluster, connected, map_tasks, tasks_retried
     from pipelines.curation import _probe_and_cut
 
     jobs = [(path, sha256_of(path), work / "ray_bench", config, measure, None) for path in paths]

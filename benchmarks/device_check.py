@@ -237,7 +237,7 @@ def correctness(args, deadline: float) -> dict:
     import torch
 
     from lavie_model.config import load_preset
-    from lavie_model.plan import stage_inputs
+    from lavie_model.finetune.plan import stage_inputs
 
     need_cuda(args.smoke)
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -321,11 +321,11 @@ def learning(args, deadline: float) -> dict:
     into OUT/lavie, with the card recording the stretch either way. What to bring back: OUT/lavie."""
     import shutil
 
-    from lavie_model.tiny_lavie import lavie_root
+    from lavie_model.tiny.tiny_lavie import lavie_root
 
     shipped = Path(args.out) / "lavie"
-    command = [sys.executable, "-m", "lavie_model.tiny_lavie", "continue", "--stage", "base", "--shipped", str(shipped),
-               *MOTION_OPTIONS]
+    command = [sys.executable, "-m", "lavie_model.tiny.tiny_lavie", "continue", "--stage", "base",
+               "--shipped", str(shipped), *MOTION_OPTIONS]
     if args.smoke:
         return {"status": "skipped", "notes": [SMOKE_LEARNING], "figures": {"command": shlex.join(command)}}
     need_cuda(args.smoke)
@@ -421,7 +421,7 @@ def paper_md(figures: dict) -> list[str]:
 
 
 def learning_md(figures: dict) -> list[str]:
-    from lavie_model.tiny_lavie import rate
+    from lavie_model.tiny.tiny_lavie import rate
 
     lines = ["```bash", figures["command"], "```"]
     if "curve" in figures:

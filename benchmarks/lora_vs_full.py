@@ -4,7 +4,7 @@
         [--warmup 1] [--threads 2] [--device cpu|cuda] [--videos SHARDS --images SHARDS] [--model FOLDER]
         [--batch-size N] [--json out.json]
 
-A second DeepSpeed engine trains a rank --rank LoRA adapter (lavie_model/lora.py, the attention projections) of
+A second DeepSpeed engine trains a rank --rank LoRA adapter (lavie_model/finetune/lora.py, the attention projections) of
 another copy of the UNet, --steps steps alternating (AB BA ...) with the full engine on the same batch, after --warmup
 untimed steps of each: per engine the trainable weights, the optimizer-state bytes (AdamW's moments and ZeRO's fp32
 master partitions, summed from the engine), s/step and the resident-set rise within a step, beside `lavie plan`'s
@@ -29,8 +29,8 @@ def optimizer_state_bytes(engine) -> int:
 
 
 def measure(run) -> dict:
-    from lavie_model.lora import add_lora
-    from lavie_model.plan import plan
+    from lavie_model.finetune.lora import add_lora
+    from lavie_model.finetune.plan import plan
     from lavie_model.training.stages import load_unet
     from lavie_model.training.trainer import TrainSettings
 

@@ -5,11 +5,11 @@ change to the recipe, scored by the diffusion classifier on the 96 held-out clip
     python benchmarks/motion_levers.py --runs runs/levers [--steps 500] [--parallel 2] [--levers a,b] [--device cpu]
     python benchmarks/motion_levers.py --runs runs/levers --report      # the table of what has run so far
 
-Each lever runs `python -m lavie_model.tiny_lavie train` in a run folder of its own under --runs, so a rerun resumes
-every lever where it stopped (a session's end, a kill) and skips the finished ones. `--parallel N` runs N levers at
-once with the CPU's threads shared out (on a 2-core CPU two one-thread runs keep both cores busy). RUNS/levers.md
-and levers.json hold the curves: classifier direction against clips seen, the start (the shipped weights) first;
-`--card` also writes them into the shipped tiny LaVie's MODEL_CARD.md (Levers) and card.json.
+Each lever runs `python -m lavie_model.tiny.tiny_lavie train` in a run folder of its own under --runs, so a rerun
+resumes every lever where it stopped (a session's end, a kill) and skips the finished ones. `--parallel N` runs N
+levers at once with the CPU's threads shared out (on a 2-core CPU two one-thread runs keep both cores busy).
+RUNS/levers.md and levers.json hold the curves: classifier direction against clips seen, the start (the shipped
+weights) first; `--card` also writes them into the shipped tiny LaVie's MODEL_CARD.md (Levers) and card.json.
 """
 
 import argparse
@@ -34,7 +34,7 @@ LEVERS = {  # name -> MotionRecipe fields over COMMON; what each asks
 
 
 def report(runs: Path, levers: dict) -> str:
-    from lavie_model.tiny_lavie import rate
+    from lavie_model.tiny.tiny_lavie import rate
 
     results, lines = {}, ["# Levers of the base stage, per clip seen", "",
                           f"From the shipped base UNet ({(runs / 'start.json').read_text().strip()}); classifier "
@@ -78,7 +78,7 @@ def main() -> None:
     if not args.report:
         runs.mkdir(parents=True, exist_ok=True)
         if not (start / "model_index.json").is_file():
-            from lavie_model.tiny_lavie import cascade_of, lavie_root, weights_identity
+            from lavie_model.tiny.tiny_lavie import cascade_of, lavie_root, weights_identity
 
             cascade_of(lavie_root(), start)
             (runs / "start.json").write_text(json.dumps({"base": weights_identity(start / "unet_base")}) + "\n")
@@ -93,7 +93,7 @@ def main() -> None:
                 name = waiting.pop(0)
                 fields = COMMON | levers[name] | {"eval_every": args.eval_every,
                                                   "init_unet": str(start / "unet_base")}
-                command = [sys.executable, "-m", "lavie_model.tiny_lavie", "train", "--stage", "base", "--run",
+                command = [sys.executable, "-m", "lavie_model.tiny.tiny_lavie", "train", "--stage", "base", "--run",
                            str(runs / name), "--model", str(start), "--device", args.device, "--steps", str(args.steps),
                            "--held-out-clips", str(args.held_out_clips), "--sample-every", str(args.steps),
                            "--sampling-steps", str(args.sampling_steps),
@@ -120,7 +120,7 @@ def main() -> None:
 def write_card(runs: Path, text: str) -> None:
     """The levers' table as the card's Levers section (between LEVERS_BEGIN and LEVERS_END), their curves (without
     each clip's scores) in card.json under "levers"."""
-    from lavie_model.tiny_lavie import CARD, lavie_root
+    from lavie_model.tiny.tiny_lavie import CARD, lavie_root
 
     root = lavie_root()
     card = json.loads((root / CARD).read_text())

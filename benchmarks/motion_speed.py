@@ -4,7 +4,7 @@ clips/s each beside eager fp32, measured in one process on one device.
     python benchmarks/motion_speed.py [--stage base|interpolation] [--batch-size 32] [--steps N] [--rounds 3]
         [--warmup 2] [--device cpu|cuda] [--threads N] [--variants NAME ...] [--model CASCADE] [--json PATH] [--smoke]
 
-Each variant trains its own copy of the shipped tiny LaVie's UNet (`python -m lavie_model.tiny_lavie cascade`,
+Each variant trains its own copy of the shipped tiny LaVie's UNet (`python -m lavie_model.tiny.tiny_lavie cascade`,
 or --model) with the step train_motion takes: render a batch on the device, the stage's loss (VAE encoding,
 caption embeddings, the UNet), backward, clipped AdamW step, EMA. Every variant first takes `--warmup` steps
 (the first holds torch.compile's compilation: reported apart, with inductor's on-disk cache as found), then the
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="batch 2, 2 steps, no inductor: the code runs")
     args = parser.parse_args(argv)
 
-    from lavie_model.stand_ins import shipped_cascade
+    from lavie_model.tiny.stand_ins import shipped_cascade
     from lavie_model.training.motion import MotionRecipe
     from lavie_model.training.stages import load_parts, load_unet
     from lavie_model.training.trainer import preset_with_overrides

@@ -2,7 +2,7 @@
 
     python benchmarks/motion_sweep.py --out DIR [--seconds 300] [--device cuda] [--smoke]
 
-Each recipe runs `python -m lavie_model.tiny_lavie train` in its own process (the tiny UNets leave a GPU mostly
+Each recipe runs `python -m lavie_model.tiny.tiny_lavie train` in its own process (the tiny UNets leave a GPU mostly
 idle between kernel launches, so several processes share it better than one), stops after `--seconds` of
 training, and is scored as tiny_lavie scores it (held-out combinations, 96 clips and prompts, 95% intervals).
 DIR gets `sweep.md` (the curves as tables), `sweep.json`, `logs.tar.gz` (every run's logs, curves and recipe)
@@ -82,7 +82,7 @@ def main() -> None:
     device = "cpu" if args.smoke else args.device
     started, procs = time.time(), {}
     for name, (stage, fields) in recipes.items():
-        command = [sys.executable, "-m", "lavie_model.tiny_lavie", "train", "--stage", stage, "--run",
+        command = [sys.executable, "-m", "lavie_model.tiny.tiny_lavie", "train", "--stage", stage, "--run",
                    str(runs / name), "--device", device, "--max-seconds", str(args.seconds),
                    "--set", *[f"{k}={json.dumps(v)}" for k, v in fields.items()]]
         command += ["--held-out-clips", "2" if args.smoke else "96", "--sample-every", "2" if args.smoke else "100000"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import in_own_process, make_optimizer, peak_rss_bytes, quiet_deepspeed
 
-from lavie_model.plan import SD_TEXT, SD_VAE, build_unet, stage_inputs
+from lavie_model.finetune.plan import SD_TEXT, SD_VAE, build_unet, stage_inputs
 
 # Dense bf16 tensor-core peak (FLOP/s) by a part of the card's name, the first that matches; other cards: unknown
 DENSE_BF16_PEAK = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 SXM", 989e12), ("H100 80GB HBM3", 989e12),

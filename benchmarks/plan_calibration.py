@@ -86,7 +86,7 @@ def measure(case: str, root: Path, made: dict, steps: int) -> dict:
 
 def planned(preset: str, rank: int, checkpointing: bool, device: str = "cpu", stage: str = "base",
             batch_size: int | None = None, latents: bool = False):
-    from lavie_model.plan import plan
+    from lavie_model.finetune.plan import plan
     from lavie_model.training.trainer import TrainSettings
 
     settings = TrainSettings(stage=stage, model="", videos="", output="", preset=preset, lora_rank=rank,
@@ -97,7 +97,7 @@ def planned(preset: str, rank: int, checkpointing: bool, device: str = "cpu", st
 
 def exact_factor(result, measured: float) -> float:
     """The activation factor that would make the plan equal `measured` (the rest held as predicted)."""
-    from lavie_model.plan import ACTIVATION_FACTOR, PASSES
+    from lavie_model.finetune.plan import ACTIVATION_FACTOR, PASSES
 
     held = sum(value for name, value in result.device.items() if name not in PASSES)
     settings = result.settings
@@ -117,7 +117,7 @@ def main():
     if unknown:
         parser.error(f"unknown cases {', '.join(unknown)}; choose from {', '.join(CASES)}")
 
-    from lavie_model.plan import GiB, RUNTIME_CPU
+    from lavie_model.finetune.plan import GiB, RUNTIME_CPU
 
     results = {"runtime_bytes": runtime_bytes(), "cases": {}, "paper": {}, "gpu_measured": []}
     print(f"1. runtime: a process with the trainer's imports and a gloo group peaks at "

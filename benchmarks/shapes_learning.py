@@ -55,7 +55,7 @@ def main() -> None:
     from lavie_model.evaluation.stats import Rate
     from lavie_model.model_folder import assemble
     from lavie_model.pipelines import LaVieBasePipeline
-    from lavie_model.stand_ins import shipped
+    from lavie_model.tiny.stand_ins import shipped
     from lavie_model.training.curve import CurveData, base_curve
     from lavie_model.training.data import expand_shards
     from lavie_model.training.stages import load_parts, load_unet

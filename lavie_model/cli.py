@@ -120,7 +120,7 @@ def add_merge_lora(commands) -> None:
 
 
 def merge_lora(args):
-    from .lora import merge_into_folder
+    from .finetune.lora import merge_into_folder
 
     print(f"wrote a model folder with the adapters fused to {merge_into_folder(args.model, args.lora, args.output)}")
 
@@ -192,7 +192,7 @@ def add_plan(commands) -> None:
 
 
 def plan(args):
-    from .plan import card_bytes, plan, render
+    from .finetune.plan import card_bytes, plan, render
     from .training.trainer import TrainSettings, parse_set
 
     batch = {"batch_size": args.batch_size} if args.batch_size else {}

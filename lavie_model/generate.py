@@ -30,7 +30,7 @@ def generate(model, prompt, output, stages="base,interpolation,vsr", negative_pr
         raise ValueError("fp16 is not supported on the CPU; use fp32 or bf16")
     if stages[0] != "base" and video is None:
         raise ValueError(f"a cascade starting at {stages[0]} needs an input video (--video)")
-    from .lora import parse_spec, read_adapter
+    from .finetune.lora import parse_spec, read_adapter
 
     adapters = [parse_spec(spec) for spec in lora]
     for path, _ in adapters:

@@ -4,7 +4,7 @@ model the base stage starts from (pipelines/pretraining.py: t2i_model) and of th
     temporal_module_ablation  rotary / no / sinusoidal / learned temporal positions, same start, data and seeds
     joint_training_ablation   joint image-video against video-only fine-tuning, concepts kept out of the videos
 
-Each trains every variant with every seed in this process (lavie_model/ablations.py), writes a markdown report
+Each trains every variant with every seed in this process (lavie_model/tiny/ablations.py), writes a markdown report
 under LAVIE_HOME/ablations/<finding>/<run id>/ and records the table (mean and spread per variant), the curves
 and sample grids. `AblationSettings` (resource `ablations`) sets the budget: the default is the CPU one of
 `make ablations`; on a GPU, `device: cuda` and more steps.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from lavie_model.ablations import FINDINGS, AblationBudget, markdown_table, run_ablation
 from lavie_model.curation import store
+from lavie_model.tiny.ablations import FINDINGS, AblationBudget, markdown_table, run_ablation
 
 from .curation import image_shards, video_shards
 from .metadata import picture
@@ -28,8 +28,8 @@ ABLATIONS = {"group_name": "ablations", "pool": "gpu", "kinds": {"pytorch"}}
 
 
 class AblationSettings(dg.ConfigurableResource):
-    """The budget of each ablation run (lavie_model.ablations.AblationBudget, whose defaults these are) and where to
-    find the data."""
+    """The budget of each ablation run (lavie_model.tiny.ablations.AblationBudget, whose defaults these are) and
+    where to find the data."""
 
     preset: str = "tiny"
     lavie_home: str | None = None

@@ -301,7 +301,7 @@ def per_file(context, settings: CurationSettings, function, jobs: list) -> list[
 def in_workers(context, settings: CurationSettings, function, jobs: list) -> list:
     """[function(job) for job in jobs] as Ray tasks on the cluster at `settings.ray_address` (retried when a worker
     dies), in the jobs' order."""
-    from lavie_model.ray_cluster import check_shared_storage, connected, map_tasks, tasks_retried
+    from lavie_model.cluster.ray_cluster import check_shared_storage, connected, map_tasks, tasks_retried
 
     with connected(settings.ray_address) as ray:
         nodes = check_shared_storage(ray, settings.home())

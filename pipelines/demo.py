@@ -20,7 +20,7 @@ from lavie_model.curation.demo_corpus import build_demo_corpus
 from lavie_model.curation.probe import sha256_of
 from lavie_model.generate import generate
 from lavie_model.report import funnel, funnel_line, summary_rows, table, write_report
-from lavie_model.stand_ins import SHIPPED
+from lavie_model.tiny.stand_ins import SHIPPED
 
 from .console import Console, training_progress
 from .curation import IMAGE_ASSETS, VIDEO_ASSETS, CurationSettings, image_batches, video_batches

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from lavie_model import stand_ins
 from lavie_model.config import load_preset
 from lavie_model.curation import store
 from lavie_model.evaluation.stand_ins import score_stand_ins
 from lavie_model.report import decibels, funnel, percent, table
+from lavie_model.tiny import stand_ins
 from lavie_model.training.report import current_shards
 
 from .console import Console, training_progress

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from lavie_model.stand_ins import FOLDERS
+from lavie_model.tiny.stand_ins import FOLDERS
 
 from . import automation
 from .curation import image_shards, video_shards

@@ -6,7 +6,7 @@ The training assets launch it in one of two ways (TrainingSettings.launcher):
   ranks just train.
 - `ray`: as the entrypoint of a Ray job (`python pipelines/train_pipes.py --ray-workers N train ...`). This
   process, the job's driver, opens the channel and runs the ranks as Ray Train workers
-  (lavie_model.training.ray_train); rank 0's metrics reach it through a Ray queue, so the Pipes messages on the
+  (lavie_model.cluster.ray_train); rank 0's metrics reach it through a Ray queue, so the Pipes messages on the
   job's log come from the driver alone and the workers' output cannot corrupt them.
 Outside Dagster the channel is a no-op, so this runs as `lavie train` does.
 """
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         if known.ray_workers:
             import ray
 
-            from lavie_model.training.ray_train import fit
+            from lavie_model.cluster.ray_train import fit
 
             ray.init(log_to_driver=True)  # inside a Ray job: the job's cluster
             exported = fit(settings, known.ray_workers, report=report, log=pipes.log.info, probe=probe)

@@ -91,7 +91,7 @@ class TrainingSettings(dg.ConfigurableResource):
     overrides: list[str] = []  # `--set NAME=VALUE` entries for every cascade stage
     gradient_checkpointing: bool = False
     # LoRA: a rank per stage trains an adapter of that stage instead of its weights (`lavie train --lora`); and
-    # the layers it adapts (lavie_model.lora.TARGETS, or a regex)
+    # the layers it adapts (lavie_model.finetune.lora.TARGETS, or a regex)
     lora_rank: dict[str, int] = {}
     lora_targets: str = "attention"
     zero_stage: int = 2  # DeepSpeed ZeRO stage, 2 or 3
@@ -130,7 +130,7 @@ class TrainingSettings(dg.ConfigurableResource):
                 raise dg.Failure("set both TrainingSettings.sd and TrainingSettings.upscaler, or neither",
                                  allow_retries=False)
             return {"sd": Path(self.sd), "upscaler": Path(self.upscaler)}
-        from lavie_model.stand_ins import shipped
+        from lavie_model.tiny.stand_ins import shipped
 
         try:
             return shipped(self.preset)
@@ -145,7 +145,7 @@ class TrainingSettings(dg.ConfigurableResource):
         inflated) with `inflate`, `pretrain`, or `sd`/`upscaler` given."""
         if self.inflate or self.pretrain or self.sd or self.upscaler:
             return {}
-        from lavie_model.stand_ins import shipped_lavie
+        from lavie_model.tiny.stand_ins import shipped_lavie
 
         try:
             return shipped_lavie(self.preset)
@@ -159,7 +159,7 @@ def run_on_ray(context, settings: TrainingSettings, arguments: list[str]) -> dg.
     if not settings.ray_address:
         raise dg.Failure("launcher='ray' needs TrainingSettings.ray_address: the cluster's dashboard, http://HOST:8265",
                          allow_retries=False)
-    from lavie_model.ray_cluster import become_client_of
+    from lavie_model.cluster.ray_cluster import become_client_of
 
     become_client_of(settings.ray_address)
     from dagster_ray import PipesRayJobClient
@@ -309,7 +309,7 @@ def check_plan(context, settings: TrainingSettings, run: TrainSettings) -> int |
     stage = run.stage
     if stage not in ("base", "interpolation", "vsr"):
         return None
-    from lavie_model.plan import plan, render
+    from lavie_model.finetune.plan import plan, render
 
     # a Ray job's ranks run on the cluster's GPUs, whatever this machine has
     cuda = torch.cuda.is_available() or settings.launcher == "ray"

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from lavie_model.ablations import (
+from lavie_model.tiny.ablations import (
     FINDINGS,
     HELD_OUT_CONCEPTS,
     AblationBudget,

@@ -84,7 +84,7 @@ def test_the_generated_reference_pages_come_from_the_code(site):
     api = (out / "reference" / "api.html").read_text()
     assert "UNet3DConditionModel" in api and "LaVieCascadePipeline" in api and "from_pretrained_2d" in api
     # the tiny LaVie's status there is the card's, as the README's is (tests/test_motion_run.py)
-    from lavie_model.tiny_lavie import lavie_root, status
+    from lavie_model.tiny.tiny_lavie import lavie_root, status
 
     card = json.loads((lavie_root() / "card.json").read_text())
     tiny_world = " ".join(html.unescape(re.sub(r"<[^>]+>", "", (out / "guides" / "tiny-world.html").read_text())).split())

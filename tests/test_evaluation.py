@@ -158,7 +158,7 @@ def test_the_interpolation_probe_sets_each_clip_beside_the_latent_blend(tiny_fol
     """The motion training's probe (tiny_lavie.interpolation_probe): the mean PSNRs, each clip's, and the clips it
     is ahead of the latent blend on, with the mean difference and its interval; a row that curve.jsonl can hold."""
     from lavie_model.models.unet_3d import UNet3DConditionModel
-    from lavie_model.tiny_lavie import interpolation_probe
+    from lavie_model.tiny.tiny_lavie import interpolation_probe
     from lavie_model.training.trainer import preset_with_overrides
 
     probe = interpolation_probe(tiny_folder, preset_with_overrides("tiny", {}), torch.device("cpu"),

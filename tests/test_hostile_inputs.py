@@ -424,19 +424,20 @@ def test_a_decode_past_its_time_or_memory_limit_is_quarantined_its_worker_replac
         good_videos, tmp_path):
     """Limits low enough for ordinary files to break them, one limit per batch (a file that breaks both may meet
     either first): 1.5 s plus 0.01 s per second of video (the good files take a fraction of a second, 90 s of
-    640x360 about 3 s), then 160 MB (the good files' workers add about 60 MB of address space, an 8K
-    frame's several hundred)."""
+    640x360 about 3 s), then 160 MB with the frame-size limit lifted, against a 12000x12000 frame (one decoded
+    frame alone needs 216 MB; an 8K file's peak sat near the ceiling and was sometimes kept)."""
     folder = tmp_path / "heavy"
     folder.mkdir()
     lavfi(folder / "long.mp4", "testsrc2=size=640x360:rate=25:duration=90")
-    lavfi(folder / "eight_k.mp4", "color=c=green:size=7680x4320:rate=2:duration=1", "-crf", "51")
+    huge = lavfi(folder / "huge.mp4", "color=c=green:size=12000x12000:rate=1:duration=1", "-crf", "51")
     before = {process.pid for process in psutil.Process().children(recursive=True)}
     timed = curate(tmp_path / "timed", [good_videos[0], folder / "long.mp4"], timeout_floor_seconds=1.5,
                    timeout_per_video_second=0.01, workers=2)
-    capped = curate(tmp_path / "capped", [good_videos[1], folder / "eight_k.mp4"], worker_memory_mb=160, workers=2)
+    capped = curate(tmp_path / "capped", [good_videos[1], huge], max_frame_pixels=10**9, worker_memory_mb=160,
+                    workers=2)
     print(f"\ntime limit: {timed['seconds']:.1f} s, memory limit: {capped['seconds']:.1f} s")
     assert timed["reasons"] == {"long.mp4": "timed out after 2.4 s"}
-    assert capped["reasons"] == {"eight_k.mp4": "over the memory limit of 160 MB"}
+    assert capped["reasons"] == {"huge.mp4": "over the memory limit of 160 MB"}
     for curated, kept in ((timed, good_videos[0].name), (capped, good_videos[1].name)):
         assert_accounted_for(curated, {kept})  # the killed workers' partial clips are gone
     assert {process.pid for process in psutil.Process().children(recursive=True)} <= before  # no worker left

@@ -135,3 +135,14 @@ def test_no_module_is_over_600_lines():
     paths = sorted(ROOT.glob("*.py")) + [path for folder in SOURCES for path in sorted((ROOT / folder).rglob("*.py"))]
     long = {str(path.relative_to(ROOT)): n for path in paths if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_package_docstring_maps_every_folder_and_module_of_lavie_model():
+    """lavie_model/__init__.py's docstring is the package's map: one indented line for each folder and each module
+    at the top of lavie_model/, and none for what is not there."""
+    package = ROOT / "lavie_model"
+    doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+    mapped = [line.split()[0] for line in doc.splitlines() if line.startswith("    ") and line.strip()]
+    present = {f"{path.name}/" for path in package.iterdir() if path.is_dir() and not path.name.startswith(("_", "."))}
+    present |= {path.name for path in package.glob("*.py") if path.name != "__init__.py"}
+    assert sorted(mapped) == sorted(present)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from lavie_model import lora
+from lavie_model.finetune import lora
 from lavie_model.model_folder import UNET
 from lavie_model.pipelines.base import LaVieBasePipeline
 from lavie_model.training.stages import load_unet

@@ -15,7 +15,7 @@ from lavie_model.curation.demo_corpus import DIRECTIONS, render
 from lavie_model.evaluation.direction_score import direction_captions, direction_scores
 from lavie_model.pipelines.interpolation import blend_keyframes, conditioning_latents, interpolation_condition
 from lavie_model.text import encode_prompts
-from lavie_model.tiny_lavie import held_out_clips, held_out_scenes
+from lavie_model.tiny.tiny_lavie import held_out_clips, held_out_scenes
 from lavie_model.training.scenes import HELD_OUT, ClipMotion, random_scenes, render_clips
 from lavie_model.training.stages import (embed, interpolation_from_base, load_components, load_parts,
                                          sample_generators, training_loss)
@@ -257,8 +257,8 @@ def test_tiny_lavie_cascade_score_and_ship(tmp_path):
     """The shipped tiny LaVie as a cascade folder, scored on held-out clips, shipped again elsewhere unchanged."""
     from safetensors.torch import load_file
 
-    from lavie_model.stand_ins import shipped_lavie
-    from lavie_model.tiny_lavie import main, ship
+    from lavie_model.tiny.stand_ins import shipped_lavie
+    from lavie_model.tiny.tiny_lavie import main, ship
 
     main(["cascade", str(tmp_path / "cascade")])
     main(["score", "--model", str(tmp_path / "cascade"), "--device", "cpu", "--held-out-clips", "4",
@@ -284,7 +284,7 @@ def test_tiny_lavie_cascade_score_and_ship(tmp_path):
 def test_the_shipped_tiny_lavie_loads_with_the_preset_shapes():
     from lavie_model.config import load_preset
     from lavie_model.models.unet_3d import UNet3DConditionModel
-    from lavie_model.stand_ins import shipped_lavie
+    from lavie_model.tiny.stand_ins import shipped_lavie
 
     folders = shipped_lavie()
     model = load_preset("tiny")["model"]["unet_2d"]

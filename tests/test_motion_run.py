@@ -5,7 +5,7 @@ import json
 import shutil
 
 from lavie_model.evaluation.stats import Rate
-from lavie_model.tiny_lavie import CARD_BEGIN, lavie_root, main, moved_up, weights_identity
+from lavie_model.tiny.tiny_lavie import CARD_BEGIN, lavie_root, main, moved_up, weights_identity
 
 
 def test_the_base_ships_only_when_the_classifier_or_the_sampled_direction_moved_up():
@@ -57,7 +57,7 @@ def test_a_stretch_resumes_its_run_and_is_recorded_in_the_card(tmp_path):
 def test_the_readme_status_is_the_cards():
     from pathlib import Path
 
-    from lavie_model.tiny_lavie import status
+    from lavie_model.tiny.tiny_lavie import status
 
     card = json.loads((lavie_root() / "card.json").read_text())
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -6,8 +6,8 @@ import json
 import torch
 
 from lavie_model.cli import main
-from lavie_model.lora import add_lora
-from lavie_model.plan import GiB, build_unet, plan, saved_bytes, stage_inputs
+from lavie_model.finetune.lora import add_lora
+from lavie_model.finetune.plan import GiB, build_unet, plan, saved_bytes, stage_inputs
 from lavie_model.training.stages import load_unet
 from lavie_model.training.trainer import TrainSettings, preset_with_overrides
 

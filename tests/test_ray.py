@@ -24,10 +24,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lavie_model.cluster.ray_cluster import LocalCluster
 from lavie_model.curation import store
 from lavie_model.curation.demo_corpus import build_demo_corpus
 from lavie_model.curation.shards import write_image_shards
-from lavie_model.ray_cluster import LocalCluster
 from pipelines.curation import VIDEO_ASSETS, CurationSettings
 from pipelines.training import TrainingSettings, base_model
 from tests.test_training import clean_env
@@ -139,7 +139,7 @@ def test_a_lavie_home_that_the_nodes_cannot_see_is_refused_by_name(ray_cluster, 
     """A driver whose LAVIE_HOME is a tmpfs mounted in its own mount namespace: the nodes cannot see it."""
     private = tmp_path / "private"
     private.mkdir()
-    script = ("from pathlib import Path\nfrom lavie_model.ray_cluster import check_shared_storage, connected\n"
+    script = ("from pathlib import Path\nfrom lavie_model.cluster.ray_cluster import check_shared_storage, connected\n"
               f"with connected({ray_cluster.address!r}) as ray:\n"
               f"    print(check_shared_storage(ray, Path({str(private)!r})))\n")
     command = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1" && exec "$2" -c "$3"', "sh", str(private),

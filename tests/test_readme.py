@@ -53,14 +53,15 @@ RUN_BY = {
     "python benchmarks/shapes_learning.py": "tests/test_benchmarks.py::test_shapes_learning_curve_runs_at_its_smallest_size",
     "python benchmarks/motion_sweep.py":
         "tests/test_benchmarks.py::test_motion_sweep_smoke_scores_both_stages_and_ships_the_best",
-    "python -m lavie_model.tiny_lavie": "tests/test_motion.py::test_tiny_lavie_cascade_score_and_ship",
+    "python -m lavie_model.tiny.tiny_lavie": "tests/test_motion.py::test_tiny_lavie_cascade_score_and_ship",
     "make motion": "tests/test_motion_run.py::test_a_stretch_resumes_its_run_and_is_recorded_in_the_card",
     "python benchmarks/motion_levers.py": "tests/test_benchmarks.py::test_motion_levers_resume_and_share_the_start_scores",
     # the GPU check's script in its --smoke mode; the GPU run itself by hand, on a GPU
     "make gpu-check": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
     "python benchmarks/device_check.py": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section",
     # the docs pages' commands (docs/cluster.md, docs/deploying.md)
-    "python -m lavie_model.ray_cluster": "tests/test_ray.py::test_the_cluster_listens_on_loopback_only_and_wants_its_token",
+    "python -m lavie_model.cluster.ray_cluster":
+        "tests/test_ray.py::test_the_cluster_listens_on_loopback_only_and_wants_its_token",
     "dagster sensor": "tests/test_postgres_instance.py::test_runs_event_logs_and_sensor_state_live_in_postgres",
     "srun": "tests/test_training.py::test_one_deepspeed_launcher_per_node_without_ssh_forms_one_world",  # its launchers
     "sudo": None,  # PostgreSQL's own tools, on the server (tests/postgres.py makes its throwaway server with initdb)

@@ -14,7 +14,7 @@ from lavie_model.config import load_preset
 from lavie_model.curation.demo_corpus import parse_caption
 from lavie_model.model_folder import assemble, init_stand_ins, load_components
 from lavie_model.models import UNet3DConditionModel, UNet3DVSRModel
-from lavie_model.stand_ins import SHIPPED, describe, parameters, ship, shipped, write_card
+from lavie_model.tiny.stand_ins import SHIPPED, describe, parameters, ship, shipped, write_card
 from lavie_model.training.scenes import HELD_OUT, held_out_prompts, is_held_out, random_still
 
 MAX_SHIPPED_MB = 30

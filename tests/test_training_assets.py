@@ -12,8 +12,8 @@ import torch
 
 from lavie_model.curation.shards import write_image_shards, write_shards
 from lavie_model.report import write_report
+from lavie_model.tiny.stand_ins import shipped
 from lavie_model.training.report import current_shards, fingerprint
-from lavie_model.stand_ins import shipped
 from lavie_model.video import write_video
 from pipelines.pretraining import PRETRAINING_ASSETS, autoencoders, t2i_model
 from pipelines.training import TRAINING_ASSETS, TrainingSettings, base_model, code_version
@@ -150,7 +150,7 @@ def test_the_tiny_cascade_starts_from_the_shipped_tiny_lavie_unless_told_to_infl
     from safetensors.torch import load_file
 
     from lavie_model.model_folder import untrained_unets
-    from lavie_model.stand_ins import shipped_lavie
+    from lavie_model.tiny.stand_ins import shipped_lavie
 
     assert TrainingSettings().video_unets() == shipped_lavie("tiny")
     assert all(TrainingSettings(**given).video_unets() == {} for given in (

@@ -409,7 +409,7 @@ def asset_graph() -> str:
 
 
 def tiny_lavie_status() -> str:
-    from lavie_model.tiny_lavie import lavie_root, status
+    from lavie_model.tiny.tiny_lavie import lavie_root, status
 
     return "\n".join(status(json.loads((lavie_root() / "card.json").read_text())))
 

@@ -38,7 +38,7 @@ class LaVieCascadePipeline:
     def load_lora(self, path, scale: float = 1.0, adapter_name: str | None = None) -> str:
         """Add a LoRA adapter to the stage it was trained for (its file names the stage); see
         LaVieStagePipeline.load_lora. Returns the adapter's name."""
-        from ..lora import read_adapter
+        from ..finetune.lora import read_adapter
 
         stage = read_adapter(path)[2]["lavie_stage"]
         if stage not in self.stages:

@@ -41,7 +41,7 @@ class LaVieStagePipeline(DiffusionPipeline):
         """Add the LoRA adapter in folder `path` (lavie train --lora) to this stage's UNet at `scale`, beside any
         loaded before; returns its name (default: the folder's name). An adapter of another stage or another
         base model is refused, naming both."""
-        from ..lora import adapter_names, base_identity, load_adapter
+        from ..finetune.lora import adapter_names, base_identity, load_adapter
 
         names = adapter_names(self.unet)
         name = adapter_name or Path(path).resolve().name
@@ -56,7 +56,7 @@ class LaVieStagePipeline(DiffusionPipeline):
 
     def set_adapters(self, names, scales) -> None:
         """Activate the loaded adapters `names` at `scales` (one each; 0 turns one off exactly)."""
-        from ..lora import set_adapters
+        from ..finetune.lora import set_adapters
 
         set_adapters(self.unet, names, scales)
         self._lora_scales = dict(zip(names, scales))

@@ -1,7 +1,7 @@
 """Learning curves of the base stage in one process: fine-tune, and at chosen step counts hand the EMA weights to
 a probe. The trainer's own loss, data stream, optimizer and EMA, without DeepSpeed or checkpoints: for questions
 about a recipe (how many steps until the samples follow their prompts; which temporal module learns motion) that
-one evaluation after a run cannot answer. Used by benchmarks/shapes_learning.py and lavie_model/ablations.py.
+one evaluation after a run cannot answer. Used by benchmarks/shapes_learning.py and lavie_model/tiny/ablations.py.
 """
 
 import copy

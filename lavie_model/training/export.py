@@ -17,7 +17,7 @@ def link_or_copy(source, target) -> None:
 
 def ema_model(module, ema):
     """A fresh fp32 copy of `module` holding the EMA weights of its trainable parameters; where those are a LoRA
-    adapter's (lavie_model/lora.py), a plain model with the EMA adapter fused into the weights it adapts."""
+    adapter's (lavie_model/finetune/lora.py), a plain model with the EMA adapter fused into the weights it adapts."""
     trainable = [name for name, p in module.named_parameters() if p.requires_grad]
     weights = {name: p.detach().float().cpu() for name, p in module.state_dict(keep_vars=True).items()}
     weights |= {name: shadow.detach().float().cpu() for name, shadow in zip(trainable, ema.shadow_params)}

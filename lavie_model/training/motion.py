@@ -5,7 +5,7 @@ LaVie's released stages were trained on millions of clips (Vimeo25M, WebVid) bef
 tiny world's equivalent is this loop: shapes clips drawn and rendered per step (scenes.render_clips; no data
 runs out, combinations in scenes.HELD_OUT are never drawn), encoded by the frozen VAE, with the trainer's own
 loss (stages.training_loss), optimizer groups (trainer.optimizer_and_schedule) and an EMA of the weights.
-`lavie_model.tiny_lavie` drives it and ships the result; `lavie train` (DeepSpeed, curated shards) fine-tunes
+`lavie_model.tiny.tiny_lavie` drives it and ships the result; `lavie train` (DeepSpeed, curated shards) fine-tunes
 what it ships.
 
     run_dir/checkpoint.pt   weights, optimizer, schedule, EMA and step, and the text encoder's weights and EMA

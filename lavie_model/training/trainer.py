@@ -44,7 +44,7 @@ class TrainSettings:
     train_2d: bool = False         # VSR: train the upscaler's 2D weights too
     gradient_checkpointing: bool = False
     latents: str | None = None     # folder of latent shards (latents.py) to read instead of pixels when they match
-    lora_rank: int = 0             # > 0: train a LoRA adapter of this rank (lavie_model/lora.py), the UNet frozen
+    lora_rank: int = 0             # > 0: train a LoRA adapter of this rank (finetune/lora.py), the UNet frozen
     lora_alpha: float | None = None  # default: the rank
     lora_dropout: float = 0.0
     lora_targets: str = "attention"  # lora.TARGETS, or a regex of module names
@@ -359,7 +359,7 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
     unet = load_unet(settings.model, settings.stage, settings.train_2d).train()
     adapter = None
     if settings.lora_rank:
-        from .. import lora
+        from ..finetune import lora
 
         base_id = lora.base_identity(unet)
         adapter = lora.add_lora(unet, settings.lora_rank, settings.lora_alpha, settings.lora_dropout,
@@ -476,7 +476,7 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
             raise RuntimeError(f"the ranks' weights differ after training: {fingerprints}")
         info = {"stage": settings.stage, "steps": step, "run": str(output.resolve())}
         if adapter is not None:  # the adapter alone, and the model folder with it fused in
-            from .. import lora
+            from ..finetune import lora
 
             lora.save_adapter(output / "lora", ema_adapter_state(engine.module, ema), adapter, settings.stage,
                               base_id)
@@ -500,7 +500,7 @@ def gathered(module, zero3: bool):
 
 def ema_adapter_state(module, ema) -> dict:
     """The EMA weights of a LoRA run's adapter under peft's names (`...to_q.lora_A.weight`)."""
-    from ..lora import DEFAULT_NAME
+    from ..finetune.lora import DEFAULT_NAME
 
     trainable = [name for name, p in module.named_parameters() if p.requires_grad]
     return {name.replace(f".{DEFAULT_NAME}.", "."): shadow.detach().float().cpu().contiguous()

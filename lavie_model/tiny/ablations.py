@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluation.shapes import PROMPTS
-from .video import frames_grid
+from ..evaluation.shapes import PROMPTS
+from ..video import frames_grid
 
 # Concepts the joint-training ablation keeps out of the videos: the image shards (and the text-to-image model)
 # still show them, as SD's images show concepts WebVid's videos lack.
@@ -84,7 +84,7 @@ class AblationBudget:
 
 def variant_unet(sd, temporal_positions: str):
     """The base UNet inflated from the text-to-image model `sd` (a Stable Diffusion-layout folder)."""
-    from .models.unet_3d import UNet3DConditionModel
+    from ..models.unet_3d import UNet3DConditionModel
 
     return UNet3DConditionModel.from_pretrained_2d(sd, subfolder="unet", temporal_positions=temporal_positions)
 
@@ -93,11 +93,11 @@ class Scorer:
     """The metrics of one finding for a base UNet: samples its prompts with a pipeline of the inflated cascade."""
 
     def __init__(self, finding: str, cascade: Path, videos: list[Path], budget: AblationBudget, preset: str):
-        from .config import load_preset
-        from .curation.scores import ScoreConfig, load_clip
-        from .evaluation.metrics import load_video_extractor
-        from .pipelines import LaVieBasePipeline
-        from .training.data import validation_clips
+        from ..config import load_preset
+        from ..curation.scores import ScoreConfig, load_clip
+        from ..evaluation.metrics import load_video_extractor
+        from ..pipelines import LaVieBasePipeline
+        from ..training.data import validation_clips
 
         self.finding, self.budget = finding, budget
         self.pipe = LaVieBasePipeline.from_pretrained(cascade).to(budget.device)
@@ -124,8 +124,8 @@ class Scorer:
 
     def __call__(self, unet, seed: int) -> tuple[dict, torch.Tensor]:
         """({metric: value}, the sampled videos) for `unet`, sampled from noise of `seed`."""
-        from .evaluation.metrics import fvd, temporal_consistency
-        from .evaluation.shapes import shapes_adherence
+        from ..evaluation.metrics import fvd, temporal_consistency
+        from ..evaluation.shapes import shapes_adherence
 
         self.pipe.register_modules(unet_base=unet.to(self.budget.device))
         if self.finding == "temporal_module":
@@ -151,10 +151,10 @@ def run_ablation(finding: str, sd, videos: list[Path], images: list[Path], out_d
                  preset: str = "tiny", log=print) -> dict:
     """Run every variant of `finding` with every seed; write OUT_DIR/{results.json, report.md, curves.png,
     grid_VARIANT.png} and return the results (runs, table, report path)."""
-    from .model_folder import assemble
-    from .training.curve import CurveData, base_curve
-    from .training.stages import load_parts
-    from .training.trainer import preset_with_overrides
+    from ..model_folder import assemble
+    from ..training.curve import CurveData, base_curve
+    from ..training.stages import load_parts
+    from ..training.trainer import preset_with_overrides
 
     if finding not in FINDINGS:
         raise ValueError(f"unknown ablation {finding!r}; expected one of {', '.join(FINDINGS)}")

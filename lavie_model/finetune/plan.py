@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .training.trainer import TrainSettings, check_memory_modes, preset_with_overrides
+from ..training.trainer import TrainSettings, check_memory_modes, preset_with_overrides
 
 GiB = 2**30
 # Fitted with ACTIVATION_FACTOR on the CPU runs of benchmarks/plan_calibration.py (tiny and mid, full and LoRA):
@@ -129,9 +129,9 @@ def build_unet(stage: str, preset: dict, train_2d: bool = False):
     """A randomly initialised UNet of `stage` at the preset's size, on the current default device. The VSR UNet
     inflates the preset's x4-upscaler-shaped config, else the real x4 upscaler's, its 2D weights frozen as the
     trainer freezes them (unless `train_2d`)."""
-    from .config import base_unet_config
-    from .convert import sd_x4_upscaler_unet_config
-    from .models import UNet3DConditionModel, UNet3DVSRModel, vsr_config_from_2d
+    from ..config import base_unet_config
+    from ..convert import sd_x4_upscaler_unet_config
+    from ..models import UNet3DConditionModel, UNet3DVSRModel, vsr_config_from_2d
 
     config = base_unet_config(preset)
     if stage == "base":
@@ -214,7 +214,7 @@ def saved_bytes(unet, inputs) -> dict:
     are not activations and are left out; a tensor saved by several operations counts once."""
     import torch.nn.functional as F
 
-    from .models import unet_3d_blocks
+    from ..models import unet_3d_blocks
 
     weights = {id(p) for p in unet.parameters()} | {id(b) for b in unet.buffers()}
     seen, units, stack = {}, [], []  # id(tensor) -> (tensor, bytes, unit index or None)
@@ -284,8 +284,8 @@ def plan(settings: TrainSettings, device: str = "cuda", gpus: int = 1, frames: i
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .models.unet_3d import TEMPORAL_KEYS
-    from .training.stages import ENCODE_CHUNK
+    from ..models.unet_3d import TEMPORAL_KEYS
+    from ..training.stages import ENCODE_CHUNK
 
     s = settings
     if device not in ("cuda", "cpu"):

@@ -58,7 +58,7 @@ def base_identity(unet: torch.nn.Module) -> str:
     size and modification time stay (a paper-size UNet is 3.4 GB: loading several adapters reads it once)."""
     import hashlib
 
-    from .curation.probe import sha256_of
+    from ..curation.probe import sha256_of
 
     folder = Path(unet.config.get("_name_or_path") or "")
     files = sorted(folder.glob("*.safetensors")) if str(folder) not in ("", ".") else []
@@ -190,8 +190,8 @@ def parse_spec(spec: str) -> tuple[str, float]:
 
 def merge_into_folder(model, specs: list[str], output) -> Path:
     """Write model folder `output`: `model` with each `PATH[:SCALE]` adapter fused into the UNet of its stage."""
-    from .model_folder import UNET, load_components
-    from .training.export import replace_component
+    from ..model_folder import UNET, load_components
+    from ..training.export import replace_component
 
     by_stage: dict[str, list[tuple[str, float]]] = {}
     for spec in specs:

@@ -6,9 +6,9 @@ Nothing here is imported on the single-machine path: Ray loads only where an add
 - `map_tasks`: a function over jobs as Ray tasks (declared CPUs and memory, retried when a worker dies), results
   in the jobs' order, so the tables built from them are those of the local process pool.
 - `check_shared_storage`: every alive node sees a folder (LAVIE_HOME) at the same path, or a clear error.
-- `LocalCluster` (and `python -m lavie_model.ray_cluster [--nodes N] [--cpus C]`): a Ray cluster of one or more
-  nodes on this machine, every listener on 127.0.0.1, token authentication on with a random token; for tests,
-  benchmarks and trying the Ray paths out.
+- `LocalCluster` (and `python -m lavie_model.cluster.ray_cluster [--nodes N] [--cpus C]`): a Ray cluster of one
+  or more nodes on this machine, every listener on 127.0.0.1, token authentication on with a random token; for
+  tests, benchmarks and trying the Ray paths out.
 
 Ray's job API runs whatever code it is sent (CVE-2023-48022, the "ShadowRay" attacks on exposed dashboards):
 a cluster started here binds to loopback and requires its token; reach a remote one through a tunnel or a
@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .training.trainer import free_port
+from ..training.trainer import free_port
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Ray binds its listeners to the machine's external address unless told the cluster is local-only; a client of a
@@ -159,8 +159,8 @@ class LocalCluster:
         # Ray's sockets live under its session folder, and a Unix socket's path has at most 107 bytes
         self.session_dir = Path(tempfile.mkdtemp(prefix="lavie-ray-", dir="/tmp"))
         self.env = {**LOCAL_ONLY, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-        command = [sys.executable, "-m", "lavie_model.ray_cluster", "--serve", "--nodes", str(nodes), "--cpus", str(cpus),
-                   "--object-store-mb", str(object_store_mb), "--temp-dir", str(self.session_dir)]
+        command = [sys.executable, "-m", "lavie_model.cluster.ray_cluster", "--serve", "--nodes", str(nodes),
+                   "--cpus", str(cpus), "--object-store-mb", str(object_store_mb), "--temp-dir", str(self.session_dir)]
         started = time.perf_counter()
         self.process = subprocess.Popen(command, env=os.environ | self.env, stdout=subprocess.PIPE,
                                         stderr=open(self.temp_dir / "cluster.log", "w"), text=True,

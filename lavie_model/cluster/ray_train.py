@@ -11,7 +11,7 @@ import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .trainer import TrainSettings, check
+from ..training.trainer import TrainSettings, check
 
 RETRIES = 2  # restarts of the worker group after a worker or node dies
 
@@ -20,8 +20,8 @@ def _worker(config: dict) -> None:
     """One rank: `trainer.train` with rank 0's reports sent to the driver's queue."""
     import ray.train
 
-    from .checkpoint import latest_tag
-    from .trainer import train
+    from ..training.checkpoint import latest_tag
+    from ..training.trainer import train
 
     settings = TrainSettings(**config["settings"])
     if latest_tag(Path(settings.output) / "checkpoints"):  # a restart: continue from the last checkpoint

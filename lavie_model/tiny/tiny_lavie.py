@@ -1,9 +1,9 @@
 """The tiny LaVie: the base and interpolation stages pretrained long on rendered shapes clips, scored on
 combinations never trained on, and shipped beside the stand-ins.
 
-    python -m lavie_model.tiny_lavie train --stage base --run runs/tiny-lavie/base [--steps N] [--device cuda]
+    python -m lavie_model.tiny.tiny_lavie train --stage base --run runs/tiny-lavie/base [--steps N] [--device cuda]
         [--set NAME=VALUE ...] [--sample-every N]
-    python -m lavie_model.tiny_lavie train --stage interpolation --run runs/tiny-lavie/interpolation \
+    python -m lavie_model.tiny.tiny_lavie train --stage interpolation --run runs/tiny-lavie/interpolation \
         --model runs/tiny-lavie/base/model
 
 `train` continues from the shipped stand-ins (the cascade inflated from them, `lavie assemble
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .curation.demo_corpus import DIRECTIONS, Scene
+from ..curation.demo_corpus import DIRECTIONS, Scene
+from ..training.scenes import HELD_OUT, ClipMotion, render_clips
 from .stand_ins import shipped_cascade
-from .training.scenes import HELD_OUT, ClipMotion, render_clips
 
 HELD_OUT_CLIPS = 96  # each of the 12 held-out combinations moving each of 4 ways, twice
 
@@ -57,11 +57,11 @@ def base_probe(model_folder, preset: dict, device, sample_every: int = 0, sampli
                guidance: float = 7.5, count: int = HELD_OUT_CLIPS):
     """probe(step, ema_unet) for train_motion: the diffusion classifier's direction on held-out clips, and
     every `sample_every` steps (0: never) colour and direction of sampled videos for the held-out prompts."""
-    from .evaluation.direction_score import direction_scores
-    from .evaluation.shapes import MIN_SHIFT, shapes_adherence
-    from .evaluation.stats import Rate
-    from .pipelines import LaVieBasePipeline
-    from .training.stages import load_parts
+    from ..evaluation.direction_score import direction_scores
+    from ..evaluation.shapes import MIN_SHIFT, shapes_adherence
+    from ..evaluation.stats import Rate
+    from ..pipelines import LaVieBasePipeline
+    from ..training.stages import load_parts
 
     parts = load_parts(model_folder, "base").to(device, torch.float32)
     data, training = preset["data"], preset["training"]
@@ -101,10 +101,10 @@ def interpolation_probe(model_folder, preset: dict, device, sampling_steps: int 
     0.001 dB), and beside the latent blend clip by clip (stats.paired_comparison): `beats_latent_blend`, the clips
     it is ahead on (Rate.as_dict), and `latent_blend_difference`, the mean difference in dB with its 95% interval
     ({"mean", "low", "high"})."""
-    from .evaluation.interpolation import interpolation_references
-    from .evaluation.metrics import psnr_per_video
-    from .evaluation.stats import paired_comparison
-    from .pipelines import LaVieInterpolationPipeline
+    from ..evaluation.interpolation import interpolation_references
+    from ..evaluation.metrics import psnr_per_video
+    from ..evaluation.stats import paired_comparison
+    from ..pipelines import LaVieInterpolationPipeline
 
     pipe = LaVieInterpolationPipeline.from_pretrained(model_folder).to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -134,7 +134,7 @@ def interpolation_probe(model_folder, preset: dict, device, sampling_steps: int 
 
 def start_model(preset: str) -> Path:
     """The cascade inflated from the shipped stand-ins (temporal layers new), in a temporary folder."""
-    from .model_folder import assemble
+    from ..model_folder import assemble
     from .stand_ins import shipped
 
     folders = shipped(preset)
@@ -148,7 +148,7 @@ def ship(base=None, interpolation=None, preset: str = "tiny", destination=None) 
     fp16; the old ones stay until the new ones are complete."""
     import shutil
 
-    from .models.unet_3d import UNet3DConditionModel
+    from ..models.unet_3d import UNet3DConditionModel
     from .stand_ins import SHIPPED
 
     root = Path(destination) if destination else SHIPPED / preset / "lavie"
@@ -176,8 +176,8 @@ def ship(base=None, interpolation=None, preset: str = "tiny", destination=None) 
 def score(model, preset_name: str, device, count: int = HELD_OUT_CLIPS, sampling_steps: int = 25) -> dict:
     """The held-out scores of a cascade folder's base and interpolation stages, as train's probes give them
     after the last step (the base with sampled videos)."""
-    from .model_folder import load_components
-    from .training.trainer import preset_with_overrides
+    from ..model_folder import load_components
+    from ..training.trainer import preset_with_overrides
 
     preset = preset_with_overrides(preset_name, {})
     unets = load_components(model, ["unet_base", "unet_interpolation"], "interpolation")[0]
@@ -187,10 +187,10 @@ def score(model, preset_name: str, device, count: int = HELD_OUT_CLIPS, sampling
 
 
 def train(args) -> Path:
-    from .training.export import replace_component
-    from .training.motion import MotionRecipe, train_motion
-    from .training.stages import UNET
-    from .training.trainer import parse_set, preset_with_overrides
+    from ..model_folder import UNET
+    from ..training.export import replace_component
+    from ..training.motion import MotionRecipe, train_motion
+    from ..training.trainer import parse_set, preset_with_overrides
 
     preset = preset_with_overrides(args.preset, {})
     overrides = parse_set(args.set) | {"stage": args.stage}
@@ -222,7 +222,7 @@ def train(args) -> Path:
 
     ema_unet, steps, text_encoder = train_motion(model, args.run, recipe, preset, device, probe=logged_probe, log=log,
                                                  deadline=deadline, compile=args.compile, autocast=args.bf16)
-    info = {"stage": args.stage, "recipe": "lavie_model.tiny_lavie", "steps": steps}
+    info = {"stage": args.stage, "recipe": "lavie_model.tiny.tiny_lavie", "steps": steps}
     output = replace_component(model, Path(args.run) / "model", UNET[args.stage], ema_unet, info)
     if text_encoder is not None:  # trained too (MotionRecipe.text_lr)
         replace_component(output, output, "text_encoder", text_encoder, info)
@@ -245,7 +245,7 @@ def lavie_root(preset: str = "tiny") -> Path:
 
 def cascade_of(root: Path, output: Path, preset: str = "tiny") -> Path:
     """shipped_cascade, with the base and interpolation UNets of the tiny LaVie folder `root`."""
-    from .model_folder import assemble
+    from ..model_folder import assemble
     from .stand_ins import shipped
 
     folders = shipped(preset)
@@ -351,7 +351,7 @@ def record_stretch(root: Path, name: str, stage: str, identity: str, train_dir: 
 
 
 def rate(row: dict, key: str) -> str:
-    from .evaluation.stats import Rate
+    from ..evaluation.stats import Rate
 
     return str(Rate(row[key]["hits"], row[key]["n"])) if key in row else ""
 
@@ -380,7 +380,7 @@ def continuations_md(card: dict) -> str:
                      f"| {'yes' if c['shipped'] else 'no'} |")
     from dataclasses import asdict
 
-    from .training.motion import MotionRecipe
+    from ..training.motion import MotionRecipe
 
     defaults = asdict(MotionRecipe())
     for c in card["continuations"]:

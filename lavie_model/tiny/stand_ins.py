@@ -10,7 +10,7 @@ project pretrains its own (the `pretraining` assets) and ships them here, in the
     lavie_model/pretrained/PRESET/card.json          the same figures as data
     lavie_model/pretrained/PRESET/curves.png         the learning curves
     lavie_model/pretrained/PRESET/lavie/             the tiny LaVie: base and interpolation UNets pretrained on
-                                                     rendered clips (lavie_model/tiny_lavie.py, its MODEL_CARD.md)
+                                                     rendered clips (tiny_lavie.py beside this file, its MODEL_CARD.md)
 
 Weights ship as fp16 safetensors (the loaders read them as fp32); the scores in the card are measured on the
 shipped files.
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-SHIPPED = Path(__file__).parent / "pretrained"
+SHIPPED = Path(__file__).parents[1] / "pretrained"  # lavie_model/pretrained: the data stays beside the code
 FOLDERS = {"sd": "stable-diffusion", "upscaler": "x4-upscaler"}
 WEIGHTS = ("text_encoder", "vae", "unet")  # the components with weights (fp16 when shipped)
 
@@ -43,7 +43,7 @@ def shipped_lavie(preset: str = "tiny") -> dict[str, Path]:
     missing = [str(f) for f in folders.values() if not (f / "config.json").is_file()]
     if missing:
         raise FileNotFoundError(f"no shipped tiny LaVie for the {preset} preset ({', '.join(missing)} missing): "
-                                "python -m lavie_model.tiny_lavie train and ship build it")
+                                "python -m lavie_model.tiny.tiny_lavie train and ship build it")
     return folders
 
 
@@ -51,7 +51,7 @@ def shipped_cascade(output, preset: str = "tiny") -> Path:
     """A cascade model folder at `output`, as `lavie assemble` builds one from the released LaVie: the stand-ins'
     text encoder, VAE and x4 upscaler, the shipped tiny LaVie's base and interpolation UNets (read as fp32) and a
     super-resolution UNet inflated afresh from the upscaler stand-in (marked untrained)."""
-    from .model_folder import assemble
+    from ..model_folder import assemble
 
     folders, unets = shipped(preset), shipped_lavie(preset)
     return assemble(output, folders["sd"], folders["upscaler"], base=unets["base"],
@@ -62,7 +62,7 @@ def half_copy(source: Path, target: Path) -> None:
     """Copy a stand-in folder, its weighted components re-saved in fp16 safetensors."""
     import torch
 
-    from .model_folder import component_class
+    from ..model_folder import component_class
 
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(*WEIGHTS))
     for name in WEIGHTS:
@@ -100,8 +100,8 @@ def folder_size_mb(folder: Path) -> float:
 
 def write_card(root: Path, card: dict) -> Path:
     """card.json and MODEL_CARD.md (and curves.png when the card has learning curves) under `root`."""
-    from .report import table as markdown_table
-    from .training.report import curves_png
+    from ..report import table as markdown_table
+    from ..training.report import curves_png
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -210,7 +210,7 @@ def vae_curve(folder: Path, every: int = 250) -> list[dict]:
 
 def run_recipe(run_dir: Path) -> dict:
     """What a `lavie train` run of a stand-in did, from its run.json, summary.json and metrics.jsonl."""
-    from .training.report import read_metrics
+    from ..training.report import read_metrics
 
     run = json.loads((Path(run_dir) / "run.json").read_text())
     training, metrics = run["training"], read_metrics(run_dir)
@@ -234,8 +234,8 @@ def describe(runs: dict[str, Path], autoencoders: dict[str, Path], shipped_folde
 
     import torch
 
-    from .config import load_preset
-    from .training.report import probe_curve, read_metrics
+    from ..config import load_preset
+    from ..training.report import probe_curve, read_metrics
 
     settings = load_preset(preset)["pretraining"]["autoencoders"]
     history = json.loads((Path(autoencoders["sd"]) / "vae" / "training_history.json").read_text())["info"]
