@@ -305,18 +305,18 @@ def main() -> None:
 
 
 def ray_against_pool(args, paths: list[Path], work: Path, config: ClipConfig, measure) -> str:
-    """probe_and_cut as the asset runs it (pipelines.curation._probe_and_cut) over all files: Ray tasks on a local
-    cluster of `--workers` CPUs (already up) against `--workers` forked processes, in turn `--repeat` times; the
-    same rows either way. The cluster's start-up time, the peak memory of its processes, and tasks retried."""
+    """probe_and_cut as the asset runs it (lavie_model.curation.per_file.probe_and_cut_job) over all files: Ray tasks
+    on a local cluster of `--workers` CPUs (already up) against `--workers` forked processes, in turn `--repeat`
+    times; the same rows either way. The cluster's start-up time, the peak memory of its processes, and tasks retried."""
     from lavie_model.cluster.ray_cluster import LocalCluster, connected, map_tasks, tasks_retried
     from lavie_model.curation.probe import sha256_of
-    from pipelines.curation import _probe_and_cut
+    from lavie_model.curation.per_file import probe_and_cut_job
 
     jobs = [(path, sha256_of(path), work / "ray_bench", config, measure, None) for path in paths]
 
     def pool():
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as executor:
-            return list(executor.map(_probe_and_cut, jobs))
+            return list(executor.map(probe_and_cut_job, jobs))
 
     walls = {"pool": [], "ray": []}
     with LocalCluster(work / "ray", nodes=1, cpus=args.workers) as cluster:
@@ -325,10 +325,10 @@ def ray_against_pool(args, paths: list[Path], work: Path, config: ClipConfig, me
         memory.start()
         with connected(cluster.address) as ray:
             started = time.perf_counter()  # untimed: the workers start and import the code once
-            map_tasks(ray, _probe_and_cut, jobs[:args.workers])
+            map_tasks(ray, probe_and_cut_job, jobs[:args.workers])
             warm_up = time.perf_counter() - started
             for _ in range(args.repeat):
-                for name, run in (("pool", pool), ("ray", lambda: map_tasks(ray, _probe_and_cut, jobs))):
+                for name, run in (("pool", pool), ("ray", lambda: map_tasks(ray, probe_and_cut_job, jobs))):
                     started = time.perf_counter()
                     rows = run()
                     walls[name].append(time.perf_counter() - started)
@@ -336,7 +336,7 @@ def ray_against_pool(args, paths: list[Path], work: Path, config: ClipConfig, me
                         expected = [row for row, _ in rows]
                     elif [row for row, _ in rows] != expected:
                         raise AssertionError("Ray's probe rows differ from the local pool's")
-            retried = tasks_retried(ray, ["_probe_and_cut"])
+            retried = tasks_retried(ray, ["probe_and_cut_job"])
         memory.done.set()
         memory.join()
     ratios = sorted(r / p for r, p in zip(walls["ray"], walls["pool"]))

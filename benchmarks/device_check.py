@@ -85,17 +85,6 @@ def status_of(items: dict) -> str:
     return "pass"
 
 
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git checkout)"
-    return head + (" with uncommitted changes" if changed else "")
-
-
 # ---------------------------------------------------------------------------------------------- 1. environment
 
 def package_version(name: str) -> str:
@@ -463,6 +452,8 @@ def write(out: Path, report: dict) -> None:
 
 
 def main() -> int:
+    from lavie_model.tiny.tiny_lavie import commit
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for device_check.json and device_check.md")
     parser.add_argument("--smoke", action="store_true", help="the CPU, the tiny preset, one step; no section 4")

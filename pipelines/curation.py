@@ -22,8 +22,7 @@ from lavie_model.curation.clips import SHOT_COLUMNS, ClipConfig, ClipRow, DropRo
 from lavie_model.curation.download import Download, DownloadConfig, download_all
 from lavie_model.curation.filtering import FilterConfig, decide
 from lavie_model.curation.guard import Outcome, WorkLimits, run_guarded
-# the per-file jobs (their names are the Ray tasks'; benchmarks/curation.py imports _probe_and_cut from here)
-from lavie_model.curation.per_file import (_clips_of, _probe, _probe_and_cut, dropped_whole, guarded_task,
+from lavie_model.curation.per_file import (clips_job, dropped_whole, guarded_task, probe_and_cut_job, probe_job,
                                            quarantined_row)
 from lavie_model.curation.probe import ProbeConfig, ProbeResult
 from lavie_model.curation.report import histogram_png, preview_gif
@@ -236,14 +235,14 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
         if CLIPPED in context.selected_asset_keys:
             jobs = [(path, sha, out_dir, config, measure, url_tables_module.spans_of(spans.get(sha)), probe_config)
                     for path, sha in zip(raw["stored_path"], raw["sha256"])]
-            outcomes = per_file(context, settings, _probe_and_cut, jobs)
+            outcomes = per_file(context, settings, probe_and_cut_job, jobs)
             rows = [outcome.value[0] if outcome.value else quarantined_row(path, sha, outcome.problem, config)
                     for outcome, path, sha in zip(outcomes, raw["stored_path"], raw["sha256"])]
             results = [outcome.value[1] if outcome.value else None for outcome in outcomes]
             removed += sum(remove_partial_clips(out_dir, path, sha) for outcome, path, sha
                            in zip(outcomes, raw["stored_path"], raw["sha256"]) if outcome.problem)
         else:
-            outcomes = per_file(context, settings, _probe, [(path, probe_config, config, sha)
+            outcomes = per_file(context, settings, probe_job, [(path, probe_config, config, sha)
                                                             for path, sha in zip(raw["stored_path"], raw["sha256"])])
             rows = [outcome.value or quarantined_row(path, sha, outcome.problem, config)
                     for outcome, path, sha in zip(outcomes, raw["stored_path"], raw["sha256"])]
@@ -253,7 +252,7 @@ def probe_and_cut(context: dg.AssetExecutionContext, settings: CurationSettings)
             probed = pd.read_parquet(folder / "probe.parquet").drop(columns=["name", "run_id"])
             jobs = [(row, out_dir, config, measure, url_tables_module.spans_of(spans.get(row["sha256"])))
                     for row in probed.to_dict("records")]
-            outcomes = per_file(context, settings, _clips_of, jobs)
+            outcomes = per_file(context, settings, clips_job, jobs)
             results = [outcome.value or dropped_whole(row, outcome.problem)
                        for outcome, (row, *_) in zip(outcomes, jobs)]
             removed += sum(remove_partial_clips(out_dir, row["path"], row["sha256"])
@@ -593,6 +592,6 @@ def image_shards(context: dg.AssetExecutionContext, settings: CurationSettings) 
 VIDEO_ASSETS = [raw_videos, probe_and_cut, captioned_clips, clip_scores, filtered_clips, video_shards]
 IMAGE_ASSETS = [raw_images, image_shards]
 URL_ASSETS = [downloaded_videos]
-curate_videos = dg.define_asset_job("curate_videos", selection=VIDEO_ASSETS, partitions_def=video_batches)
-curate_images = dg.define_asset_job("curate_images", selection=IMAGE_ASSETS, partitions_def=image_batches)
+curate_videos = dg.define_asset_job("curate_videos", selection=VIDEO_ASSETS)
+curate_images = dg.define_asset_job("curate_images", selection=IMAGE_ASSETS)
 download_videos = dg.define_asset_job("download_videos", selection=URL_ASSETS)

@@ -113,7 +113,7 @@ def test_curation_on_ray_gives_the_local_pools_tables_and_shards_though_a_worker
         assert curate().success
         local = {name: comparable(pd.read_parquet(folder / f"{name}.parquet")) for name in TABLES}
         killed, stop = [], threading.Event()
-        killer = threading.Thread(target=kill_first_task, args=("_probe_and_cut", killed, stop))
+        killer = threading.Thread(target=kill_first_task, args=("probe_and_cut_job", killed, stop))
         killer.start()
         try:
             result = curate(ray_address=ray_cluster.address)
@@ -122,7 +122,7 @@ def test_curation_on_ray_gives_the_local_pools_tables_and_shards_though_a_worker
             killer.join()
         assert result.success and killed, "no Ray worker was caught cutting"
         logs = [e.user_message for e in instance.all_logs(result.run_id)]
-    assert any(m.startswith("_probe_and_cut: ") and m.endswith("on 2 nodes at " + ray_cluster.address + ", 1 retried")
+    assert any(m.startswith("probe_and_cut_job: ") and m.endswith("on 2 nodes at " + ray_cluster.address + ", 1 retried")
                for m in logs), [m for m in logs if "Ray tasks" in m]
     for name in TABLES:
         pd.testing.assert_frame_equal(comparable(pd.read_parquet(folder / f"{name}.parquet")), local[name],

@@ -10,7 +10,7 @@ group of its own (so that an ffmpeg it starts goes with it), with:
 - a memory ceiling: RLIMIT_AS, the worker's address space, held to what it had when it started (a fork shares
   its parent's mappings) plus `memory_mb`. An allocation past it fails, and libraries fail in their own ways
   (a MemoryError, PyAV's ENOMEM, OpenCV's "Insufficient memory", a thread that cannot start, an abort), so the
-  verdict does not rest on the error: a worker whose address space came within `near_ceiling` of its ceiling (its
+  verdict does not rest on the error: a worker whose address space reached its ceiling (`WorkLimits.reached`: its
   VmPeak, read by the worker when it ends, and by this process while it runs), or whose work raised a
   MemoryError, is "over the memory limit of N MB", whatever it returned; its results are dropped.
 - a worker that dies some other way (a decoder crash) gives "worker died: ..." with the signal.
@@ -52,10 +52,11 @@ class WorkLimits:
         if self.floor_seconds <= 0 or self.seconds_per_second < 0 or self.memory_mb < 0:
             raise ValueError(f"work limits must be positive (the memory limit 0 for none), got {self}")
 
-    def near_ceiling(self) -> int:
-        """Bytes below its ceiling within which a worker's peak address space counts as having reached it: the
-        largest requests that fail first (a thread's malloc arena maps 128 MB), or half the limit when it is small."""
-        return min(256, self.memory_mb // 2) * 2**20
+    def reached(self, peak: int, ceiling: int) -> bool:
+        """Whether a worker's peak address space (bytes) reached its ceiling (bytes; 0: none), to within the largest
+        requests that fail first (a thread's malloc arena maps 128 MB: 256 MB, or half the limit when it is
+        small)."""
+        return bool(ceiling) and peak >= ceiling - min(256, self.memory_mb // 2) * 2**20
 
     def seconds_for(self, duration: float | None) -> float:
         """The wall-clock limit of a file that declares `duration` seconds of video (None: not known yet)."""
@@ -124,8 +125,8 @@ def run_guarded(function: Callable, jobs: list, workers: int = 1, limits: WorkLi
                     kind, payload, *added = pipe.recv()
                 except (EOFError, OSError):  # the worker ended without a word: it died
                     entry.process.join()
-                    near = entry.ceiling and entry.peak >= entry.ceiling - limits.near_ceiling()
-                    kind, payload = ("memory", None) if near else ("died", _death(entry.process.exitcode))
+                    kind, payload = (("memory", None) if limits.reached(entry.peak, entry.ceiling)
+                                     else ("died", _death(entry.process.exitcode)))
                     added = []
                 if kind in ("duration", "ceiling"):
                     if kind == "duration":
@@ -181,7 +182,7 @@ def _work(function, job, send, limits: WorkLimits, on_start) -> None:
         message = ("done", function(job))
     except BaseException as error:
         message = ("memory", None) if out_of_memory(error) else ("error", traceback.format_exc())
-    if ceiling and _status("VmPeak") * 1024 >= ceiling - limits.near_ceiling():
+    if limits.reached(_status("VmPeak") * 1024, ceiling):
         message = ("memory", None)  # an allocation may have failed anywhere, and been taken for a broken file
     added = (_status("VmHWM") - started_kb) / 1024
     try:

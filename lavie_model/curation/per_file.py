@@ -1,6 +1,7 @@
 """The per-file work of the probe_and_cut step (pipelines/curation.py), as plain functions of picklable jobs that
 return table rows: run in guarded worker processes (guard.py) forked from the step, or as Ray tasks. No Dagster
-here. The names `_probe_and_cut`, `_probe` and `_clips_of` are the Ray tasks' names (and their workers' titles).
+here. The names `probe_and_cut_job`, `probe_job` and `clips_job` are the Ray tasks' names (and their workers'
+titles).
 """
 
 import functools
@@ -14,11 +15,11 @@ from .guard import Outcome, run_guarded
 from .probe import ProbeConfig, ProbeResult
 
 
-def _probe(args) -> dict:
+def probe_job(args) -> dict:
     return probe_with_shots(*args)
 
 
-def _probe_and_cut(args) -> tuple[dict, tuple | None]:
+def probe_and_cut_job(args) -> tuple[dict, tuple | None]:
     path, sha256, out_dir, config, measure, spans = args[:6]
     probe_config = args[6] if len(args) > 6 else ProbeConfig()  # benchmarks/curation.py passes the first six
     row, result = probe_and_cut_file(path, out_dir, probe_config, config, measure, sha256, spans)
@@ -38,7 +39,7 @@ def dropped_whole(row: dict, problem: str) -> tuple:
     return [], [asdict(drop)], [], [], 0
 
 
-def _clips_of(args) -> tuple:
+def clips_job(args) -> tuple:
     row, out_dir, config, measure, spans = args
     probed = ProbeResult(**{f.name: row[f.name] for f in fields(ProbeResult)})
     return _plain(make_clips(probed, out_dir, config, stored_shots(row, config), spans, measure))

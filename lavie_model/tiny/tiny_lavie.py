@@ -287,11 +287,18 @@ def device_name(device: str) -> str:
 
 
 def commit() -> str:
+    """The checkout's commit, as the card and benchmarks/device_check.py record it."""
     import subprocess
 
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent)
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        head, changed = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git checkout)"
+    return head + (" with uncommitted changes" if changed else "")
 
 
 def continue_run(args) -> dict:
