@@ -12,7 +12,7 @@ per prompt, 20 denoising steps):
     full    the demo's full fine-tune (its base run)
     lora    the start model with the adapter
 on the new concept (base/new_concept: the share of "a big ..." samples that show a big shape, the 8 prompts of
-shapes.CONCEPT_PROMPTS, none of them a caption of the shards) and colour and direction on shapes.PROMPTS, each
+demo_corpus.CONCEPT_PROMPTS, none of them a caption of the shards) and colour and direction on demo_corpus.PROMPTS, each
 a rate with its 95% Wilson interval. Beside them the training time of both runs (their loops, from metrics.jsonl)
 and the adapter's size.
 """
@@ -68,7 +68,8 @@ def score(model, lora: Path | None) -> dict:
     import torch
 
     from lavie_model.evaluation.evaluate import EvalSettings, prompt_adherence_base
-    from lavie_model.evaluation.shapes import CONCEPT_PROMPTS, PROMPTS, shapes_adherence
+    from lavie_model.curation.demo_corpus import CONCEPT_PROMPTS, PROMPTS
+    from lavie_model.evaluation.shapes import shapes_adherence
     from lavie_model.evaluation.stats import Rate
     from lavie_model.pipelines import LaVieBasePipeline
     from pipelines.demo import DEMO_EVALUATION

@@ -50,7 +50,7 @@ def main() -> None:
 
     import torch
 
-    from lavie_model.evaluation.evaluate import PROMPTS
+    from lavie_model.curation.demo_corpus import PROMPTS
     from lavie_model.evaluation.shapes import shapes_adherence
     from lavie_model.evaluation.stats import Rate
     from lavie_model.model_folder import assemble

@@ -6,7 +6,7 @@ The package, folder by folder (each folder's __init__.py lists its modules):
     pipelines/       generation: each stage's pipeline and the cascade (LaVieBasePipeline, ..., LaVieCascadePipeline)
     curation/        raw videos to WebDataset shards: probe, quarantine, shots and clips, captions, scores, filter
     training/        training one stage: shard data, rendered scenes, losses, the DeepSpeed trainer, checkpoints
-    evaluation/      metrics (CLIPSIM, FVD, PSNR), prompt adherence, rates with intervals, the stand-ins' probes
+    evaluation/      metrics (CLIPSIM, FVD, PSNR), prompt adherence, rates with intervals, the gate's rules, probes
     finetune/        fine-tuning on one's own clips: LoRA adapters (lora.py), the memory plan (plan.py)
     cluster/         Ray: curation tasks, a local cluster (ray_cluster.py), `lavie train` on Ray Train (ray_train.py)
     tiny/            the tiny world's models: the stand-ins, the tiny LaVie and its motion run, the ablations

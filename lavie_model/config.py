@@ -5,8 +5,6 @@ from pathlib import Path
 
 import yaml
 
-from .models import UNet3DConditionModel, config_from_2d
-
 PRESETS = ("tiny", "paper")
 REQUIRED = {
     "model": ("unet_2d", "group_norm_across_frames"),
@@ -41,10 +39,14 @@ def load_preset(name_or_path: str) -> dict:
 
 def base_unet_config(preset: dict) -> dict:
     """The `UNet3DConditionModel` config of a preset's base stage."""
+    from .models import config_from_2d  # torch and diffusers: not loaded by callers that only read presets
+
     model = preset["model"]
     return config_from_2d(model["unet_2d"], group_norm_across_frames=model["group_norm_across_frames"])
 
 
-def build_base_unet(preset: dict) -> UNet3DConditionModel:
-    """A randomly initialised base UNet of the preset's size."""
+def build_base_unet(preset: dict):
+    """A randomly initialised base `UNet3DConditionModel` of the preset's size."""
+    from .models import UNet3DConditionModel
+
     return UNet3DConditionModel(**base_unet_config(preset))

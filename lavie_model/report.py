@@ -88,7 +88,8 @@ def summary_rows(evaluation) -> list[dict]:
     interval lies wholly above the start model's rate. `vs start`: "better" or "worse" where the start model's figure lies outside the candidate's 95% interval, else
     "same" (within it).
     """
-    from .evaluation.evaluate import CHANCE, COLOUR_MARGIN, paired_verdict, rates_of
+    from .evaluation.evaluate import CHANCE
+    from .evaluation.gate import COLOUR_MARGIN, paired_verdict, rates_of
     from .evaluation.stats import paired_text
     from .evaluation.shapes import MIN_SHIFT
 
@@ -237,7 +238,7 @@ def write_report(out_dir, batches=(), runs: dict | None = None, evaluation=None,
         page += [table(rows), "", " ".join(curves), ""]
 
     if evaluation is not None:
-        from .evaluation.evaluate import rates_of
+        from .evaluation.gate import rates_of
 
         result = json.loads((Path(evaluation) / "metrics.json").read_text())
         rates = rates_of(result)

@@ -21,12 +21,13 @@ from .sensors import inbox_sensor
 from .training import TrainingSettings, base_model, interpolation_model, train_cascade, vsr_model
 
 # Every run, of a job or of assets picked in the UI, executes each asset in its own process, at most
-# `max_concurrent` at a time. Step processes fork from a server that imported this module once, instead of
-# each importing torch anew. How many runs (batches) go at once is `concurrency: runs` in dagster.yaml;
-# on a cluster this executor is the one setting to swap (docs/cluster.md).
+# `max_concurrent` at a time. Step processes fork from a server that imported this module and torch once, instead
+# of each importing them anew (this module leaves torch to the assets that use it, so that the code server and
+# run workers load fast; almost every step needs it). How many runs (batches) go at once is `concurrency: runs`
+# in dagster.yaml; on a cluster this executor is the one setting to swap (docs/cluster.md).
 executor = dg.multiprocess_executor.configured({
     "max_concurrent": 2,
-    "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}},
+    "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions", "torch"]}},
 })
 
 

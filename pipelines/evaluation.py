@@ -25,8 +25,9 @@ import dagster as dg
 import pandas as pd
 
 from lavie_model.curation import store
-from lavie_model.evaluation.evaluate import (BASELINES, PAIRED, EvalSettings, baseline_of, below_baselines, evaluate,
-                                             metric_rows, paired_verdict, rates_of, regressions)
+from lavie_model.curation.scores import ScoreConfig
+from lavie_model.evaluation.gate import (BASELINES, PAIRED, baseline_of, below_baselines, metric_rows, paired_verdict,
+                                         rates_of, regressions)
 from lavie_model.evaluation.stats import paired_text
 
 from . import automation
@@ -43,7 +44,7 @@ class EvaluationSettings(dg.ConfigurableResource):
     interpolation_steps: int = 10
     vsr_steps: int = 10
     gallery: int = 2  # prompts shown through the whole cascade
-    clip_model: str = EvalSettings.clip_model
+    clip_model: str = ScoreConfig.clip_model  # as EvalSettings'
     clip_weights: str | None = None
     i3d_path: str | None = None
     tolerance: float = 0.05  # relative regression allowed against the start and promoted models (no interval)
@@ -52,8 +53,10 @@ class EvaluationSettings(dg.ConfigurableResource):
     def home(self) -> Path:
         return store.lavie_home(self.lavie_home)
 
-    def eval_settings(self) -> EvalSettings:
-        """The lavie_model settings of the same names (the prompts and seed stay EvalSettings' own)."""
+    def eval_settings(self):
+        """The lavie_model EvalSettings of the same names (the prompts and seed stay EvalSettings' own)."""
+        from lavie_model.evaluation.evaluate import EvalSettings  # torch: loaded by the runs, not the code location
+
         return EvalSettings(**{f.name: getattr(self, f.name) for f in fields(EvalSettings) if hasattr(self, f.name)})
 
 
@@ -108,6 +111,8 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
     t2i = latest_folder(context.instance, "t2i_model")
 
     def score(folder, folder_out, t2i=None):
+        from lavie_model.evaluation.evaluate import evaluate
+
         return evaluate(folder, str(home / "shards" / "videos"), folder_out, evaluation_settings.preset,
                         evaluation_settings.eval_settings(), log=context.log.info, t2i=t2i)
 

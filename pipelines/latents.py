@@ -18,7 +18,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from lavie_model.training.latents import COMPONENTS, Encoders, encode_shards
 from lavie_model.training.trainer import parse_set, preset_with_overrides
 
 from . import automation
@@ -32,9 +31,11 @@ LATENTS = {"group_name": "latents", "pool": "gpu", "kinds": {"pytorch", "webdata
            "automation_condition": automation.latents()}
 
 
-def encoders_for(context, settings: TrainingSettings, family: str, device: str) -> tuple[Encoders, Path]:
+def encoders_for(context, settings: TrainingSettings, family: str, device: str) -> tuple:
     """The family's encoders as the cascade will hold them: from TrainingSettings.initial_model when set, else
-    from the text-to-image or x4 upscaler model the cascade is assembled from."""
+    from the text-to-image or x4 upscaler model the cascade is assembled from: (Encoders, their folder)."""
+    from lavie_model.training.latents import COMPONENTS, Encoders
+
     preset = preset_with_overrides(settings.preset, parse_set(settings.overrides))
     if settings.initial_model:
         folder, names = Path(settings.initial_model), COMPONENTS[family]
@@ -45,6 +46,8 @@ def encoders_for(context, settings: TrainingSettings, family: str, device: str) 
 
 def encode_batch(context, settings: TrainingSettings, family: str, kind: str) -> dg.MaterializeResult:
     import torch
+
+    from lavie_model.training.latents import encode_shards
 
     home, key = settings.home(), context.partition_key
     source = home / "shards" / f"{kind}s" / key

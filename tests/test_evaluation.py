@@ -11,7 +11,8 @@ from diffusers import AutoencoderKL
 
 from lavie_model.cli import main
 from lavie_model.curation.shards import write_shards
-from lavie_model.evaluation.evaluate import EvalSettings, below_baselines, evaluate, paired_verdict, regressions
+from lavie_model.evaluation.evaluate import EvalSettings, evaluate
+from lavie_model.evaluation.gate import below_baselines, paired_verdict, regressions
 from lavie_model.evaluation.interpolation import blend_keyframes, hold_keyframes, interpolation_references
 from lavie_model.evaluation.stats import Rate, paired_comparison
 from lavie_model.report import summary_rows, write_report

@@ -10,29 +10,13 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from lavie_model.curation import demo_corpus
+from lavie_model.curation.demo_corpus import CONCEPT_PROMPTS, PROMPTS
 from lavie_model.curation.scores import ScoreConfig, load_clip
-from lavie_model.evaluation import (
-    Rate,
-    binomial_p,
-    clipsim,
-    direction,
-    displacement,
-    frechet_distance,
-    fvd,
-    load_video_extractor,
-    named_background,
-    named_colour,
-    parse_prompt,
-    psnr,
-    shapes_adherence,
-    ssim,
-    temporal_consistency,
-    track,
-    wilson,
-)
-from lavie_model.evaluation.metrics import FallbackExtractor, frame_embeddings
-from lavie_model.evaluation.shapes import BIG_FROM, CONCEPT_PROMPTS, PROMPTS, apparent_radius
-from lavie_model.evaluation.stats import mean_interval, paired_comparison, paired_text
+from lavie_model.evaluation.metrics import (FallbackExtractor, clipsim, frame_embeddings, frechet_distance, fvd,
+                                            load_video_extractor, psnr, ssim, temporal_consistency)
+from lavie_model.evaluation.shapes import (BIG_FROM, apparent_radius, direction, displacement,
+                                           named_background, named_colour, parse_prompt, shapes_adherence, track)
+from lavie_model.evaluation.stats import Rate, binomial_p, mean_interval, paired_comparison, paired_text, wilson
 
 
 def scene_video(scene: demo_corpus.Scene, frames: int = 6, size: int = demo_corpus.SIZE) -> torch.Tensor:

@@ -9,6 +9,8 @@ Imports by name at run time (importlib) are not seen; lavie_model and pipelines 
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,3 +148,17 @@ def test_the_package_docstring_maps_every_folder_and_module_of_lavie_model():
     present = {f"{path.name}/" for path in package.iterdir() if path.is_dir() and not path.name.startswith(("_", "."))}
     present |= {path.name for path in package.glob("*.py") if path.name != "__init__.py"}
     assert sorted(mapped) == sorted(present)
+
+
+# What the Dagster code location must not load at import time: every process of a deployment imports it (the code
+# server on each reload, each run worker, each step of the multiprocess executor, `dg check defs`), and these cost
+# seconds and most of a gigabyte each. The assets import them in their bodies, where the work needs them.
+ML_STACK = ("torch", "diffusers", "transformers", "open_clip", "deepspeed", "accelerate", "webdataset", "ray")
+
+
+def test_the_code_location_loads_without_the_ml_stack():
+    code = ("import sys, pipelines.definitions as d; d.defs.resolve_asset_graph(); "
+            f"print(' '.join(m for m in {ML_STACK!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [], f"importing pipelines.definitions loaded {out.stdout.strip()}"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .probe import open_input
 from .writer import kept_stills, middle_indices
@@ -67,6 +66,8 @@ def caption_clips(clips: pd.DataFrame, config: CaptionerConfig,
 
     stills: clip_id to the stills the clip writer kept (clip frame: JPEG), used where they hold a clip's frames.
     """
+    import torch
+
     stills = stills or {}
     model_path = Path(config.model_path)
     model, image_processor, tokenizer = load_captioner(model_path, config.device)
@@ -107,6 +108,7 @@ def build_tiny_captioner(out_dir, seed: int = 0) -> Path:
 
     Everything is built offline; its captions are gibberish but it loads like a real captioner.
     """
+    import torch
     from transformers import (AutoTokenizer, GPT2Config, ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig,
                               VisionEncoderDecoderModel)
 

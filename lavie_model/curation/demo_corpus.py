@@ -118,6 +118,25 @@ def is_big(text: str) -> bool:
     return bool(match and match.group("big"))
 
 
+# Prompts of the shapes grammar, each colour, direction and shape at least twice. None names a combination of
+# colour, shape, direction and background that the demo corpus's training clips show, so they test
+# composition, not recall (evaluate.py's metrics with `_unseen` count the prompts absent from the shards at hand).
+PROMPTS = [
+    "a red circle moving left on a gray background",
+    "a blue square moving right on a white background",
+    "a yellow triangle moving up on a black background",
+    "a green circle moving down on a gray background",
+    "a purple square moving left on a white background",
+    "an orange triangle moving right on a white background",
+    "a red square moving up on a white background",
+    "a blue triangle moving down on a black background",
+]
+
+# The demo's new concept (BIG_RADIUS): the same prompts with big shapes, never in the shipped models'
+# training (evaluate.py's base/new_concept).
+CONCEPT_PROMPTS = [prompt.replace(" ", " big ", 1).replace("an big", "a big") for prompt in PROMPTS]
+
+
 @dataclass
 class DemoCorpus:
     videos: list[Path]  # every video, the corrupt one included

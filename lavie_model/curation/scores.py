@@ -19,18 +19,14 @@ CLIP sees the stills the clip writer kept (its frames before compression, as JPE
 frames; otherwise the frames are decoded from the clip file.
 """
 
+from __future__ import annotations  # torch in annotations: it and open_clip load in the functions that use them
+
 import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import open_clip
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from open_clip.model import set_model_preprocess_cfg
-from open_clip.transform import PreprocessCfg, image_transform_v2
-from safetensors.torch import load_file
 
 from .filtering import has_caption
 from .probe import open_input
@@ -82,6 +78,11 @@ def require_file(path, what: str) -> Path:
 
 def load_clip(config: ScoreConfig):
     """(model, preprocess, tokenizer, label): the configured open_clip model in eval mode on config.device."""
+    import open_clip
+    import torch
+    from open_clip.model import set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
     if config.clip_weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_CLIP_SEED)
@@ -105,6 +106,9 @@ def load_aesthetic_head(path) -> torch.nn.Sequential:
     the LAION MLP (`layers.0.weight` ... `layers.7.bias`). That MLP has dropout but no activation between its
     linear layers, so in eval mode it is exactly this chain of linear maps.
     """
+    import torch
+    from safetensors.torch import load_file
+
     path = require_file(path, "aesthetic head weights (ScoreConfig.aesthetic_weights)")
     if path.suffix == ".safetensors":
         state = load_file(path)
@@ -167,6 +171,9 @@ def score_clips(clips: pd.DataFrame, config: ScoreConfig = ScoreConfig(), motion
     motion: clip_id to the motion the clip writer measured with `config.measure()`; stills: clip_id to the stills
     it kept (clip frame: JPEG). The other clips' motion and frames come from their files.
     """
+    import torch
+    import torch.nn.functional as F
+
     motion, stills = motion or {}, stills or {}
     missing = [column for column in NEEDED_COLUMNS if column not in clips.columns]
     if missing:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import webdataset as wds
 from PIL import Image, ImageOps
 
 from .filtering import has_caption
@@ -210,6 +209,8 @@ def verify_shards(shards: pd.DataFrame) -> list[str]:
     Checks each shard's file, its sha256, its sample count and keys against its row and manifest, and that
     every sample has its media (.mp4 or .jpg) and its caption (.txt).
     """
+    import webdataset as wds  # imports torch: loaded where shards are read, not by the Dagster code location
+
     problems = []
     for shard in shards.itertuples():
         path = Path(shard.path)

@@ -3,10 +3,10 @@ trivial baseline it must beat.
 
     base           CLIPSIM and temporal consistency on the fixed prompts and the validation captions; FVD
                    against the validation clips; shapes adherence (colour, direction) on prompts of the
-                   demo's shapes grammar (shapes.PROMPTS), beside the text-to-image model's colour on the same
+                   demo's shapes grammar (demo_corpus.PROMPTS), beside the text-to-image model's colour on the same
                    prompts (base/t2i_colour: does video fine-tuning keep what the image model knew?), and how
                    far the shapes move (base/shapes_moving, base/shapes_displacement); the new concept: the
-                   share of samples for "a big ..." prompts (shapes.CONCEPT_PROMPTS) that show a big shape
+                   share of samples for "a big ..." prompts (demo_corpus.CONCEPT_PROMPTS) that show a big shape
                    (base/new_concept), a word the shipped tiny LaVie never saw and the demo's batch teaches
     interpolation  PSNR and SSIM of the frames it fills in, from every 4th frame of validation clips, beside
                    four references on the same frames: holding the nearest keyframe (interpolation/psnr_hold),
@@ -31,33 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from ..config import load_preset
-from ..curation.demo_corpus import COLOURS, DIRECTIONS
+from ..curation.demo_corpus import COLOURS, CONCEPT_PROMPTS, DIRECTIONS, PROMPTS
 from ..curation.scores import ScoreConfig, load_clip
 from ..training.data import expand_shards, is_validation, raw_samples, resize_crop, validation_clips
 from ..video import write_video
 from .interpolation import interpolation_references
 from .metrics import clipsim, fvd, load_video_extractor, psnr, psnr_per_video, ssim, temporal_consistency
-from .shapes import CONCEPT_PROMPTS, PROMPTS, parse_prompt, shapes_adherence
+from .shapes import parse_prompt, shapes_adherence
 from .stand_ins import t2i_images, t2i_pipeline
-from .stats import Rate, mean_interval, paired_comparison, paired_text
+from .gate import BASELINES
+from .stats import Rate, mean_interval, paired_comparison
 
-# Metrics where higher is better; FVD is better lower, and the shapes' motion describes without ranking.
-LOWER_IS_BETTER = ("base/fvd",)
-UNRANKED = ("base/shapes_moving", "base/shapes_displacement")
-# Each stage's metric and the baselines it must beat.
-BASELINES = {"base/shapes_colour": ("base/t2i_colour",),
-             "interpolation/psnr": ("interpolation/psnr_blend", "interpolation/psnr_latent_blend"),
-             "vsr/psnr": ("vsr/psnr_bicubic",)}
-# Most are compared by their means, with the strongest baseline measured, and may fall short of it by a margin:
-# PSNR not at all; colour adherence is counted on a few samples, so a loss of up to COLOUR_MARGIN (3 of 16 samples)
-# is sampling noise.
-COLOUR_MARGIN = 0.2
-MARGINS = {"base/shapes_colour": COLOUR_MARGIN, "vsr/psnr": 0.0}
-# Interpolation is compared with each blend clip by clip (the result's `paired`): it beats a blend only where both
-# 95% intervals clear (ahead on more than half the clips, ahead on average), and falls short of it only where the
-# blend is better on average beyond the interval, as `regressions` holds a PSNR to its interval. In between (a few
-# validation clips rarely tell) it is "not shown" better, and passes as colour passes within its margin.
-PAIRED = ("interpolation/psnr",)
 # The rate that following a prompt by chance gives: 1 in 6 colours, 1 in 4 directions.
 CHANCE = {"colour": 1 / len(COLOURS), "direction": 1 / len(DIRECTIONS)}
 
@@ -235,100 +219,3 @@ def evaluate(model, videos, out_dir, preset: str = "tiny", settings: EvalSetting
               "gallery": gallery}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
-
-
-def rates_of(result: dict) -> dict[str, Rate]:
-    """The counted metrics of an `evaluate` result (or its metrics.json), as Rates."""
-    return {name: Rate(rate["hits"], rate["n"]) for name, rate in result["rates"].items()}
-
-
-def baseline_of(metrics: dict, name: str) -> tuple[str, float] | None:
-    """The strongest of the BASELINES measured of the metric `name`, as (its name, its value); None when none was
-    measured."""
-    measured = [(baseline, metrics[baseline]) for baseline in BASELINES[name] if metrics.get(baseline) is not None]
-    return max(measured, key=lambda pair: pair[1]) if measured else None
-
-
-def paired_verdict(paired: dict, name: str) -> str | None:
-    """A PAIRED metric beside its BASELINES clip by clip (`paired`: evaluate's): "beats" where it beats every one
-    compared, "falls short" where one is better beyond the interval, else "not shown"; None when none was
-    compared."""
-    comparisons = [paired[baseline] for baseline in BASELINES[name] if baseline in paired]
-    if not comparisons:
-        return None
-    if any(comparison["loses"] for comparison in comparisons):
-        return "falls short"
-    return "beats" if all(comparison["beats"] for comparison in comparisons) else "not shown"
-
-
-def below_baselines(metrics: dict, paired: dict | None = None) -> list[str]:
-    """The stages that fall short of a baseline: by their means beyond the MARGINS allowed, and the PAIRED ones
-    where a baseline is better clip by clip beyond the interval of the mean difference (`paired`: evaluate's)."""
-    short, paired = [], paired or {}
-    for name, baselines in BASELINES.items():
-        if name in PAIRED:
-            short += [f"{name}: below {baseline} clip by clip, {paired_text(paired[baseline], 'it')}"
-                      for baseline in baselines if baseline in paired and paired[baseline]["loses"]]
-            continue
-        value, baseline, margin = metrics.get(name), baseline_of(metrics, name), MARGINS[name]
-        if value is not None and baseline is not None and value < baseline[1] - margin:
-            short.append(f"{name}: {value:.4g} below its baseline {baseline[0]} {baseline[1]:.4g}"
-                         + (f" (margin {margin:g})" if margin else ""))
-    return short
-
-
-def regressions(candidate: dict, reference: dict, tolerance: float, intervals: dict | None = None) -> list[str]:
-    """The metrics where the candidate is worse than the reference: beyond the candidate's 95% interval where it
-    has one (`intervals`, evaluate's: the rates and the clip-averaged PSNRs; the reference lies wholly above it,
-    or below it for FVD), else by more than `tolerance` (relative). The UNRANKED ones (how far the shapes move)
-    are not compared."""
-    worse, intervals = [], intervals or {}
-    for name, value in reference.items():
-        new = candidate.get(name)
-        if value is None or new is None or name in UNRANKED:
-            continue
-        if name in intervals:
-            low, high = intervals[name]
-            if (value < low) if name in LOWER_IS_BETTER else (value > high):
-                worse.append(f"{name}: {new:.4g} (95% interval {low:.4g}-{high:.4g}) against {value:.4g}")
-            continue
-        margin = tolerance * max(abs(value), 1e-8)
-        if (new > value + margin) if name in LOWER_IS_BETTER else (new < value - margin):
-            worse.append(f"{name}: {new:.4g} against {value:.4g}")
-    return worse
-
-
-def metric_rows(result: dict, start_metrics: dict, references: dict[str, dict], tolerance: float) -> list[dict]:
-    """One row per metric of an `evaluate` result as the gate sees it: `metric`; `value` (a rate's hits/n); its
-    95% `interval` as text (a rate's `31% (10/32, 18%-49%)`, a clip-averaged PSNR's Student-t interval, else
-    None); the `start model`'s value (`start_metrics`); the `baseline` it must beat (`value (name)`, its
-    strongest measured BASELINE); and the `verdict`: against its baseline "beats its baseline", "falls short of
-    its baseline" (below it beyond its margin; a PAIRED metric clip by clip, as `below_baselines` decides),
-    "within its margin" or "not shown better than its baseline", then "regressed against the <reference>" for
-    each of `references` ({"start model": metrics, ...}) where `regressions` finds it worse; "no regression"
-    where it was compared and neither applies, "not compared" for the UNRANKED ones, else None."""
-    metrics, rates, intervals, paired = result["metrics"], rates_of(result), result["intervals"], result["paired"]
-    rows = []
-    for name, value in metrics.items():
-        baseline = baseline_of(metrics, name) if name in BASELINES else None
-        verdicts = []
-        if name in PAIRED and paired_verdict(paired, name) is not None:
-            verdicts.append({"beats": "beats its baseline", "falls short": "falls short of its baseline",
-                             "not shown": "not shown better than its baseline"}[paired_verdict(paired, name)])
-        elif baseline is not None and value is not None:
-            verdicts.append("beats its baseline" if value > baseline[1] else "falls short of its baseline"
-                            if value < baseline[1] - MARGINS[name] else "within its margin")
-        compared = [label for label, reference in references.items()
-                    if name not in UNRANKED and value is not None and reference.get(name) is not None]
-        verdicts += [f"regressed against the {label}" for label in compared
-                     if regressions({name: value}, {name: references[label][name]}, tolerance, intervals)]
-        if not verdicts:
-            verdicts = ["not compared"] if name in UNRANKED else ["no regression"] if compared else []
-        low, high = intervals.get(name, (None, None))
-        rows.append({"metric": name, "value": value,
-                     "interval": str(rates[name]) if name in rates else f"{low:.4g}-{high:.4g}"
-                     if low is not None and math.isfinite(low) and math.isfinite(high) else None,
-                     "start model": start_metrics.get(name),
-                     "baseline": None if baseline is None else f"{baseline[1]:.4g} ({baseline[0].split('/')[1]})",
-                     "verdict": "; ".join(verdicts) or None})
-    return rows

@@ -19,8 +19,9 @@ The shape's colour is the mean of its most saturated pixels, so that edges blend
     parse_prompt(text)    (colour, shape, direction, background) of a caption of the corpus grammar, else None
     shapes_adherence      colour, direction and size hits over the prompts of that grammar, and how far the
                           shapes move
-    PROMPTS               the fixed prompts of that grammar the base stage is scored on (evaluate.py, the probes)
-    CONCEPT_PROMPTS       the same with big shapes, the demo's new concept (evaluate.py's base/new_concept)
+
+The fixed prompts the base stage is scored on (PROMPTS, and CONCEPT_PROMPTS with the new concept) live with the
+grammar in lavie_model/curation/demo_corpus.py.
 """
 
 import math
@@ -32,24 +33,6 @@ import torch.nn.functional as F
 from lavie_model.curation.demo_corpus import BACKGROUNDS, COLOURS, is_big, parse_caption
 
 parse_prompt = parse_caption  # the grammar lives with the corpus that writes it
-
-# Prompts of the shapes grammar, each colour, direction and shape at least twice. None names a combination of
-# colour, shape, direction and background that the demo corpus's training clips show, so they test
-# composition, not recall (evaluate.py's metrics with `_unseen` count the prompts absent from the shards at hand).
-PROMPTS = [
-    "a red circle moving left on a gray background",
-    "a blue square moving right on a white background",
-    "a yellow triangle moving up on a black background",
-    "a green circle moving down on a gray background",
-    "a purple square moving left on a white background",
-    "an orange triangle moving right on a white background",
-    "a red square moving up on a white background",
-    "a blue triangle moving down on a black background",
-]
-
-# The demo's new concept (demo_corpus.BIG_RADIUS): the same prompts with big shapes, never in the shipped models'
-# training (evaluate.py's base/new_concept).
-CONCEPT_PROMPTS = [prompt.replace(" ", " big ", 1).replace("an big", "a big") for prompt in PROMPTS]
 
 CHROMA_THRESHOLD = 0.15  # the least saturated corpus colour (green) has chroma 100 / 255 = 0.39
 MIN_AREA = 0.004  # fraction of the frame: the smallest corpus shape (a triangle) covers about 2%

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..curation.demo_corpus import PROMPTS
 from ..training.data import resize_crop, validation_clips
 from ..training.scenes import HELD_OUT, held_out_prompts, still_caption
 from .metrics import psnr
-from .shapes import PROMPTS, named_background, named_colour, parse_prompt, shapes_adherence, track
+from .shapes import named_background, named_colour, parse_prompt, shapes_adherence, track
 
 PROBE_SAMPLES_PER_PROMPT = 4
 PROBE_STEPS = 20

@@ -17,16 +17,15 @@ text-to-image model, is the same for every variant and is evaluated once per see
 and spread per variant), curves of each metric against steps, sample grids and a markdown report.
 """
 
+from __future__ import annotations  # torch in annotations: it loads in the functions that use it
+
 import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from ..evaluation.shapes import PROMPTS
-from ..video import frames_grid
+from ..curation.demo_corpus import PROMPTS
 
 # Concepts the joint-training ablation keeps out of the videos: the image shards (and the text-to-image model)
 # still show them, as SD's images show concepts WebVid's videos lack.
@@ -115,6 +114,8 @@ class Scorer:
 
     def sample(self, prompts: list[str], seed: int, per_prompt: int | None = None) -> tuple[torch.Tensor, list[str]]:
         """(n, f, 3, h, w) videos in [0, 1], `per_prompt` (default: the budget's) for each prompt, and their prompts."""
+        import torch
+
         repeated = [p for p in prompts for _ in range(per_prompt or self.budget.samples_per_prompt)]
         generator = torch.Generator().manual_seed(seed)
         videos = torch.cat([self.pipe(repeated[i:i + 16], num_inference_steps=self.budget.sampling_steps,
@@ -124,6 +125,8 @@ class Scorer:
 
     def __call__(self, unet, seed: int) -> tuple[dict, torch.Tensor]:
         """({metric: value}, the sampled videos) for `unet`, sampled from noise of `seed`."""
+        import torch
+
         from ..evaluation.metrics import fvd, temporal_consistency
         from ..evaluation.shapes import shapes_adherence
 
@@ -151,10 +154,13 @@ def run_ablation(finding: str, sd, videos: list[Path], images: list[Path], out_d
                  preset: str = "tiny", log=print) -> dict:
     """Run every variant of `finding` with every seed; write OUT_DIR/{results.json, report.md, curves.png,
     grid_VARIANT.png} and return the results (runs, table, report path)."""
+    import torch
+
     from ..model_folder import assemble
     from ..training.curve import CurveData, base_curve
     from ..training.stages import load_parts
     from ..training.trainer import preset_with_overrides
+    from ..video import frames_grid
 
     if finding not in FINDINGS:
         raise ValueError(f"unknown ablation {finding!r}; expected one of {', '.join(FINDINGS)}")
