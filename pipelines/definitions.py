@@ -21,13 +21,15 @@ from .sensors import inbox_sensor
 from .training import TrainingSettings, base_model, interpolation_model, train_cascade, vsr_model
 
 # Every run, of a job or of assets picked in the UI, executes each asset in its own process, at most
-# `max_concurrent` at a time. Step processes fork from a server that imported this module and torch once, instead
-# of each importing them anew (this module leaves torch to the assets that use it, so that the code server and
-# run workers load fast; almost every step needs it). How many runs (batches) go at once is `concurrency: runs`
-# in dagster.yaml; on a cluster this executor is the one setting to swap (docs/cluster.md).
+# `max_concurrent` at a time. This module leaves the ML stack to the asset bodies, so that the code server and each
+# run worker load it in about a second; the step processes fork from a server that imported it and the ML stack
+# once per run (the modules the asset bodies import: torch, diffusers' and transformers' models, webdataset,
+# open_clip), instead of each importing them anew. How many runs (batches) go at once is `concurrency: runs` in dagster.yaml; on a cluster
+# this executor is the one setting to swap (docs/cluster.md).
+STEP_PRELOAD = ["pipelines.definitions", "lavie_model.training.latents", "lavie_model.evaluation.evaluate", "open_clip"]
 executor = dg.multiprocess_executor.configured({
     "max_concurrent": 2,
-    "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions", "torch"]}},
+    "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}},
 })
 
 

@@ -9,7 +9,7 @@ Where the weights come from (the `training` resource, TrainingSettings): by defa
 folders pass through unchanged: the real ones at paper scale, and for `tiny` the stand-ins shipped in
 lavie_model/pretrained/tiny/, so that make demo starts from pretrained weights as the paper does. With
 `pretrain` (tiny; `make pretrain`) they are trained here from random weights: the autoencoders in process, the
-two UNets with `lavie train --stage t2i|upscaler` under the deepspeed launcher through Pipes, each scored on
+two UNets with `lavie train --stage t2i|upscaler` through Pipes (pipelines/training.py: train_stage), each scored on
 held-out prompts or stills every `evaluate_every` steps (the learning curve is in the metadata).
 """
 

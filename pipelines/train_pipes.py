@@ -1,7 +1,8 @@
 """The trainer as a Dagster Pipes process: `lavie train` whose rank 0 streams metrics back to the asset.
 
 The training assets launch it in one of two ways (TrainingSettings.launcher):
-- `deepspeed`: under the deepspeed launcher (`deepspeed ... pipelines/train_pipes.py train ...`). Rank 0 opens
+- `deepspeed`: one rank directly (`python pipelines/train_pipes.py train ...`), several under the deepspeed
+  launcher (`deepspeed ... pipelines/train_pipes.py train ...`). Rank 0 opens
   the Pipes channel, logs each logged step and reports the final metrics as the materialization; the other
   ranks just train.
 - `ray`: as the entrypoint of a Ray job (`python pipelines/train_pipes.py --ray-workers N train ...`). This

@@ -1,9 +1,9 @@
 """Training assets (group `training`): base_model -> interpolation_model -> vsr_model, on all curated shards,
 downstream of the pretrained models they start from (pipelines/pretraining.py: t2i_model, upscaler_model).
 
-Each asset launches `lavie train` through Dagster Pipes, under the deepspeed launcher or as a Ray job whose driver
-runs the ranks as Ray Train workers (TrainingSettings.launcher, docs/cluster.md), streams its progress
-into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics (steps,
+Each asset launches `lavie train` through Dagster Pipes: one rank directly, several under the deepspeed launcher, or
+as a Ray job whose driver runs the ranks as Ray Train workers (TrainingSettings.launcher, docs/cluster.md); streams
+its progress into the run's logs, and records the exact shards it trained on (names, SHA-256), the metrics (steps,
 final_loss, samples_per_s, peak_memory_mb and skipped_clips as numeric entries, which the UI plots across
 materializations) and a loss curve. The base stage starts from a folder assembled as `lavie assemble` would
 from the text-to-image and upscaler models and trained video UNets where there are some (`tiny`: the shipped
@@ -111,8 +111,12 @@ class TrainingSettings(dg.ConfigurableResource):
     def home(self) -> Path:
         return store.lavie_home(self.lavie_home)
 
-    def deepspeed_command(self) -> list[str]:
-        """The deepspeed launcher of this node; with several nodes `--no_ssh`: one launcher per node."""
+    def launch_command(self) -> list[str]:
+        """What starts this node's ranks: one rank on one node runs directly (the trainer sets the environment the
+        launcher would, and no launcher and launch processes start, each importing torch and DeepSpeed first);
+        more under the deepspeed launcher, with several nodes `--no_ssh`: one launcher per node."""
+        if self.ranks == 1 and self.nodes == 1:
+            return [sys.executable]
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(self.ranks)]
         if self.nodes > 1:
             if not (self.hostfile and self.master_addr):
@@ -241,7 +245,7 @@ def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessCl
         reported = run_on_ray(context, settings, arguments)
     else:
         env = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
-        command = settings.deepspeed_command() + [str(TRAIN_PIPES)] + arguments
+        command = settings.launch_command() + [str(TRAIN_PIPES)] + arguments
         context.log.info(f"launcher (node {settings.node_rank} of {settings.nodes}): {shlex.join(command)}")
         with ended_with_the_run(context):
             reported = pipes.run(context=context, command=command, env=env).get_materialize_result()

@@ -8,9 +8,13 @@ from lavie_model import UNet3DConditionModel
 
 TEXT_DIM = 32
 
-# Under pytest-xdist (`make test` runs 2 workers), each worker takes its share of the cores: no oversubscription.
+# Under pytest-xdist (`make test` runs 2 workers), each worker takes its share of the cores, and so does every
+# process it starts (trainers, Dagster's daemon, run workers and steps): OMP_NUM_THREADS is inherited. Without it
+# each of those starts a thread per core, and OpenMP's spinning threads on oversubscribed cores slow them 2-4x.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    torch.set_num_threads(share)
 
 
 def tiny_unet2d(seed: int = 0) -> UNet2DConditionModel:

@@ -29,6 +29,7 @@ SMALLEST = {
     "motion_speed": (["--smoke"], "| variant | clips/s | vs eager |"),
     "generate": (["--presets", "tiny", "--stages", "base", "--threads", "1"], "s/step"),
     "unet_step": (["--presets", "tiny", "--repeats", "1", "--models", "ours", "--threads", "1"], "fwd+bwd s"),
+    "code_location": (["--repeats", "1"], "code location + ML stack / code location"),
 }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,6 +295,15 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_folder, shards, t
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (broken / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
 
+    # an attempt that trained to its last step but died before exporting (a retried Dagster run): resumed, it
+    # exports its last checkpoint, training nothing more
+    shutil.rmtree(broken / "model")
+    done = run_lavie(train_args("base", tiny_folder, shards["videos"], broken, 4, *common, "--resume"))
+    assert "reached step 4 of 4 before it stopped: exporting its last checkpoint" in done.stdout + done.stderr
+    assert [r["loss"] for r in metrics(broken)] == [r["loss"] for r in metrics(whole)]
+    c = unet_weights(broken / "model", "unet_base")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
 
 def test_two_ranks_see_different_samples_and_keep_identical_weights(tiny_folder, shards, tmp_path):
     run = tmp_path / "run"
@@ -500,7 +510,7 @@ def test_one_deepspeed_launcher_per_node_without_ssh_forms_one_world(tiny_folder
     for node in (0, 1):
         settings = TrainingSettings(nodes=2, ranks=1, hostfile=str(hostfile), node_rank=node, master_addr="127.0.0.1",
                                     master_port=port)
-        command = settings.deepspeed_command() + [str(TRAIN_PIPES)] + train_args("base", tiny_folder, first_shard,
+        command = settings.launch_command() + [str(TRAIN_PIPES)] + train_args("base", tiny_folder, first_shard,
                                                                                   run, 2)
         assert "--no_ssh" in command and command[command.index("--node_rank") + 1] == str(node)
         launchers.append(subprocess.Popen(command, env=clean_env() | {"DS_ACCELERATOR": "cpu"},

@@ -1,4 +1,4 @@
-"""The pretraining and training assets: Pipes around the deepspeed launcher, in a real Dagster instance, on real
+"""The pretraining and training assets: Pipes around the trainer, in a real Dagster instance, on real
 shards."""
 
 import json

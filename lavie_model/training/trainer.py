@@ -397,8 +397,15 @@ def train(settings: TrainSettings, report=None, log=print, probe=None) -> Path:
     if rank == 0:  # lines logged after the checkpoint (all of them on a fresh start) go
         truncate_log(output / "metrics.jsonl", step)
     truncate_log(output / f"samples-rank{rank}.jsonl", step)
-    if step >= max_steps:
-        raise ValueError(f"the run in {output} is already at step {step}, not below --max-steps {max_steps}")
+    if step > max_steps:
+        raise ValueError(f"the run in {output} is already at step {step}, beyond --max-steps {max_steps}")
+    record = {"loss": float("nan")}  # the last step's, for the summary
+    if step == max_steps and rank == 0:  # an attempt that trained to the end but died before it finished exporting
+        log(f"the run in {output} reached step {step} of {max_steps} before it stopped: exporting its last checkpoint")
+        logged = (output / "metrics.jsonl").read_text().splitlines()
+        record = json.loads(logged[-1]) if logged else record
+        if report:
+            report(record)
 
     batch_size, accumulation = training["batch_size"], training["gradient_accumulation"]
     stream = TrainingStream(videos, data, settings.seed, rank, world, images, training["shuffle_buffer"],
