@@ -195,24 +195,31 @@ def previous_model(context, asset: str) -> Path:
 
 
 @contextlib.contextmanager
-def ended_with_the_run(context, poll: float = 5):
+def ended_with_the_run(context, poll: float = 2):
     """Watch the run while its training runs: once the instance records the run as finished (its run worker died
     and the code server marked it failed, or it was cancelled) while this step still trains, kill the step's
-    processes, so that no orphan trains on beside the run's retry in the same folder."""
+    processes, so that no orphan trains on beside the run's retry in the same folder; and if the training ends
+    after its run did, record nothing (the retry exports the run folder's last checkpoint), so that nothing is
+    materialized twice."""
     import psutil
 
     done = threading.Event()
 
+    def ended() -> bool:
+        run = context.instance.get_run_by_id(context.run.run_id)
+        return run is not None and run.is_finished
+
+    def stop(doing: str):
+        print(f"run {context.run.run_id} ended while its step {doing}: stopping the step", file=sys.stderr, flush=True)
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        os._exit(1)
+
     def watch():
         while not done.wait(poll):
-            run = context.instance.get_run_by_id(context.run.run_id)
-            if run is not None and run.is_finished and not done.is_set():
-                print(f"run {run.run_id} is {run.status.value} while its step trains: stopping the step",
-                      file=sys.stderr, flush=True)
-                for child in psutil.Process().children(recursive=True):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        child.kill()
-                os._exit(1)
+            if ended() and not done.is_set():
+                stop("trains")
 
     watcher = threading.Thread(target=watch, daemon=True, name="ended-with-the-run")
     watcher.start()
@@ -220,6 +227,8 @@ def ended_with_the_run(context, poll: float = 5):
         yield
     finally:
         done.set()
+    if ended():
+        stop("finished training")
 
 
 def train_stage(context, settings: TrainingSettings, pipes: dg.PipesSubprocessClient, stage: str,

@@ -135,7 +135,9 @@ def drop_clips(tmp_path: Path) -> Path:
 @pytest.fixture
 def loop(postgres_home, tmp_path):
     home = drop_clips(tmp_path)
-    env = os.environ | {"LAVIE_AUTOMATION_INTERVAL": "5", "LOOP_BASE_STEPS": "8", "PYTHONPATH": str(ROOT)}
+    # 40 base steps of 2 clips: the killed attempt (at its second checkpoint) must still be training when its step
+    # notices the run died (within a few seconds), at about 0.3 s a step
+    env = os.environ | {"LAVIE_AUTOMATION_INTERVAL": "5", "LOOP_BASE_STEPS": "40", "PYTHONPATH": str(ROOT)}
     services = Services(tmp_path, env)
     try:
         yield services, home
