@@ -43,7 +43,7 @@ RUN_BY = {
     "export": None,  # environment only
     **{f"python benchmarks/{name}.py": "tests/test_benchmarks.py::test_each_benchmark_runs_at_its_smallest_size"
        for name in ("unet_step", "generate", "curation", "deepspeed_overhead", "data_loader", "latents_vs_pixels",
-                    "lora_vs_full", "plan_calibration", "motion_speed")},
+                    "lora_vs_full", "plan_calibration", "motion_speed", "code_location")},
     # paper-size runs on a GPU by hand; their functions run in the device check's --smoke
     **{f"python benchmarks/{name}.py": "tests/test_benchmarks.py::test_device_check_smoke_reports_every_section"
        for name in ("paper_step", "cascade_sampling")},
