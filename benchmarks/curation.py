@@ -307,7 +307,8 @@ def main() -> None:
 def ray_against_pool(args, paths: list[Path], work: Path, config: ClipConfig, measure) -> str:
     """probe_and_cut as the asset runs it (lavie_model.curation.per_file.probe_and_cut_job) over all files: Ray tasks
     on a local cluster of `--workers` CPUs (already up) against `--workers` forked processes, in turn `--repeat`
-    times; the same rows either way. The cluster's start-up time, the peak memory of its processes, and tasks retried."""
+    times; the same rows either way. The cluster's start-up time, the peak memory of its processes, and tasks
+    retried."""
     from lavie_model.cluster.ray_cluster import LocalCluster, connected, map_tasks, tasks_retried
     from lavie_model.curation.probe import sha256_of
     from lavie_model.curation.per_file import probe_and_cut_job

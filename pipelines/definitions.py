@@ -24,8 +24,8 @@ from .training import TrainingSettings, base_model, interpolation_model, train_c
 # `max_concurrent` at a time. This module leaves the ML stack to the asset bodies, so that the code server and each
 # run worker load it in about a second; the step processes fork from a server that imported it and the ML stack
 # once per run (the modules the asset bodies import: torch, diffusers' and transformers' models, webdataset,
-# open_clip), instead of each importing them anew. How many runs (batches) go at once is `concurrency: runs` in dagster.yaml; on a cluster
-# this executor is the one setting to swap (docs/cluster.md).
+# open_clip), instead of each importing them anew. How many runs (batches) go at once is `concurrency: runs` in
+# dagster.yaml; on a cluster this executor is the one setting to swap (docs/cluster.md).
 STEP_PRELOAD = ["pipelines.definitions", "lavie_model.training.latents", "lavie_model.evaluation.evaluate", "open_clip"]
 executor = dg.multiprocess_executor.configured({
     "max_concurrent": 2,

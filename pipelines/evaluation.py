@@ -26,8 +26,8 @@ import pandas as pd
 
 from lavie_model.curation import store
 from lavie_model.curation.scores import ScoreConfig
-from lavie_model.evaluation.gate import (BASELINES, PAIRED, baseline_of, below_baselines, metric_rows, paired_verdict,
-                                         rates_of, regressions)
+from lavie_model.evaluation.gate import (BASELINES, PAIRED, baseline_text, below_baselines, metric_rows,
+                                         paired_verdict, rates_of, regressions)
 from lavie_model.evaluation.stats import paired_text
 
 from . import automation
@@ -76,14 +76,6 @@ def gif(path) -> str:
     return picture(Path(path).read_bytes(), "gif", Path(path).stem)
 
 
-def baseline_cell(metrics: dict, name: str) -> str | None:
-    """`value (baseline name)` of the (strongest) baseline a metric must beat, for the metrics table."""
-    baseline = baseline_of(metrics, name) if name in BASELINES else None
-    if baseline is None:
-        return None
-    return f"{baseline[1]:.4g} ({baseline[0].split('/')[1]})"
-
-
 def started_from(instance) -> Path | None:
     """The folder the latest base_model training started from (None: never trained, or it is gone)."""
     event = instance.get_latest_materialization_event(dg.AssetKey("base_model"))
@@ -129,7 +121,7 @@ def evaluation(context: dg.AssetExecutionContext, evaluation_settings: Evaluatio
                               "hits/samples, 95% interval": str(rates[name]) if name in rates else None,
                               "start model": str(start_rates[name]) if name in start_rates
                               else None if start_metrics.get(name) is None else round(start_metrics[name], 4),
-                              "baseline": baseline_cell(metrics, name),
+                              "baseline": baseline_text(metrics, name),
                               "previous": None if previous.get(name) is None else round(previous[name], 4),
                               "change": None if v is None or previous.get(name) is None
                               else round(v - previous[name], 4)}

@@ -38,6 +38,12 @@ def baseline_of(metrics: dict, name: str) -> tuple[str, float] | None:
     return max(measured, key=lambda pair: pair[1]) if measured else None
 
 
+def baseline_text(metrics: dict, name: str) -> str | None:
+    """`value (name)` of the strongest baseline measured of the metric `name`, for tables; None when it has none."""
+    baseline = baseline_of(metrics, name) if name in BASELINES else None
+    return None if baseline is None else f"{baseline[1]:.4g} ({baseline[0].split('/')[1]})"
+
+
 def paired_verdict(paired: dict, name: str) -> str | None:
     """A PAIRED metric beside its BASELINES clip by clip (`paired`: evaluate's): "beats" where it beats every one
     compared, "falls short" where one is better beyond the interval, else "not shown"; None when none was
@@ -118,6 +124,6 @@ def metric_rows(result: dict, start_metrics: dict, references: dict[str, dict], 
                      "interval": str(rates[name]) if name in rates else f"{low:.4g}-{high:.4g}"
                      if low is not None and math.isfinite(low) and math.isfinite(high) else None,
                      "start model": start_metrics.get(name),
-                     "baseline": None if baseline is None else f"{baseline[1]:.4g} ({baseline[0].split('/')[1]})",
+                     "baseline": baseline_text(metrics, name),
                      "verdict": "; ".join(verdicts) or None})
     return rows
